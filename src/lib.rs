@@ -1,0 +1,13 @@
+//! hailuo-gateway: kie.ai's Hailuo image-to-video API behind a typed,
+//! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
+#![forbid(unsafe_code)]
+
+/// The generated `hailuo.v1` messages, client and server.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("hailuo.v1");
+
+    /// Encoded descriptor set of the public contract (with the well-known
+    /// types it imports), served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hailuo_descriptor");
+}
