@@ -2,6 +2,18 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod hub;
+pub mod kie;
+pub mod shutdown;
+pub mod startup;
+pub mod task;
+pub mod telemetry;
+pub mod watch;
+
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -1,0 +1,393 @@
+//! Settings: the command line (each flag also an environment variable) and the
+//! typed settings tree the application is built from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use url::Url;
+
+/// Defaults, in one place for the flags and for `Settings::default`.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const KIE_BASE_URL: &str = "https://api.kie.ai";
+    pub const GRPC_ADDR: &str = "0.0.0.0:50051";
+    pub const HTTP_ADDR: &str = "0.0.0.0:8080";
+    /// kie.ai's guidance: every 2-3 s for the first 30 s, 5-10 s until 2 min,
+    /// 15-30 s after.
+    pub const POLL_FAST: Duration = Duration::from_secs(2);
+    pub const POLL_FAST_UNTIL: Duration = Duration::from_secs(30);
+    pub const POLL_MEDIUM: Duration = Duration::from_secs(5);
+    pub const POLL_MEDIUM_UNTIL: Duration = Duration::from_secs(120);
+    pub const POLL_SLOW: Duration = Duration::from_secs(15);
+    /// Below Envoy's 5 min stream idle timeout with a wide margin.
+    pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(60);
+    pub const WATCH_RETRY_BUDGET: u32 = 10;
+    pub const RETRY_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+}
+
+/// A kie.ai API key. Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the Authorization header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let key = s.trim();
+        if key.is_empty() {
+            return Err("the key is empty".into());
+        }
+        Ok(Self::new(key))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn human(d: Duration) -> humantime::Duration {
+    d.into()
+}
+
+/// Flags of the gateway server. Each flag is also an environment variable.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// kie.ai API key used for every upstream call (required in live mode
+    /// unless --key-passthrough is on).
+    #[arg(long, env = "KIE_API_KEY", hide_env_values = true)]
+    pub kie_api_key: Option<ApiKey>,
+
+    /// Use the caller's `authorization: Bearer …` metadata as the kie.ai key
+    /// for that call, so each team spends its own credits.
+    #[arg(long, env = "GATEWAY_KEY_PASSTHROUGH")]
+    pub key_passthrough: bool,
+
+    /// Base URL of kie.ai's API.
+    #[arg(long, env = "KIE_BASE_URL", default_value = defaults::KIE_BASE_URL)]
+    pub kie_base_url: Url,
+
+    /// Address of the gRPC listener.
+    #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = defaults::GRPC_ADDR)]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP listener (kie.ai callbacks, metrics).
+    #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = defaults::HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+
+    /// Poll interval while a task is young.
+    #[arg(long, env = "GATEWAY_POLL_FAST", default_value_t = human(defaults::POLL_FAST))]
+    pub poll_fast: humantime::Duration,
+
+    /// Task age until which the fast interval applies.
+    #[arg(long, env = "GATEWAY_POLL_FAST_UNTIL", default_value_t = human(defaults::POLL_FAST_UNTIL))]
+    pub poll_fast_until: humantime::Duration,
+
+    /// Poll interval after the fast phase.
+    #[arg(long, env = "GATEWAY_POLL_MEDIUM", default_value_t = human(defaults::POLL_MEDIUM))]
+    pub poll_medium: humantime::Duration,
+
+    /// Task age until which the medium interval applies.
+    #[arg(long, env = "GATEWAY_POLL_MEDIUM_UNTIL", default_value_t = human(defaults::POLL_MEDIUM_UNTIL))]
+    pub poll_medium_until: humantime::Duration,
+
+    /// Poll interval for old tasks.
+    #[arg(long, env = "GATEWAY_POLL_SLOW", default_value_t = human(defaults::POLL_SLOW))]
+    pub poll_slow: humantime::Duration,
+
+    /// Quiet period after which WatchTask sends a heartbeat message.
+    #[arg(long, env = "GATEWAY_WATCH_HEARTBEAT", default_value_t = human(defaults::WATCH_HEARTBEAT))]
+    pub watch_heartbeat: humantime::Duration,
+
+    /// Consecutive failed upstream reads a watch survives before it ends
+    /// with UNAVAILABLE.
+    #[arg(long, env = "GATEWAY_WATCH_RETRY_BUDGET", default_value_t = defaults::WATCH_RETRY_BUDGET)]
+    pub watch_retry_budget: u32,
+
+    /// First back-off delay after a failed upstream read (doubles, with
+    /// jitter).
+    #[arg(long, env = "GATEWAY_RETRY_BACKOFF_INITIAL", default_value_t = human(defaults::RETRY_BACKOFF_INITIAL))]
+    pub retry_backoff_initial: humantime::Duration,
+
+    /// Longest back-off delay between failed upstream reads.
+    #[arg(long, env = "GATEWAY_RETRY_BACKOFF_MAX", default_value_t = human(defaults::RETRY_BACKOFF_MAX))]
+    pub retry_backoff_max: humantime::Duration,
+
+    /// Connect timeout of upstream calls.
+    #[arg(long, env = "KIE_CONNECT_TIMEOUT", default_value_t = human(defaults::UPSTREAM_CONNECT_TIMEOUT))]
+    pub kie_connect_timeout: humantime::Duration,
+
+    /// Timeout of one upstream call (the caller's deadline caps it further).
+    #[arg(long, env = "KIE_TIMEOUT", default_value_t = human(defaults::UPSTREAM_TIMEOUT))]
+    pub kie_timeout: humantime::Duration,
+
+    /// Time in-flight calls get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = human(defaults::SHUTDOWN_GRACE))]
+    pub shutdown_grace: humantime::Duration,
+
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where upstream calls go and with which key.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub base_url: Url,
+    /// The gateway's own key; `None` only with key pass-through.
+    pub api_key: Option<ApiKey>,
+    pub key_passthrough: bool,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// How often a watched task is read, by its age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollCadence {
+    pub fast: Duration,
+    pub fast_until: Duration,
+    pub medium: Duration,
+    pub medium_until: Duration,
+    pub slow: Duration,
+}
+
+impl PollCadence {
+    pub fn interval_at(&self, age: Duration) -> Duration {
+        if age < self.fast_until {
+            self.fast
+        } else if age < self.medium_until {
+            self.medium
+        } else {
+            self.slow
+        }
+    }
+
+    /// One interval for every age: handy in tests.
+    pub fn constant(every: Duration) -> Self {
+        Self {
+            fast: every,
+            fast_until: Duration::ZERO,
+            medium: every,
+            medium_until: Duration::ZERO,
+            slow: every,
+        }
+    }
+}
+
+impl Default for PollCadence {
+    fn default() -> Self {
+        Self {
+            fast: defaults::POLL_FAST,
+            fast_until: defaults::POLL_FAST_UNTIL,
+            medium: defaults::POLL_MEDIUM,
+            medium_until: defaults::POLL_MEDIUM_UNTIL,
+            slow: defaults::POLL_SLOW,
+        }
+    }
+}
+
+/// Exponential back-off with jitter for failed upstream reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based): `initial * 2^(attempt-1)`
+    /// capped at `max`, then "equal jitter" (half fixed, half random) so that
+    /// many pollers failing together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max);
+        let half = capped / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchSettings {
+    pub cadence: PollCadence,
+    pub heartbeat: Duration,
+    /// Consecutive failed reads a watch survives.
+    pub retry_budget: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            cadence: PollCadence::default(),
+            heartbeat: defaults::WATCH_HEARTBEAT,
+            retry_budget: defaults::WATCH_RETRY_BUDGET,
+            backoff: Backoff {
+                initial: defaults::RETRY_BACKOFF_INITIAL,
+                max: defaults::RETRY_BACKOFF_MAX,
+            },
+        }
+    }
+}
+
+/// Everything the application is built from.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub upstream: UpstreamSettings,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub watch: WatchSettings,
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Defaults for everything but where kie.ai is, with listeners on
+    /// ephemeral loopback ports: the starting point of tests and the sandbox.
+    pub fn local(base_url: Url, api_key: Option<ApiKey>) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            upstream: UpstreamSettings {
+                base_url,
+                api_key,
+                key_passthrough: false,
+                connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
+                timeout: defaults::UPSTREAM_TIMEOUT,
+            },
+            grpc_addr: loopback,
+            http_addr: loopback,
+            watch: WatchSettings::default(),
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Why the flags do not make a runnable configuration.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeArgs {
+    /// Settings for live mode: kie.ai at `--kie-base-url`.
+    pub fn live_settings(&self) -> Result<Settings, ConfigError> {
+        if self.kie_api_key.is_none() && !self.key_passthrough {
+            return Err(ConfigError(
+                "KIE_API_KEY is not set: set it (or --kie-api-key), or run with --sandbox to try the gateway without a kie.ai account".into(),
+            ));
+        }
+        Ok(self.settings(self.kie_base_url.clone(), self.kie_api_key.clone()))
+    }
+
+    /// Settings with the flags applied, pointing at `base_url` with `api_key`.
+    pub fn settings(&self, base_url: Url, api_key: Option<ApiKey>) -> Settings {
+        Settings {
+            upstream: UpstreamSettings {
+                base_url,
+                api_key,
+                key_passthrough: self.key_passthrough,
+                connect_timeout: self.kie_connect_timeout.into(),
+                timeout: self.kie_timeout.into(),
+            },
+            grpc_addr: self.grpc_addr,
+            http_addr: self.http_addr,
+            watch: WatchSettings {
+                cadence: PollCadence {
+                    fast: self.poll_fast.into(),
+                    fast_until: self.poll_fast_until.into(),
+                    medium: self.poll_medium.into(),
+                    medium_until: self.poll_medium_until.into(),
+                    slow: self.poll_slow.into(),
+                },
+                heartbeat: self.watch_heartbeat.into(),
+                retry_budget: self.watch_retry_budget,
+                backoff: Backoff {
+                    initial: self.retry_backoff_initial.into(),
+                    max: self.retry_backoff_max.into(),
+                },
+            },
+            shutdown_grace: self.shutdown_grace.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_is_redacted_in_debug_and_display() {
+        let key = ApiKey::new("sk-very-secret");
+        assert!(!format!("{key:?}").contains("secret"));
+        assert!(!format!("{key}").contains("secret"));
+    }
+
+    #[test]
+    fn cadence_follows_kie_guidance_by_age() {
+        let c = PollCadence::default();
+        assert_eq!(
+            c.interval_at(Duration::from_secs(0)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            c.interval_at(Duration::from_secs(31)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            c.interval_at(Duration::from_secs(121)),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            let d30 = b.delay(30);
+            assert!(d30 >= Duration::from_millis(500) && d30 <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Every failure a caller can see, and the one conversion into a gRPC status
+//! with `google.rpc` details (ErrorInfo always; BadRequest, RetryInfo where
+//! they apply).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::kie::{KeySource, UpstreamError, UpstreamErrorKind};
+
+/// ErrorInfo domain of failures reported by kie.ai.
+pub const UPSTREAM_DOMAIN: &str = "kie.ai";
+/// ErrorInfo domain of failures the gateway decides itself.
+pub const GATEWAY_DOMAIN: &str = "hailuo-gateway";
+
+/// kie.ai's rate limit window; it sends no Retry-After.
+const RATE_LIMIT_RETRY: Duration = Duration::from_secs(10);
+const MAINTENANCE_RETRY: Duration = Duration::from_secs(30);
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// One bad field of a request, named as in the proto.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything that can make a gateway call fail.
+#[derive(Clone, Debug)]
+pub enum GatewayError {
+    /// The request is malformed; nothing was sent upstream.
+    InvalidArgument(Vec<FieldViolation>),
+    /// Key pass-through is on and the caller sent no usable bearer key.
+    MissingCallerKey(&'static str),
+    /// kie.ai (or the way to it) failed.
+    Upstream(UpstreamError),
+    /// A watch gave up after its retry budget of failed upstream reads.
+    WatchRetriesExhausted { attempts: u32, last: UpstreamError },
+    /// The gateway is draining; the caller should re-attach elsewhere.
+    ShuttingDown,
+}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(e: UpstreamError) -> Self {
+        Self::Upstream(e)
+    }
+}
+
+/// How bad an error is from the operator's point of view: what level to log
+/// it at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The caller's doing (bad input, unknown task, no credits).
+    Caller,
+    /// Transient trouble upstream.
+    Transient,
+    /// Needs an operator (the gateway's own key refused, kie.ai broken).
+    Operator,
+}
+
+impl GatewayError {
+    pub fn severity(&self) -> Severity {
+        match self {
+            Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
+            Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
+            Self::Upstream(e) => match classify(e).code {
+                Code::Internal | Code::Unknown => Severity::Operator,
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+                    Severity::Transient
+                }
+                _ => Severity::Caller,
+            },
+        }
+    }
+
+    /// The gRPC status a caller sees.
+    pub fn to_status(&self) -> Status {
+        let mut details = ErrorDetails::new();
+        match self {
+            Self::InvalidArgument(violations) => {
+                let names: Vec<&str> = violations.iter().map(|v| v.field).collect();
+                details.set_bad_request(
+                    violations
+                        .iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description.clone()))
+                        .collect::<Vec<_>>(),
+                );
+                details.set_error_info(
+                    "INVALID_REQUEST",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([("fields".to_string(), names.join(","))]),
+                );
+                let message = violations
+                    .iter()
+                    .map(|v| v.description.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid request: {message}"),
+                    details,
+                )
+            }
+            Self::MissingCallerKey(why) => {
+                details.set_error_info("MISSING_API_KEY", GATEWAY_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::Unauthenticated,
+                    format!("{why}: send `authorization: Bearer <kie.ai key>` metadata"),
+                    details,
+                )
+            }
+            Self::ShuttingDown => {
+                details.set_error_info("SHUTTING_DOWN", GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(Duration::ZERO));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the gateway is shutting down: call again to re-attach to another instance",
+                    details,
+                )
+            }
+            Self::WatchRetriesExhausted { attempts, last } => {
+                let mapped = classify(last);
+                let mut metadata = upstream_metadata(last);
+                metadata.insert("attempts".into(), attempts.to_string());
+                details.set_error_info("UPSTREAM_RETRIES_EXHAUSTED", UPSTREAM_DOMAIN, metadata);
+                details.set_retry_info(Some(last.retry_after.unwrap_or(UNAVAILABLE_RETRY)));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    format!(
+                        "gave up watching after {attempts} failed reads of kie.ai; last: {}",
+                        mapped.message
+                    ),
+                    details,
+                )
+            }
+            Self::Upstream(e) => {
+                let mapped = classify(e);
+                details.set_error_info(mapped.reason, UPSTREAM_DOMAIN, upstream_metadata(e));
+                if let Some(default) = mapped.retry {
+                    details.set_retry_info(Some(e.retry_after.unwrap_or(default)));
+                }
+                Status::with_error_details(mapped.code, mapped.message, details)
+            }
+        }
+    }
+}
+
+fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
+    let mut m = HashMap::with_capacity(3);
+    m.insert("endpoint".into(), e.endpoint.to_string());
+    match &e.kind {
+        UpstreamErrorKind::Code { code, msg } => {
+            m.insert("kie_code".into(), code.to_string());
+            m.insert("kie_msg".into(), msg.clone());
+        }
+        UpstreamErrorKind::TaskNotFound { code, msg } => {
+            m.insert("kie_code".into(), code.to_string());
+            m.insert("kie_msg".into(), msg.clone());
+        }
+        UpstreamErrorKind::Unavailable { detail } | UpstreamErrorKind::BadResponse { detail } => {
+            m.insert("detail".into(), detail.clone());
+        }
+        UpstreamErrorKind::Timeout => {}
+    }
+    m
+}
+
+/// The gRPC face of an upstream failure.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mapped {
+    pub code: Code,
+    pub reason: &'static str,
+    /// Default RetryInfo delay when the failure is worth retrying; an
+    /// upstream Retry-After replaces it.
+    pub retry: Option<Duration>,
+    pub message: String,
+}
+
+/// kie.ai's codes to gRPC: the table in the README.
+pub fn classify(e: &UpstreamError) -> Mapped {
+    let m = |code, reason, retry, message: String| Mapped {
+        code,
+        reason,
+        retry,
+        message,
+    };
+    match &e.kind {
+        UpstreamErrorKind::TaskNotFound { code, msg } => m(
+            Code::NotFound,
+            "TASK_NOT_FOUND",
+            None,
+            format!("task not found (kie.ai {code}: {msg})"),
+        ),
+        UpstreamErrorKind::Unavailable { detail } => m(
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            Some(UNAVAILABLE_RETRY),
+            format!("kie.ai is unreachable: {detail}"),
+        ),
+        UpstreamErrorKind::Timeout => m(
+            Code::DeadlineExceeded,
+            "UPSTREAM_TIMEOUT",
+            None,
+            "kie.ai did not answer in time".into(),
+        ),
+        UpstreamErrorKind::BadResponse { detail } => m(
+            Code::Internal,
+            "UPSTREAM_BAD_RESPONSE",
+            None,
+            format!("kie.ai sent an answer the gateway cannot read: {detail}"),
+        ),
+        UpstreamErrorKind::Code { code, msg } => {
+            let said = format!("(kie.ai {code}: {msg})");
+            match code {
+                401 => match e.key_source {
+                    KeySource::Gateway => m(
+                        Code::Internal,
+                        "UPSTREAM_UNAUTHENTICATED",
+                        None,
+                        format!(
+                            "kie.ai refused the gateway's API key {said}; the gateway's operator must fix KIE_API_KEY"
+                        ),
+                    ),
+                    KeySource::Caller => m(
+                        Code::Unauthenticated,
+                        "UPSTREAM_UNAUTHENTICATED",
+                        None,
+                        format!(
+                            "kie.ai refused the API key from the authorization metadata {said}"
+                        ),
+                    ),
+                },
+                402 => m(
+                    Code::FailedPrecondition,
+                    "INSUFFICIENT_CREDITS",
+                    None,
+                    format!("not enough kie.ai credits {said}"),
+                ),
+                404 => m(
+                    Code::NotFound,
+                    "TASK_NOT_FOUND",
+                    None,
+                    format!("not found {said}"),
+                ),
+                422 => m(
+                    Code::InvalidArgument,
+                    "UPSTREAM_VALIDATION_FAILED",
+                    None,
+                    format!("kie.ai rejected the request {said}"),
+                ),
+                429 | 433 => m(
+                    Code::ResourceExhausted,
+                    "UPSTREAM_RATE_LIMITED",
+                    Some(RATE_LIMIT_RETRY),
+                    format!("kie.ai rate limit reached {said}"),
+                ),
+                455 => m(
+                    Code::Unavailable,
+                    "UPSTREAM_MAINTENANCE",
+                    Some(MAINTENANCE_RETRY),
+                    format!("kie.ai is under maintenance {said}"),
+                ),
+                500 => m(
+                    Code::Internal,
+                    "UPSTREAM_INTERNAL_ERROR",
+                    None,
+                    format!("kie.ai had an internal error {said}"),
+                ),
+                501 => m(
+                    Code::Internal,
+                    "GENERATION_FAILED",
+                    None,
+                    format!("kie.ai could not generate {said}"),
+                ),
+                505 => m(
+                    Code::Unimplemented,
+                    "FEATURE_DISABLED",
+                    None,
+                    format!("kie.ai has this feature disabled {said}"),
+                ),
+                _ => m(
+                    Code::Unknown,
+                    "UPSTREAM_UNKNOWN_CODE",
+                    None,
+                    format!("kie.ai answered an unexpected code {said}"),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kie::Endpoint;
+
+    fn code(code: i64, key_source: KeySource) -> UpstreamError {
+        UpstreamError {
+            endpoint: Endpoint::CreateTask,
+            key_source,
+            retry_after: None,
+            kind: UpstreamErrorKind::Code {
+                code,
+                msg: "m".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn kie_codes_map_to_grpc_codes_and_reasons() {
+        let table = [
+            (
+                401,
+                KeySource::Gateway,
+                Code::Internal,
+                "UPSTREAM_UNAUTHENTICATED",
+            ),
+            (
+                401,
+                KeySource::Caller,
+                Code::Unauthenticated,
+                "UPSTREAM_UNAUTHENTICATED",
+            ),
+            (
+                402,
+                KeySource::Gateway,
+                Code::FailedPrecondition,
+                "INSUFFICIENT_CREDITS",
+            ),
+            (404, KeySource::Gateway, Code::NotFound, "TASK_NOT_FOUND"),
+            (
+                422,
+                KeySource::Gateway,
+                Code::InvalidArgument,
+                "UPSTREAM_VALIDATION_FAILED",
+            ),
+            (
+                429,
+                KeySource::Gateway,
+                Code::ResourceExhausted,
+                "UPSTREAM_RATE_LIMITED",
+            ),
+            (
+                433,
+                KeySource::Gateway,
+                Code::ResourceExhausted,
+                "UPSTREAM_RATE_LIMITED",
+            ),
+            (
+                455,
+                KeySource::Gateway,
+                Code::Unavailable,
+                "UPSTREAM_MAINTENANCE",
+            ),
+            (
+                500,
+                KeySource::Gateway,
+                Code::Internal,
+                "UPSTREAM_INTERNAL_ERROR",
+            ),
+            (501, KeySource::Gateway, Code::Internal, "GENERATION_FAILED"),
+            (
+                505,
+                KeySource::Gateway,
+                Code::Unimplemented,
+                "FEATURE_DISABLED",
+            ),
+            (
+                418,
+                KeySource::Gateway,
+                Code::Unknown,
+                "UPSTREAM_UNKNOWN_CODE",
+            ),
+        ];
+        for (kie, source, grpc, reason) in table {
+            let mapped = classify(&code(kie, source));
+            assert_eq!((mapped.code, mapped.reason), (grpc, reason), "kie {kie}");
+            assert!(mapped.message.contains(&format!("kie.ai {kie}: m")));
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_info_honouring_retry_after() {
+        let mut e = code(429, KeySource::Gateway);
+        let status = GatewayError::Upstream(e.clone()).to_status();
+        let retry = status.get_error_details().retry_info().cloned();
+        assert_eq!(retry.and_then(|r| r.retry_delay), Some(RATE_LIMIT_RETRY));
+
+        e.retry_after = Some(Duration::from_secs(3));
+        let status = GatewayError::Upstream(e).to_status();
+        let retry = status.get_error_details().retry_info().cloned();
+        assert_eq!(
+            retry.and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(3))
+        );
+    }
+}

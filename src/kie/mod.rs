@@ -1,0 +1,269 @@
+//! The kie.ai upstream client: one pooled HTTP client, one method per
+//! endpoint, every answer classified into a result or an `UpstreamError`.
+
+mod error;
+pub mod wire;
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+pub use error::{Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
+
+use crate::config::{ApiKey, UpstreamSettings};
+use crate::pb;
+use crate::task::{CreateTaskInput, TaskId};
+use wire::{CreateTaskBody, Created, Envelope, Record};
+
+/// kie.ai sits behind a CDN that refuses requests without a User-Agent.
+pub const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// The key an upstream call is made with, and whose it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Credential {
+    pub key: ApiKey,
+    pub source: KeySource,
+}
+
+#[derive(Clone, Debug)]
+pub struct KieClient {
+    http: reqwest::Client,
+    create_url: Url,
+    record_url: Url,
+    timeout: Duration,
+}
+
+impl KieClient {
+    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        // reqwest is built without a default TLS crypto provider; pick ring
+        // once per process (an error only means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        // Parsed once here rather than per call.
+        let create_url = settings.base_url.join("api/v1/jobs/createTask")?;
+        let record_url = settings.base_url.join("api/v1/jobs/recordInfo")?;
+        Ok(Self {
+            http,
+            create_url,
+            record_url,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Starts a generation; returns kie.ai's task id. Never retried: a retry
+    /// could buy a second video.
+    pub async fn create_task(
+        &self,
+        credential: &Credential,
+        input: &CreateTaskInput,
+        call_back_url: Option<&str>,
+        deadline: Option<Duration>,
+    ) -> Result<String, UpstreamError> {
+        let endpoint = Endpoint::CreateTask;
+        let body = serde_json::to_vec(&CreateTaskBody::new(input, call_back_url))
+            .map_err(|e| bad_response(endpoint, credential, e.to_string()))?;
+        let request = self
+            .http
+            .request(Method::POST, self.create_url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        let answer = self.send(endpoint, credential, request, deadline).await?;
+        let data = answer
+            .data()
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?;
+        let created: Created = serde_json::from_str(data)
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
+        created
+            .task_id
+            .ok_or_else(|| bad_response(endpoint, credential, "data has no taskId".into()))
+    }
+
+    /// Reads a task's current state.
+    pub async fn record_info(
+        &self,
+        credential: &Credential,
+        task_id: &TaskId,
+        deadline: Option<Duration>,
+    ) -> Result<pb::Task, UpstreamError> {
+        let endpoint = Endpoint::RecordInfo;
+        let mut url = self.record_url.clone();
+        url.query_pairs_mut()
+            .append_pair("taskId", task_id.as_str());
+        let request = self.http.request(Method::GET, url);
+        let answer = match self.send(endpoint, credential, request, deadline).await {
+            // kie.ai answers an unknown task with 422 "recordInfo is null"
+            // live, 404 in its docs.
+            Err(UpstreamError {
+                kind: UpstreamErrorKind::Code { code, msg },
+                ..
+            }) if code == 404 || code == 422 => {
+                return Err(not_found(credential, code, msg));
+            }
+            other => other?,
+        };
+        let Some(data) = answer.data() else {
+            return Err(not_found(credential, 200, answer.reason()));
+        };
+        let record: Record = serde_json::from_str(data)
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
+        Ok(record.into_task(task_id.as_str()))
+    }
+
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        credential: &Credential,
+        request: reqwest::RequestBuilder,
+        deadline: Option<Duration>,
+    ) -> Result<Answer, UpstreamError> {
+        let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", credential.key.expose()))
+            .map_err(|_| UpstreamError {
+                endpoint,
+                key_source: credential.source,
+                retry_after: None,
+                kind: UpstreamErrorKind::Code {
+                    code: 401,
+                    msg: "the API key has characters a header cannot carry".into(),
+                },
+            })?;
+        auth.set_sensitive(true);
+        let fail = |kind| UpstreamError {
+            endpoint,
+            key_source: credential.source,
+            retry_after: None,
+            kind,
+        };
+        let response = request
+            .header(AUTHORIZATION, auth)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| fail(transport_failure(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| fail(transport_failure(&e)))?;
+        Answer::read(status, body)
+            .map_err(|kind| UpstreamError {
+                endpoint,
+                key_source: credential.source,
+                retry_after,
+                kind,
+            })
+            .map_err(|e| redact(e, &credential.key))
+    }
+}
+
+/// An answer whose code was 200.
+struct Answer {
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    /// Classifies an answer: the JSON `code` when the body is JSON, the HTTP
+    /// status otherwise.
+    fn read(status: StatusCode, body: bytes::Bytes) -> Result<Self, UpstreamErrorKind> {
+        match serde_json::from_slice::<Envelope>(&body) {
+            Ok(Envelope {
+                code: Some(200), ..
+            }) => Ok(Self { body }),
+            Ok(
+                env @ Envelope {
+                    code: Some(code), ..
+                },
+            ) => Err(UpstreamErrorKind::Code {
+                code,
+                msg: env.reason(),
+            }),
+            // No usable JSON code: fall back on the HTTP status.
+            _ if status.is_success() => Err(UpstreamErrorKind::BadResponse {
+                detail: format!(
+                    "HTTP {} with {} bytes that are not kie.ai's JSON",
+                    status.as_u16(),
+                    body.len()
+                ),
+            }),
+            _ if matches!(status.as_u16(), 502..=504) => Err(UpstreamErrorKind::Unavailable {
+                detail: format!("HTTP {status} from a proxy in front of kie.ai"),
+            }),
+            _ => Err(UpstreamErrorKind::Code {
+                code: i64::from(status.as_u16()),
+                msg: status.canonical_reason().unwrap_or("no JSON body").into(),
+            }),
+        }
+    }
+
+    /// The envelope; `read` checked that it parses.
+    fn envelope(&self) -> Option<Envelope<'_>> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// `data` as raw JSON, unless absent or null.
+    fn data(&self) -> Option<&str> {
+        self.envelope()?.data().map(|raw| raw.get())
+    }
+
+    fn reason(&self) -> String {
+        self.envelope().map(|e| e.reason()).unwrap_or_default()
+    }
+}
+
+fn transport_failure(e: &reqwest::Error) -> UpstreamErrorKind {
+    if e.is_timeout() {
+        return UpstreamErrorKind::Timeout;
+    }
+    // The innermost cause says what happened ("connection refused",
+    // "connection reset"); the URL adds nothing for the caller.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    UpstreamErrorKind::Unavailable { detail }
+}
+
+fn bad_response(endpoint: Endpoint, credential: &Credential, detail: String) -> UpstreamError {
+    UpstreamError {
+        endpoint,
+        key_source: credential.source,
+        retry_after: None,
+        kind: UpstreamErrorKind::BadResponse { detail },
+    }
+}
+
+fn not_found(credential: &Credential, code: i64, msg: String) -> UpstreamError {
+    UpstreamError {
+        endpoint: Endpoint::RecordInfo,
+        key_source: credential.source,
+        retry_after: None,
+        kind: UpstreamErrorKind::TaskNotFound { code, msg },
+    }
+}
+
+/// kie.ai's message goes to callers and logs: make sure it cannot carry the
+/// key back.
+fn redact(mut e: UpstreamError, key: &ApiKey) -> UpstreamError {
+    if let UpstreamErrorKind::Code { msg, .. } | UpstreamErrorKind::TaskNotFound { msg, .. } =
+        &mut e.kind
+        && msg.contains(key.expose())
+    {
+        *msg = msg.replace(key.expose(), "<redacted>");
+    }
+    e
+}

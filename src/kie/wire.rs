@@ -1,0 +1,271 @@
+//! kie.ai's JSON: request bodies as documented, answers read tolerantly
+//! (unknown fields ignored, `msg` or `message`, numbers or strings, null or
+//! empty optional fields).
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::pb::{self, TaskState};
+use crate::task::{CreateTaskInput, parse_state};
+
+/// `POST /api/v1/jobs/createTask` body. Optional fields are left out, never
+/// sent as empty strings.
+#[derive(Serialize)]
+pub struct CreateTaskBody<'a> {
+    pub model: &'a str,
+    #[serde(rename = "callBackUrl", skip_serializing_if = "Option::is_none")]
+    pub call_back_url: Option<&'a str>,
+    pub input: CreateTaskInputBody<'a>,
+}
+
+#[derive(Serialize)]
+pub struct CreateTaskInputBody<'a> {
+    pub prompt: &'a str,
+    pub image_url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_image_url: Option<&'a str>,
+    pub duration: &'a str,
+    pub resolution: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_optimizer: Option<bool>,
+}
+
+impl<'a> CreateTaskBody<'a> {
+    pub fn new(input: &'a CreateTaskInput, call_back_url: Option<&'a str>) -> Self {
+        Self {
+            model: input.model,
+            call_back_url,
+            input: CreateTaskInputBody {
+                prompt: &input.prompt,
+                image_url: &input.image_url,
+                end_image_url: input.end_image_url.as_deref(),
+                duration: input.duration,
+                resolution: input.resolution,
+                prompt_optimizer: input.prompt_optimizer,
+            },
+        }
+    }
+}
+
+/// The envelope of every answer: `{"code":…,"msg":…,"data":…}`.
+#[derive(Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub code: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub msg: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub message: Option<String>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    /// kie.ai's reason, from `msg` or (one doc's spelling) `message`.
+    pub fn reason(&self) -> String {
+        self.msg
+            .clone()
+            .or_else(|| self.message.clone())
+            .unwrap_or_default()
+    }
+
+    /// `data`, unless absent or JSON null.
+    pub fn data(&self) -> Option<&'a RawValue> {
+        self.data.filter(|raw| raw.get() != "null")
+    }
+}
+
+/// `data` of a createTask answer.
+#[derive(Deserialize)]
+pub struct Created {
+    #[serde(rename = "taskId", deserialize_with = "lenient_string")]
+    pub task_id: Option<String>,
+}
+
+/// `data` of a recordInfo answer (and of a callback).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Record {
+    #[serde(deserialize_with = "lenient_string")]
+    pub task_id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub model: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub state: Option<String>,
+    /// A JSON *string* holding `{"resultUrls":[…]}`; an object is accepted too.
+    pub result_json: Option<serde_json::Value>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub fail_code: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub fail_msg: Option<String>,
+    #[serde(deserialize_with = "lenient_i64")]
+    pub cost_time: Option<i64>,
+    #[serde(deserialize_with = "lenient_i64")]
+    pub create_time: Option<i64>,
+    #[serde(deserialize_with = "lenient_i64")]
+    pub update_time: Option<i64>,
+    #[serde(deserialize_with = "lenient_i64")]
+    pub complete_time: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ResultJson {
+    #[serde(default, rename = "resultUrls")]
+    result_urls: Vec<String>,
+}
+
+impl Record {
+    /// The Task a caller sees. `fallback_id` fills in a missing `taskId`.
+    pub fn into_task(self, fallback_id: &str) -> pb::Task {
+        let state = self
+            .state
+            .as_deref()
+            .and_then(parse_state)
+            .unwrap_or(TaskState::Unspecified);
+        let video_urls = match self.result_json {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                serde_json::from_str::<ResultJson>(&s)
+                    .map(|r| r.result_urls)
+                    .unwrap_or_default()
+            }
+            Some(v @ serde_json::Value::Object(_)) => serde_json::from_value::<ResultJson>(v)
+                .map(|r| r.result_urls)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        pb::Task {
+            task_id: self
+                .task_id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| fallback_id.to_string()),
+            model: self.model.unwrap_or_default(),
+            state: state as i32,
+            video_urls,
+            fail_code: self.fail_code.unwrap_or_default(),
+            fail_message: self.fail_msg.unwrap_or_default(),
+            create_time: self.create_time.and_then(timestamp_from_ms),
+            update_time: self.update_time.and_then(timestamp_from_ms),
+            complete_time: self.complete_time.and_then(timestamp_from_ms),
+            cost_time: self
+                .cost_time
+                .filter(|ms| *ms >= 0)
+                .map(|ms| prost_types::Duration {
+                    seconds: ms / 1000,
+                    nanos: ((ms % 1000) * 1_000_000) as i32,
+                }),
+        }
+    }
+}
+
+/// Unix milliseconds to a Timestamp; zero and negative mean "not set".
+fn timestamp_from_ms(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| prost_types::Timestamp {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+/// A number, a numeric string, or null/absent.
+fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num<'a> {
+        I(i64),
+        F(f64),
+        S(&'a str),
+        Owned(String),
+        Other(de::IgnoredAny),
+    }
+    Ok(match Option::<Num>::deserialize(d)? {
+        Some(Num::I(i)) => Some(i),
+        Some(Num::F(f)) if f.is_finite() => Some(f as i64),
+        Some(Num::S(s)) => s.trim().parse().ok(),
+        Some(Num::Owned(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// A string (empty means absent), a number written as a string, or
+/// null/absent.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+        Other(de::IgnoredAny),
+    }
+    Ok(match Option::<Text>::deserialize(d)? {
+        Some(Text::S(s)) if !s.is_empty() => Some(s),
+        Some(Text::I(i)) => Some(i.to_string()),
+        Some(Text::F(f)) => Some(f.to_string()),
+        Some(Text::B(b)) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_realistic_success_record() {
+        let body = r#"{"code":200,"message":"success","data":{
+            "taskId":"task_hailuo_1765185334551","model":"hailuo/02-image-to-video-standard",
+            "state":"success","param":"{\"model\":\"x\"}",
+            "resultJson":"{\"resultUrls\":[\"https://cdn.example/v.mp4\"]}",
+            "failCode":null,"failMsg":null,"costTime":71234,"completeTime":1765185405785,
+            "createTime":1765185334551,"updateTime":1765185405785,"creditsConsumed":20,"progress":100}}"#;
+        let env: Envelope = serde_json::from_str(body).expect("envelope");
+        assert_eq!(env.code, Some(200));
+        assert_eq!(env.reason(), "success");
+        let record: Record = serde_json::from_str(env.data().expect("data").get()).expect("rec");
+        let task = record.into_task("fallback");
+        assert_eq!(task.task_id, "task_hailuo_1765185334551");
+        assert_eq!(task.state, TaskState::Succeeded as i32);
+        assert_eq!(task.video_urls, ["https://cdn.example/v.mp4"]);
+        assert_eq!(
+            task.create_time.map(|t| (t.seconds, t.nanos)),
+            Some((1765185334, 551_000_000))
+        );
+        assert_eq!(
+            task.cost_time.map(|d| (d.seconds, d.nanos)),
+            Some((71, 234_000_000))
+        );
+        assert_eq!(task.fail_code, "");
+    }
+
+    #[test]
+    fn tolerates_strings_for_numbers_and_empty_optionals() {
+        let data = r#"{"taskId":"t1","state":"fail","resultJson":"","failCode":500,
+            "failMsg":"moderation","createTime":"1765185334551","completeTime":null}"#;
+        let task = serde_json::from_str::<Record>(data)
+            .expect("record")
+            .into_task("t1");
+        assert_eq!(task.state, TaskState::Failed as i32);
+        assert_eq!(task.fail_code, "500");
+        assert_eq!(task.fail_message, "moderation");
+        assert!(task.video_urls.is_empty());
+        assert!(task.create_time.is_some());
+        assert!(task.complete_time.is_none());
+    }
+
+    #[test]
+    fn create_body_leaves_unset_optionals_out() {
+        let input = CreateTaskInput::try_from(pb::CreateTaskRequest {
+            prompt: "p".into(),
+            image_url: "https://x/y.png".into(),
+            ..Default::default()
+        })
+        .expect("valid");
+        let json = serde_json::to_value(CreateTaskBody::new(&input, None)).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"model":"hailuo/02-image-to-video-standard",
+                "input":{"prompt":"p","image_url":"https://x/y.png","duration":"10","resolution":"768P"}})
+        );
+    }
+}

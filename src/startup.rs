@@ -1,0 +1,160 @@
+//! All wiring in one place: `Application::build` binds the listeners (port 0
+//! allowed) and `run_until_stopped` serves until the stop signal, then
+//! drains under a grace timeout.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::config::Settings;
+use crate::grpc::{Credentials, VideoGenerationService};
+use crate::hub::TaskHub;
+use crate::kie::KieClient;
+use crate::pb;
+use crate::pb::video_generation_server::VideoGenerationServer;
+
+/// Streams one HTTP/2 connection may carry at once; high enough for a
+/// burst of 10,000 watchers on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+/// A burst of thousands of new streams on one connection needs more than
+/// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Server pings keep idle connections through NATs and find dead peers.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    service: VideoGenerationService,
+    hub: TaskHub,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        let shutdown = CancellationToken::new();
+        let kie = KieClient::new(&settings.upstream)?;
+        let hub = TaskHub::new(kie.clone(), settings.watch, shutdown.clone());
+        let credentials = Credentials {
+            gateway: settings.upstream.api_key.clone(),
+            passthrough: settings.upstream.key_passthrough,
+        };
+        let service = VideoGenerationService::new(
+            kie,
+            hub.clone(),
+            credentials,
+            settings.watch.heartbeat,
+            shutdown.clone(),
+        );
+        Ok(Self {
+            grpc_listener,
+            http_listener,
+            service,
+            hub,
+            shutdown,
+            grace: settings.shutdown_grace,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn hub(&self) -> TaskHub {
+        self.hub.clone()
+    }
+
+    /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,
+    /// open watches end with UNAVAILABLE, in-flight unary calls finish, all
+    /// within the grace period.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let grpc_addr = self.grpc_addr();
+        let http_addr = self.http_addr();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<VideoGenerationServer<VideoGenerationService>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let grpc = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(VideoGenerationServer::new(self.service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc_listener),
+                self.shutdown.clone().cancelled_owned(),
+            );
+        let http = axum::serve(self.http_listener, crate::http::router())
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(async move { http.await });
+        tracing::info!(%grpc_addr, %http_addr, "gateway ready");
+
+        stop.await;
+        health_reporter
+            .set_not_serving::<VideoGenerationServer<VideoGenerationService>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(self.grace, async {
+            let grpc = grpc.await;
+            let http = http.await;
+            (grpc, http)
+        })
+        .await;
+        match drained {
+            Ok((grpc, http)) => {
+                grpc??;
+                http??;
+                tracing::info!("gateway stopped");
+            }
+            Err(_) => tracing::warn!(
+                grace = ?self.grace,
+                "grace period over with calls still open; stopping anyway"
+            ),
+        }
+        Ok(())
+    }
+}

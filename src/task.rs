@@ -1,0 +1,333 @@
+//! Domain types made from the caller's requests: a request is turned into one
+//! of these at the edge, or refused with every bad field named, so inner code
+//! never sees unchecked input.
+
+use std::fmt;
+
+use url::Url;
+
+use crate::error::{FieldViolation, GatewayError};
+use crate::pb::{self, Model, Resolution, TaskState, VideoDuration};
+
+/// Longest prompt kie.ai accepts, in Unicode characters.
+pub const MAX_PROMPT_CHARS: usize = 1500;
+/// Longest task id accepted; kie.ai's ids are far shorter.
+pub const MAX_TASK_ID_LEN: usize = 128;
+/// Longest idempotency key.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Longest URL accepted in any URL field.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// A syntactically valid kie.ai task id: 1 to 128 characters from
+/// `A-Z a-z 0-9 _ -`, so it can never smuggle a path or query into the
+/// upstream URL.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskId(String);
+
+impl TaskId {
+    pub fn parse(raw: String) -> Result<Self, GatewayError> {
+        let problem = if raw.is_empty() {
+            Some("task_id is required".to_string())
+        } else if raw.len() > MAX_TASK_ID_LEN {
+            Some(format!(
+                "task_id must be at most {MAX_TASK_ID_LEN} characters, got {}",
+                raw.len()
+            ))
+        } else if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            Some("task_id may only contain A-Z, a-z, 0-9, '_' and '-'".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(description) => Err(GatewayError::InvalidArgument(vec![FieldViolation {
+                field: "task_id",
+                description,
+            }])),
+            None => Ok(Self(raw)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// kie.ai's model id for each `Model`.
+pub fn model_id(model: Model) -> &'static str {
+    match model {
+        Model::Unspecified | Model::Hailuo02ImageToVideoStandard => {
+            "hailuo/02-image-to-video-standard"
+        }
+    }
+}
+
+/// kie.ai's `input.duration` value; unspecified is the documented default.
+pub fn duration_value(duration: VideoDuration) -> &'static str {
+    match duration {
+        VideoDuration::VideoDuration6Seconds => "6",
+        VideoDuration::Unspecified | VideoDuration::VideoDuration10Seconds => "10",
+    }
+}
+
+/// kie.ai's `input.resolution` value; unspecified is the documented default.
+pub fn resolution_value(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Resolution512p => "512P",
+        Resolution::Unspecified | Resolution::Resolution768p => "768P",
+    }
+}
+
+/// kie.ai's state names; `None` for a state this version does not know.
+pub fn parse_state(state: &str) -> Option<TaskState> {
+    Some(match state {
+        "waiting" => TaskState::Waiting,
+        "queuing" => TaskState::Queuing,
+        "generating" => TaskState::Generating,
+        "success" => TaskState::Succeeded,
+        "fail" => TaskState::Failed,
+        _ => return None,
+    })
+}
+
+pub fn is_terminal(state: TaskState) -> bool {
+    matches!(state, TaskState::Succeeded | TaskState::Failed)
+}
+
+/// A CreateTask request that passed validation. The defaults are applied:
+/// kie.ai has been seen not to fill in documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CreateTaskInput {
+    pub model: &'static str,
+    pub prompt: String,
+    pub image_url: String,
+    pub end_image_url: Option<String>,
+    pub duration: &'static str,
+    pub resolution: &'static str,
+    pub prompt_optimizer: Option<bool>,
+    pub callback_url: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
+    type Error = GatewayError;
+
+    fn try_from(req: pb::CreateTaskRequest) -> Result<Self, Self::Error> {
+        let mut bad = Vec::new();
+
+        let model = match Model::try_from(req.model) {
+            Ok(m) => model_id(m),
+            Err(_) => {
+                bad.push(enum_violation("model", req.model));
+                ""
+            }
+        };
+        let duration = match VideoDuration::try_from(req.duration) {
+            Ok(d) => duration_value(d),
+            Err(_) => {
+                bad.push(enum_violation("duration", req.duration));
+                ""
+            }
+        };
+        let resolution = match Resolution::try_from(req.resolution) {
+            Ok(r) => resolution_value(r),
+            Err(_) => {
+                bad.push(enum_violation("resolution", req.resolution));
+                ""
+            }
+        };
+
+        if req.prompt.trim().is_empty() {
+            bad.push(FieldViolation::new("prompt", "prompt is required"));
+        } else {
+            // Count no further than needed: a 2 MiB prompt costs no more
+            // than a 1501-character one.
+            let chars = req.prompt.chars().take(MAX_PROMPT_CHARS + 1).count();
+            if chars > MAX_PROMPT_CHARS {
+                bad.push(FieldViolation::new(
+                    "prompt",
+                    format!("prompt must be at most {MAX_PROMPT_CHARS} characters"),
+                ));
+            }
+        }
+
+        if req.image_url.is_empty() {
+            bad.push(FieldViolation::new("image_url", "image_url is required"));
+        } else if let Err(why) = check_http_url(&req.image_url) {
+            bad.push(FieldViolation::new("image_url", format!("image_url {why}")));
+        }
+        for (field, value) in [
+            ("end_image_url", &req.end_image_url),
+            ("callback_url", &req.callback_url),
+        ] {
+            if !value.is_empty()
+                && let Err(why) = check_http_url(value)
+            {
+                bad.push(FieldViolation::new(field, format!("{field} {why}")));
+            }
+        }
+
+        if !req.request_id.is_empty() {
+            let printable = req.request_id.chars().all(|c| !c.is_control());
+            let len = req
+                .request_id
+                .chars()
+                .take(MAX_REQUEST_ID_CHARS + 1)
+                .count();
+            if !printable || len > MAX_REQUEST_ID_CHARS {
+                bad.push(FieldViolation::new(
+                    "request_id",
+                    format!(
+                        "request_id must be printable characters, at most {MAX_REQUEST_ID_CHARS}"
+                    ),
+                ));
+            }
+        }
+
+        if !bad.is_empty() {
+            return Err(GatewayError::InvalidArgument(bad));
+        }
+        Ok(Self {
+            model,
+            prompt: req.prompt,
+            image_url: req.image_url,
+            end_image_url: non_empty(req.end_image_url),
+            duration,
+            resolution,
+            prompt_optimizer: req.prompt_optimizer,
+            callback_url: non_empty(req.callback_url),
+            request_id: non_empty(req.request_id),
+        })
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn enum_violation(field: &'static str, value: i32) -> FieldViolation {
+    FieldViolation::new(field, format!("{field} has no value {value}"))
+}
+
+/// An absolute http(s) URL with a host.
+fn check_http_url(raw: &str) -> Result<(), &'static str> {
+    if raw.len() > MAX_URL_LEN {
+        return Err("must be at most 2048 bytes");
+    }
+    let url = Url::parse(raw).map_err(|_| "must be an absolute http(s) URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must use http or https");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> pb::CreateTaskRequest {
+        pb::CreateTaskRequest {
+            prompt: "a cat".into(),
+            image_url: "https://example.com/cat.png".into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(err: GatewayError) -> Vec<&'static str> {
+        match err {
+            GatewayError::InvalidArgument(v) => v.into_iter().map(|f| f.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let input = CreateTaskInput::try_from(valid()).expect("valid");
+        assert_eq!(input.model, "hailuo/02-image-to-video-standard");
+        assert_eq!(input.duration, "10");
+        assert_eq!(input.resolution, "768P");
+        assert_eq!(input.end_image_url, None);
+        assert_eq!(input.callback_url, None);
+    }
+
+    #[test]
+    fn prompt_length_counts_characters_not_bytes() {
+        let mut req = valid();
+        req.prompt = "猫".repeat(1500);
+        assert!(CreateTaskInput::try_from(req.clone()).is_ok());
+        req.prompt.push('猫');
+        assert_eq!(
+            fields(CreateTaskInput::try_from(req).expect_err("invalid")),
+            ["prompt"]
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let req = pb::CreateTaskRequest {
+            model: 9,
+            prompt: " ".into(),
+            image_url: "ftp://x/y.png".into(),
+            end_image_url: "not a url".into(),
+            duration: 7,
+            resolution: -1,
+            callback_url: "/relative".into(),
+            request_id: "a\nb".into(),
+            ..Default::default()
+        };
+        let mut got = fields(CreateTaskInput::try_from(req).expect_err("invalid"));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "callback_url",
+                "duration",
+                "end_image_url",
+                "image_url",
+                "model",
+                "prompt",
+                "request_id",
+                "resolution"
+            ]
+        );
+    }
+
+    #[test]
+    fn task_id_rejects_path_and_query_characters() {
+        for bad in [
+            "",
+            "../etc",
+            "a?b",
+            "a&b",
+            "a%00",
+            "a/b",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(TaskId::parse(bad.to_string()).is_err(), "{bad:?}");
+        }
+        assert!(TaskId::parse("task_hailuo_1765185334551".into()).is_ok());
+        assert!(TaskId::parse("x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn kie_states_map_to_task_states() {
+        assert_eq!(parse_state("waiting"), Some(TaskState::Waiting));
+        assert_eq!(parse_state("queuing"), Some(TaskState::Queuing));
+        assert_eq!(parse_state("generating"), Some(TaskState::Generating));
+        assert_eq!(parse_state("success"), Some(TaskState::Succeeded));
+        assert_eq!(parse_state("fail"), Some(TaskState::Failed));
+        assert_eq!(parse_state("exploded"), None);
+    }
+}

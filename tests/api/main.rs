@@ -1,0 +1,11 @@
+//! Black-box tests: the real gateway on 127.0.0.1:0, a scripted kie.ai
+//! (wiremock), and the generated tonic client.
+
+mod helpers;
+
+mod create_task;
+mod get_task;
+mod shutdown;
+mod status_mapping;
+mod validation;
+mod watch_task;

@@ -1,0 +1,275 @@
+use std::time::Duration;
+
+use hailuo_gateway::pb::{TaskState, WatchTaskRequest, WatchTaskResponse};
+use tonic::{Code, Streaming};
+use wiremock::ResponseTemplate;
+
+use crate::helpers::*;
+
+fn watch(task_id: &str) -> WatchTaskRequest {
+    WatchTaskRequest {
+        task_id: task_id.into(),
+    }
+}
+
+/// Reads the stream to its end: the states it carried and how it ended.
+async fn collect(
+    mut stream: Streaming<WatchTaskResponse>,
+) -> (Vec<TaskState>, Result<(), tonic::Status>) {
+    let mut states = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(m))) => {
+                assert!(!m.heartbeat, "no heartbeat expected here");
+                states.push(state_of(&m.task));
+            }
+            Ok(Ok(None)) => return (states, Ok(())),
+            Ok(Err(status)) => return (states, Err(status)),
+            Err(_) => panic!("stream hung after {states:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_streams_each_state_once_and_ends_ok_after_success() {
+    let mut app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::states(
+            "t1",
+            &[
+                "waiting",
+                "waiting",
+                "queuing",
+                "queuing",
+                "generating",
+                "generating",
+                "success",
+            ],
+        ),
+    )
+    .await;
+
+    let stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let (states, end) = collect(stream).await;
+
+    assert_eq!(
+        states,
+        [
+            TaskState::Waiting,
+            TaskState::Queuing,
+            TaskState::Generating,
+            TaskState::Succeeded
+        ]
+    );
+    end.expect("ends with OK");
+    assert_eq!(
+        app.upstream_count(RECORD_PATH).await,
+        7,
+        "stops reading after success"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_generation_is_a_failed_message_not_an_rpc_error() {
+    let mut app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::states("t1", &["waiting", "generating", "fail"]),
+    )
+    .await;
+
+    let mut stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = stream.message().await.expect("no rpc error") {
+        last = m.task;
+    }
+
+    let last = last.expect("a final message");
+    assert_eq!(last.state(), TaskState::Failed);
+    assert_eq!(last.fail_code, "500");
+    assert_eq!(last.fail_message, "content moderation rejected the image");
+}
+
+#[tokio::test]
+async fn watching_an_unknown_task_is_not_found() {
+    let mut app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::new(vec![kie_error(422, "recordInfo is null")]),
+    )
+    .await;
+
+    let status = app
+        .client
+        .watch_task(watch("t_missing"))
+        .await
+        .expect_err("not found");
+
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(error_info(&status).reason, "TASK_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn transient_upstream_errors_mid_watch_are_retried_without_ending_the_stream() {
+    let mut app = spawn_app().await;
+    let html_502 =
+        ResponseTemplate::new(502).set_body_raw("<html>502 Bad Gateway</html>", "text/html");
+    mount_record(
+        &app,
+        Sequence::new(vec![
+            kie_ok(record("t1", "waiting")),
+            kie_error(500, "Server error"),
+            html_502,
+            kie_error(429, "rate limited"),
+            kie_ok(record("t1", "generating")),
+            kie_error(455, "maintenance"),
+            kie_ok(record("t1", "success")),
+        ]),
+    )
+    .await;
+
+    let stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let (states, end) = collect(stream).await;
+
+    assert_eq!(
+        states,
+        [
+            TaskState::Waiting,
+            TaskState::Generating,
+            TaskState::Succeeded
+        ]
+    );
+    end.expect("ends with OK");
+}
+
+#[tokio::test]
+async fn a_watch_gives_up_with_unavailable_when_the_retry_budget_is_spent() {
+    let mut app = spawn_app_with(|s| s.watch.retry_budget = 3).await;
+    mount_record(
+        &app,
+        Sequence::new(vec![
+            kie_ok(record("t1", "waiting")),
+            kie_error(500, "Server error"),
+        ]),
+    )
+    .await;
+
+    let stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let (states, end) = collect(stream).await;
+
+    assert_eq!(states, [TaskState::Waiting]);
+    let status = end.expect_err("gives up");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_info(&status).reason, "UPSTREAM_RETRIES_EXHAUSTED");
+    assert_eq!(app.upstream_count(RECORD_PATH).await, 1 + 3);
+}
+
+#[tokio::test]
+async fn a_quiet_watch_sends_heartbeats_repeating_the_task() {
+    let mut app = spawn_app_with(|s| s.watch.heartbeat = Duration::from_millis(150)).await;
+    mount_record(&app, Sequence::states("t1", &["generating"])).await;
+
+    let mut stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("ok").expect("first");
+    let second = stream.message().await.expect("ok").expect("heartbeat");
+
+    assert!(!first.heartbeat);
+    assert!(second.heartbeat);
+    assert_eq!(state_of(&second.task), TaskState::Generating);
+    assert_eq!(second.task.expect("task").task_id, "t1");
+}
+
+#[tokio::test]
+async fn polling_stops_when_the_last_watcher_leaves() {
+    let mut app = spawn_app().await;
+    mount_record(&app, Sequence::states("t1", &["generating"])).await;
+
+    let mut stream = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("ok").expect("first");
+    assert_eq!(app.hub.active_pollers(), 1);
+    drop(stream);
+
+    let hub = app.hub.clone();
+    assert!(
+        wait_for(Duration::from_secs(2), || {
+            let hub = hub.clone();
+            async move { hub.active_pollers() == 0 }
+        })
+        .await,
+        "poller stops"
+    );
+    let reads = app.upstream_count(RECORD_PATH).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // several poll intervals
+    assert!(
+        app.upstream_count(RECORD_PATH).await <= reads + 1,
+        "no more reads"
+    );
+}
+
+#[tokio::test]
+async fn two_watchers_of_one_task_share_one_poller() {
+    let mut app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::states(
+            "t1",
+            &["waiting", "queuing", "generating", "generating", "success"],
+        ),
+    )
+    .await;
+    let mut other = app.new_client().await;
+
+    let a = app
+        .client
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let b = other
+        .watch_task(watch("t1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let ((states_a, end_a), (states_b, end_b)) = tokio::join!(collect(a), collect(b));
+
+    end_a.expect("ok");
+    end_b.expect("ok");
+    assert_eq!(states_a.last(), Some(&TaskState::Succeeded));
+    assert_eq!(states_b.last(), Some(&TaskState::Succeeded));
+    assert_eq!(
+        app.upstream_count(RECORD_PATH).await,
+        5,
+        "one poller for both"
+    );
+}
