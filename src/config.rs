@@ -30,6 +30,13 @@ pub mod defaults {
     pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    /// With callbacks on, polling is only a safety net for lost callbacks.
+    pub const CALLBACK_SAFETY_POLL: Duration = Duration::from_secs(30);
+    /// kie.ai's documented status-query limit per key.
+    pub const READ_BUDGET_PER_SECOND: u32 = 10;
+    pub const TASK_CACHE_SIZE: usize = 10_000;
+    pub const TASK_CACHE_TTL: Duration = Duration::from_secs(3600);
+    pub const WATCH_MAX_DURATION: Duration = Duration::from_secs(3600);
 }
 
 /// A kie.ai API key. Debug and Display never show it.
@@ -156,6 +163,38 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = human(defaults::SHUTDOWN_GRACE))]
     pub shutdown_grace: humantime::Duration,
 
+    /// Public URL of this gateway's `POST /callbacks/kie`. When set, tasks
+    /// created without a caller callback_url ask kie.ai to call back here,
+    /// which wakes their watchers at once; polling then only backs it up.
+    #[arg(long, env = "GATEWAY_PUBLIC_CALLBACK_URL")]
+    pub public_callback_url: Option<Url>,
+
+    /// kie.ai webhook HMAC key: when set, callbacks must carry a valid
+    /// X-Webhook-Signature no older than 5 minutes.
+    #[arg(long, env = "KIE_WEBHOOK_HMAC_KEY", hide_env_values = true)]
+    pub kie_webhook_hmac_key: Option<ApiKey>,
+
+    /// Poll interval of tasks that kie.ai will call back about.
+    #[arg(long, env = "GATEWAY_CALLBACK_SAFETY_POLL", default_value_t = human(defaults::CALLBACK_SAFETY_POLL))]
+    pub callback_safety_poll: humantime::Duration,
+
+    /// Most recordInfo reads per second, all watched tasks together.
+    #[arg(long, env = "GATEWAY_READ_BUDGET", default_value_t = defaults::READ_BUDGET_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_budget: u32,
+
+    /// Finished tasks kept in memory (answered without an upstream call).
+    #[arg(long, env = "GATEWAY_TASK_CACHE_SIZE", default_value_t = defaults::TASK_CACHE_SIZE)]
+    pub task_cache_size: usize,
+
+    /// How long a finished task is kept.
+    #[arg(long, env = "GATEWAY_TASK_CACHE_TTL", default_value_t = human(defaults::TASK_CACHE_TTL))]
+    pub task_cache_ttl: humantime::Duration,
+
+    /// Longest a single WatchTask call may last (then DEADLINE_EXCEEDED;
+    /// call again to go on watching).
+    #[arg(long, env = "GATEWAY_WATCH_MAX_DURATION", default_value_t = human(defaults::WATCH_MAX_DURATION))]
+    pub watch_max_duration: humantime::Duration,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -241,30 +280,52 @@ impl Backoff {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatchSettings {
     pub cadence: PollCadence,
+    /// Interval of tasks kie.ai will call back about.
+    pub callback_safety_poll: Duration,
     pub heartbeat: Duration,
     /// Consecutive failed reads a watch survives.
     pub retry_budget: u32,
     pub backoff: Backoff,
+    /// recordInfo reads per second, all pollers together.
+    pub read_budget: u32,
+    pub cache_size: usize,
+    pub cache_ttl: Duration,
+    pub max_duration: Duration,
 }
 
 impl Default for WatchSettings {
     fn default() -> Self {
         Self {
             cadence: PollCadence::default(),
+            callback_safety_poll: defaults::CALLBACK_SAFETY_POLL,
             heartbeat: defaults::WATCH_HEARTBEAT,
             retry_budget: defaults::WATCH_RETRY_BUDGET,
             backoff: Backoff {
                 initial: defaults::RETRY_BACKOFF_INITIAL,
                 max: defaults::RETRY_BACKOFF_MAX,
             },
+            read_budget: defaults::READ_BUDGET_PER_SECOND,
+            cache_size: defaults::TASK_CACHE_SIZE,
+            cache_ttl: defaults::TASK_CACHE_TTL,
+            max_duration: defaults::WATCH_MAX_DURATION,
         }
     }
+}
+
+/// kie.ai callbacks to this gateway.
+#[derive(Clone, Debug, Default)]
+pub struct CallbackSettings {
+    /// Sent as `callBackUrl` for tasks created without a caller callback.
+    pub public_url: Option<Url>,
+    /// Verify X-Webhook-Signature with this key when set.
+    pub hmac_key: Option<ApiKey>,
 }
 
 /// Everything the application is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub upstream: UpstreamSettings,
+    pub callbacks: CallbackSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub watch: WatchSettings,
@@ -284,6 +345,7 @@ impl Settings {
                 connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
                 timeout: defaults::UPSTREAM_TIMEOUT,
             },
+            callbacks: CallbackSettings::default(),
             grpc_addr: loopback,
             http_addr: loopback,
             watch: WatchSettings::default(),
@@ -325,6 +387,10 @@ impl ServeArgs {
                 connect_timeout: self.kie_connect_timeout.into(),
                 timeout: self.kie_timeout.into(),
             },
+            callbacks: CallbackSettings {
+                public_url: self.public_callback_url.clone(),
+                hmac_key: self.kie_webhook_hmac_key.clone(),
+            },
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             watch: WatchSettings {
@@ -335,12 +401,17 @@ impl ServeArgs {
                     medium_until: self.poll_medium_until.into(),
                     slow: self.poll_slow.into(),
                 },
+                callback_safety_poll: self.callback_safety_poll.into(),
                 heartbeat: self.watch_heartbeat.into(),
                 retry_budget: self.watch_retry_budget,
                 backoff: Backoff {
                     initial: self.retry_backoff_initial.into(),
                     max: self.retry_backoff_max.into(),
                 },
+                read_budget: self.read_budget,
+                cache_size: self.task_cache_size,
+                cache_ttl: self.task_cache_ttl.into(),
+                max_duration: self.watch_max_duration.into(),
             },
             shutdown_grace: self.shutdown_grace.into(),
         }

@@ -49,6 +49,8 @@ pub enum GatewayError {
     WatchRetriesExhausted { attempts: u32, last: UpstreamError },
     /// The gateway is draining; the caller should re-attach elsewhere.
     ShuttingDown,
+    /// The watch reached the gateway's maximum watch duration.
+    WatchExpired,
 }
 
 impl From<UpstreamError> for GatewayError {
@@ -74,6 +76,7 @@ impl GatewayError {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
+            Self::WatchExpired => Severity::Caller,
             Self::Upstream(e) => match classify(e).code {
                 Code::Internal | Code::Unknown => Severity::Operator,
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
@@ -126,6 +129,14 @@ impl GatewayError {
                 Status::with_error_details(
                     Code::Unavailable,
                     "the gateway is shutting down: call again to re-attach to another instance",
+                    details,
+                )
+            }
+            Self::WatchExpired => {
+                details.set_error_info("WATCH_DURATION_EXCEEDED", GATEWAY_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::DeadlineExceeded,
+                    "the watch reached the gateway's maximum watch duration: call WatchTask again to go on",
                     details,
                 )
             }

@@ -1,16 +1,18 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
-use crate::config::ApiKey;
+use crate::config::{ApiKey, WatchSettings};
 use crate::error::{GatewayError, Severity};
 use crate::hub::TaskHub;
 use crate::kie::{Credential, KeySource, KieClient};
+use crate::metrics::Metrics;
 use crate::pb::video_generation_server::VideoGeneration;
 use crate::pb::{
     CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
@@ -62,29 +64,14 @@ impl Credentials {
 }
 
 pub struct VideoGenerationService {
-    kie: KieClient,
-    hub: TaskHub,
-    credentials: Credentials,
-    heartbeat: Duration,
-    shutdown: CancellationToken,
-}
-
-impl VideoGenerationService {
-    pub fn new(
-        kie: KieClient,
-        hub: TaskHub,
-        credentials: Credentials,
-        heartbeat: Duration,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            kie,
-            hub,
-            credentials,
-            heartbeat,
-            shutdown,
-        }
-    }
+    pub kie: KieClient,
+    pub hub: TaskHub,
+    pub metrics: Arc<Metrics>,
+    pub credentials: Credentials,
+    /// Sent as `callBackUrl` when the caller gives none.
+    pub public_callback_url: Option<String>,
+    pub watch: WatchSettings,
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -99,18 +86,28 @@ impl VideoGeneration for VideoGenerationService {
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
             let credential = self.credentials.for_call(&metadata)?;
+            let ours = input.callback_url.is_none() && self.public_callback_url.is_some();
+            let call_back_url = input
+                .callback_url
+                .as_deref()
+                .or(self.public_callback_url.as_deref());
             let task_id = self
                 .kie
-                .create_task(&credential, &input, input.callback_url.as_deref(), deadline)
+                .create_task(&credential, &input, call_back_url, deadline)
                 .await?;
+            if ours && let Ok(id) = TaskId::parse(task_id.clone()) {
+                self.hub.expect_callback(id);
+            }
             Ok::<_, GatewayError>(task_id)
         }
         .await;
-        let task_id = result.as_deref().unwrap_or_default();
-        log_rpc("CreateTask", task_id, started, result.as_ref().err());
-        result
-            .map(|task_id| Response::new(CreateTaskResponse { task_id }))
-            .map_err(|e| e.to_status())
+        match result {
+            Ok(task_id) => {
+                self.finish("CreateTask", &task_id, started, Ok(()))?;
+                Ok(Response::new(CreateTaskResponse { task_id }))
+            }
+            Err(e) => self.finish("CreateTask", "", started, Err(e)),
+        }
     }
 
     async fn get_task(
@@ -125,17 +122,15 @@ impl VideoGeneration for VideoGenerationService {
         let result = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
-            Ok::<_, GatewayError>(
-                self.kie
-                    .record_info(&credential, &task_id, deadline)
-                    .await?,
-            )
+            self.hub.get(credential, task_id, deadline).await
         }
         .await;
-        log_rpc("GetTask", &shown_id, started, result.as_ref().err());
-        result
-            .map(|task| Response::new(GetTaskResponse { task: Some(task) }))
-            .map_err(|e| e.to_status())
+        self.finish("GetTask", &shown_id, started, result)
+            .map(|task| {
+                Response::new(GetTaskResponse {
+                    task: Some(Arc::unwrap_or_clone(task)),
+                })
+            })
     }
 
     type WatchTaskStream = WatchStream;
@@ -158,22 +153,30 @@ impl VideoGeneration for VideoGenerationService {
         .await;
         match subscribed {
             Ok(rx) => {
+                let metrics = self.metrics.clone();
+                metrics.active_watchers.inc();
                 let on_end = Box::new(move |code: Code| {
+                    metrics.active_watchers.dec();
+                    let latency = started.elapsed();
+                    metrics.rpc("WatchTask", code, latency);
                     tracing::info!(
                         method = "WatchTask",
                         task_id = %shown_id,
                         code = ?code,
-                        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+                        latency_ms = latency.as_secs_f64() * 1e3,
                         "rpc"
                     );
                 });
-                let stream = watch::stream(rx, self.heartbeat, self.shutdown.clone(), on_end);
+                let stream = watch::stream(
+                    rx,
+                    self.watch.heartbeat,
+                    self.watch.max_duration,
+                    self.shutdown.clone(),
+                    on_end,
+                );
                 Ok(Response::new(stream))
             }
-            Err(e) => {
-                log_rpc("WatchTask", &shown_id, started, Some(&e));
-                Err(e.to_status())
-            }
+            Err(e) => self.finish("WatchTask", &shown_id, started, Err(e)),
         }
     }
 }
@@ -184,27 +187,40 @@ fn loggable_id(raw: &str) -> String {
     raw.chars().take(64).filter(|c| !c.is_control()).collect()
 }
 
-/// One line per RPC, at a level that fits who must act on it.
-fn log_rpc(method: &'static str, task_id: &str, started: Instant, error: Option<&GatewayError>) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    match error {
-        None => tracing::info!(method, task_id, code = ?Code::Ok, latency_ms, "rpc"),
-        Some(e) => {
-            let status = e.to_status();
-            let code = status.code();
-            let message = status.message();
-            match e.severity() {
-                Severity::Caller => {
-                    tracing::info!(method, task_id, ?code, latency_ms, message, "rpc")
-                }
-                Severity::Transient => {
-                    tracing::warn!(method, task_id, ?code, latency_ms, message, "rpc")
-                }
-                Severity::Operator => {
-                    tracing::error!(method, task_id, ?code, latency_ms, message, "rpc")
-                }
+impl VideoGenerationService {
+    /// Metrics and one log line per RPC (at a level that fits who must act
+    /// on it), and the error as the caller's status.
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        task_id: &str,
+        started: Instant,
+        result: Result<T, GatewayError>,
+    ) -> Result<T, Status> {
+        let latency = started.elapsed();
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        let error = match result {
+            Ok(value) => {
+                self.metrics.rpc(method, Code::Ok, latency);
+                tracing::info!(method, task_id, code = ?Code::Ok, latency_ms, "rpc");
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        let status = error.to_status();
+        let code = status.code();
+        let message = status.message();
+        self.metrics.rpc(method, code, latency);
+        match error.severity() {
+            Severity::Caller => tracing::info!(method, task_id, ?code, latency_ms, message, "rpc"),
+            Severity::Transient => {
+                tracing::warn!(method, task_id, ?code, latency_ms, message, "rpc")
+            }
+            Severity::Operator => {
+                tracing::error!(method, task_id, ?code, latency_ms, message, "rpc")
             }
         }
+        Err(status)
     }
 }
 

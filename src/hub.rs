@@ -1,19 +1,31 @@
 //! The task hub: one upstream poller per watched task, however many callers
 //! watch it. Each task has a `watch` channel; the poller writes, watchers
-//! only read, and the poller stops when the last watcher leaves.
+//! only read, and the poller stops when the last watcher leaves. Finished
+//! tasks are kept in a bounded cache; a kie.ai callback wakes a task's
+//! poller to re-read it at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Priority, ReadBudget};
+use crate::cache::TerminalCache;
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
 use crate::kie::{Credential, KieClient};
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
+
+/// How many tasks created with the gateway's callback URL are remembered,
+/// and for how long (kie.ai keeps tasks 14 days, but a watch that old is
+/// polled at the slow cadence anyway).
+const CALLBACK_TASKS: usize = 100_000;
+const CALLBACK_TASKS_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What watchers of a task see.
 #[derive(Clone, Debug)]
@@ -27,15 +39,19 @@ pub enum Observation {
     Failed(GatewayError),
 }
 
-/// Pollers are shared per task *and* key: with key pass-through, one team's
-/// key never reads a task for another.
+/// Pollers and cached tasks are per task *and* key: with key pass-through,
+/// one team's key never reads a task for another.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct WatchKey {
+struct TaskKey {
     task_id: TaskId,
     credential: Credential,
 }
 
-type Channel = Arc<watch::Sender<Observation>>;
+struct Poller {
+    credential: Credential,
+    channel: Arc<watch::Sender<Observation>>,
+    wake: Arc<Notify>,
+}
 
 #[derive(Clone)]
 pub struct TaskHub {
@@ -45,78 +61,208 @@ pub struct TaskHub {
 struct Inner {
     kie: KieClient,
     settings: WatchSettings,
-    pollers: Mutex<HashMap<WatchKey, Channel>>,
+    budget: ReadBudget,
+    metrics: Arc<Metrics>,
+    pollers: Mutex<HashMap<TaskId, Vec<Poller>>>,
+    finished: TerminalCache<TaskKey, Arc<pb::Task>>,
+    /// Tasks kie.ai will call back about: polled only as a safety net.
+    called_back: TerminalCache<TaskId, ()>,
     shutdown: CancellationToken,
 }
 
 impl TaskHub {
-    pub fn new(kie: KieClient, settings: WatchSettings, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        kie: KieClient,
+        settings: WatchSettings,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let budget = ReadBudget::new(settings.read_budget, metrics.clone(), shutdown.clone());
         Self {
             inner: Arc::new(Inner {
                 kie,
                 settings,
+                budget,
+                metrics,
                 pollers: Mutex::new(HashMap::new()),
+                finished: TerminalCache::new(settings.cache_size, settings.cache_ttl),
+                called_back: TerminalCache::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL),
                 shutdown,
             }),
         }
     }
 
-    /// Joins the task's poller, starting one if none runs. Dropping the
-    /// receiver is how a watcher leaves.
+    /// Joins the task's poller, starting one if none runs; a finished task
+    /// comes from the cache with no poller at all. Dropping the receiver is
+    /// how a watcher leaves.
     pub fn subscribe(
         &self,
         credential: Credential,
         task_id: TaskId,
     ) -> watch::Receiver<Observation> {
-        let key = WatchKey {
+        let key = TaskKey {
             task_id,
             credential,
         };
+        if let Some(task) = self.inner.finished.get(&key) {
+            self.inner.metrics.cache_hits.inc();
+            // A closed channel holding the final value: the watcher sends it
+            // and ends.
+            let (_, rx) = watch::channel(Observation::Task(task));
+            return rx;
+        }
         let mut pollers = self.inner.pollers();
-        if let Some(channel) = pollers.get(&key) {
-            return channel.subscribe();
+        let entries = pollers.entry(key.task_id.clone()).or_default();
+        if let Some(poller) = entries.iter().find(|p| p.credential == key.credential) {
+            return poller.channel.subscribe();
         }
         let (tx, rx) = watch::channel(Observation::Pending);
         let channel = Arc::new(tx);
-        pollers.insert(key.clone(), channel.clone());
+        let wake = Arc::new(Notify::new());
+        entries.push(Poller {
+            credential: key.credential.clone(),
+            channel: channel.clone(),
+            wake: wake.clone(),
+        });
         drop(pollers);
-        tokio::spawn(poll(self.inner.clone(), key, channel));
+        self.inner.metrics.active_pollers.inc();
+        tokio::spawn(poll(self.inner.clone(), key, channel, wake));
         rx
+    }
+
+    /// The task now: from the cache, from a live poller, or read upstream.
+    pub async fn get(
+        &self,
+        credential: Credential,
+        task_id: TaskId,
+        deadline: Option<Duration>,
+    ) -> Result<Arc<pb::Task>, GatewayError> {
+        let key = TaskKey {
+            task_id,
+            credential,
+        };
+        if let Some(task) = self.inner.finished.get(&key) {
+            self.inner.metrics.cache_hits.inc();
+            return Ok(task);
+        }
+        if let Some(task) = self.inner.live_value(&key) {
+            return Ok(task);
+        }
+        let task = Arc::new(
+            self.inner
+                .kie
+                .record_info(&key.credential, &key.task_id, deadline)
+                .await?,
+        );
+        if is_terminal(task.state()) {
+            self.inner.finished.insert(key, task.clone());
+        }
+        Ok(task)
+    }
+
+    /// kie.ai will call back when this task ends: poll it only as a safety
+    /// net.
+    pub fn expect_callback(&self, task_id: TaskId) {
+        self.inner.called_back.insert(task_id, ());
+    }
+
+    /// A callback named this task: its pollers re-read it now. Returns how
+    /// many pollers were woken (0 for a task nobody watches).
+    pub fn wake(&self, task_id: &TaskId) -> usize {
+        let pollers = self.inner.pollers();
+        let Some(entries) = pollers.get(task_id) else {
+            return 0;
+        };
+        for poller in entries {
+            poller.wake.notify_one();
+        }
+        entries.len()
     }
 
     /// Number of tasks being polled now.
     pub fn active_pollers(&self) -> usize {
-        self.inner.pollers().len()
+        self.inner.pollers().values().map(Vec::len).sum()
     }
 }
 
 impl Inner {
-    fn pollers(&self) -> MutexGuard<'_, HashMap<WatchKey, Channel>> {
-        // A panic while holding this lock cannot leave the map half-written
-        // (every critical section is a single insert, get or remove).
+    fn pollers(&self) -> MutexGuard<'_, HashMap<TaskId, Vec<Poller>>> {
+        // Every critical section is a single lookup, insert or remove: a
+        // panic elsewhere cannot leave the map half-written.
         self.pollers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes the poller's channel, but only if no watcher joined since it
-    /// was last seen empty (or `force`, when the task is over).
-    fn retire(&self, key: &WatchKey, channel: &Channel, force: bool) -> bool {
-        let mut pollers = self.pollers();
-        let ours = pollers.get(key).is_some_and(|c| Arc::ptr_eq(c, channel));
-        if ours && (force || channel.receiver_count() == 0) {
-            pollers.remove(key);
-            return true;
+    fn live_value(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
+        let pollers = self.pollers();
+        let poller = pollers
+            .get(&key.task_id)?
+            .iter()
+            .find(|p| p.credential == key.credential)?;
+        match &*poller.channel.borrow() {
+            Observation::Task(task) => Some(task.clone()),
+            _ => None,
         }
-        !ours
+    }
+
+    /// Removes the poller, unless a watcher joined since it was last seen
+    /// empty (`force` when the task is over). True when the poller must
+    /// stop.
+    fn retire(
+        &self,
+        key: &TaskKey,
+        channel: &Arc<watch::Sender<Observation>>,
+        force: bool,
+    ) -> bool {
+        let mut pollers = self.pollers();
+        let Some(entries) = pollers.get_mut(&key.task_id) else {
+            return true;
+        };
+        let Some(at) = entries
+            .iter()
+            .position(|p| Arc::ptr_eq(&p.channel, channel))
+        else {
+            return true;
+        };
+        if !force && channel.receiver_count() > 0 {
+            return false;
+        }
+        entries.swap_remove(at);
+        if entries.is_empty() {
+            pollers.remove(&key.task_id);
+        }
+        true
     }
 }
 
 /// Reads the task until it ends, every watcher leaves, or the gateway shuts
 /// down.
-async fn poll(inner: Arc<Inner>, key: WatchKey, channel: Channel) {
+async fn poll(
+    inner: Arc<Inner>,
+    key: TaskKey,
+    channel: Arc<watch::Sender<Observation>>,
+    wake: Arc<Notify>,
+) {
     let started = Instant::now();
     let settings = inner.settings;
     let mut failures: u32 = 0;
+    let mut age = Duration::ZERO;
+    let mut woken = false;
     loop {
+        let priority = if woken {
+            Priority::Woken
+        } else {
+            Priority::Age(age)
+        };
+        tokio::select! {
+            () = inner.budget.acquire(priority) => {}
+            () = channel.closed() => {
+                if inner.retire(&key, &channel, false) {
+                    break;
+                }
+                continue;
+            }
+            () = inner.shutdown.cancelled() => break,
+        }
         let read = inner
             .kie
             .record_info(&key.credential, &key.task_id, None)
@@ -124,13 +270,20 @@ async fn poll(inner: Arc<Inner>, key: WatchKey, channel: Channel) {
         let wait = match read {
             Ok(task) => {
                 failures = 0;
-                let terminal = is_terminal(task.state());
-                let age = task_age(&task).unwrap_or_else(|| started.elapsed());
-                publish(&channel, task);
-                if terminal {
+                age = task_age(&task).unwrap_or_else(|| started.elapsed());
+                let task = Arc::new(task);
+                if is_terminal(task.state()) {
+                    inner.finished.insert(key.clone(), task.clone());
+                    publish(&channel, task);
+                    inner.retire(&key, &channel, true);
                     break;
                 }
-                settings.cadence.interval_at(age)
+                publish(&channel, task);
+                if inner.called_back.get(&key.task_id).is_some() {
+                    settings.callback_safety_poll
+                } else {
+                    settings.cadence.interval_at(age)
+                }
             }
             Err(e) if e.is_transient() && failures + 1 < settings.retry_budget => {
                 failures += 1;
@@ -148,30 +301,36 @@ async fn poll(inner: Arc<Inner>, key: WatchKey, channel: Channel) {
                     GatewayError::Upstream(e)
                 };
                 channel.send_replace(Observation::Failed(error));
+                inner.retire(&key, &channel, true);
                 break;
             }
         };
+        woken = false;
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => woken = true,
             () = channel.closed() => {
                 if inner.retire(&key, &channel, false) {
-                    return;
+                    break;
                 }
             }
             () = inner.shutdown.cancelled() => break,
         }
     }
+    // Whatever the way out, the poller is gone from the map (a no-op when it
+    // already retired).
     inner.retire(&key, &channel, true);
+    inner.metrics.active_pollers.dec();
 }
 
 /// Updates watchers; they are woken only when the state changes.
-fn publish(channel: &Channel, task: pb::Task) {
+fn publish(channel: &watch::Sender<Observation>, task: Arc<pb::Task>) {
     channel.send_if_modified(|current| {
         let changed = match current {
             Observation::Task(old) => old.state != task.state,
             _ => true,
         };
-        *current = Observation::Task(Arc::new(task));
+        *current = Observation::Task(task);
         changed
     });
 }

@@ -2,12 +2,16 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
+pub mod budget;
+pub mod cache;
+pub mod callbacks;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod kie;
+pub mod metrics;
 pub mod shutdown;
 pub mod startup;
 pub mod task;

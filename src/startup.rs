@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +15,10 @@ use tonic::transport::Server;
 
 use crate::config::Settings;
 use crate::grpc::{Credentials, VideoGenerationService};
+use crate::http::HttpState;
 use crate::hub::TaskHub;
 use crate::kie::KieClient;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::video_generation_server::VideoGenerationServer;
 
@@ -33,7 +36,9 @@ pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     service: VideoGenerationService,
+    http_state: HttpState,
     hub: TaskHub,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     grace: Duration,
 }
@@ -47,24 +52,42 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
         let shutdown = CancellationToken::new();
-        let kie = KieClient::new(&settings.upstream)?;
-        let hub = TaskHub::new(kie.clone(), settings.watch, shutdown.clone());
-        let credentials = Credentials {
-            gateway: settings.upstream.api_key.clone(),
-            passthrough: settings.upstream.key_passthrough,
-        };
-        let service = VideoGenerationService::new(
-            kie,
-            hub.clone(),
-            credentials,
-            settings.watch.heartbeat,
+        let metrics = Arc::new(Metrics::new());
+        let kie = KieClient::new(&settings.upstream, metrics.clone())?;
+        let hub = TaskHub::new(
+            kie.clone(),
+            settings.watch,
+            metrics.clone(),
             shutdown.clone(),
         );
+        let service = VideoGenerationService {
+            kie,
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            credentials: Credentials {
+                gateway: settings.upstream.api_key.clone(),
+                passthrough: settings.upstream.key_passthrough,
+            },
+            public_callback_url: settings
+                .callbacks
+                .public_url
+                .as_ref()
+                .map(|u| u.to_string()),
+            watch: settings.watch,
+            shutdown: shutdown.clone(),
+        };
+        let http_state = HttpState {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            hmac_key: settings.callbacks.hmac_key.clone(),
+        };
         Ok(Self {
             grpc_listener,
             http_listener,
             service,
+            http_state,
             hub,
+            metrics,
             shutdown,
             grace: settings.shutdown_grace,
         })
@@ -84,6 +107,10 @@ impl Application {
 
     pub fn hub(&self) -> TaskHub {
         self.hub.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,
@@ -123,7 +150,7 @@ impl Application {
                 TcpListenerStream::new(self.grpc_listener),
                 self.shutdown.clone().cancelled_owned(),
             );
-        let http = axum::serve(self.http_listener, crate::http::router())
+        let http = axum::serve(self.http_listener, crate::http::router(self.http_state))
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let grpc = tokio::spawn(grpc);

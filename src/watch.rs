@@ -2,10 +2,12 @@
 //! change, heartbeats while nothing changes, and a clean end on a terminal
 //! state, an error, or shutdown.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
@@ -15,7 +17,7 @@ use crate::pb::{self, WatchTaskResponse};
 use crate::task::is_terminal;
 
 pub type WatchStream =
-    std::pin::Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send + 'static>>;
 
 /// Called once when the stream ends, with the code the caller saw
 /// (`Cancelled` when the caller left first).
@@ -45,6 +47,8 @@ struct Watcher {
     rx: watch::Receiver<Observation>,
     last_state: Option<i32>,
     heartbeat: Duration,
+    /// Ends the call after the configured maximum watch duration.
+    expires: Pin<Box<Sleep>>,
     shutdown: CancellationToken,
     /// Taken when the stream ends; dropped unsent means the caller left.
     on_end: Option<OnEnd>,
@@ -75,6 +79,9 @@ impl Watcher {
                 biased;
                 () = self.shutdown.cancelled() => {
                     return self.finish(Err(GatewayError::ShuttingDown.to_status()));
+                }
+                () = &mut self.expires => {
+                    return self.finish(Err(GatewayError::WatchExpired.to_status()));
                 }
                 changed = self.rx.changed() => {
                     if changed.is_err() {
@@ -139,6 +146,7 @@ fn message(task: &pb::Task, heartbeat: bool) -> WatchTaskResponse {
 pub fn stream(
     rx: watch::Receiver<Observation>,
     heartbeat: Duration,
+    max_duration: Duration,
     shutdown: CancellationToken,
     on_end: OnEnd,
 ) -> WatchStream {
@@ -146,6 +154,7 @@ pub fn stream(
         rx,
         last_state: None,
         heartbeat,
+        expires: Box::pin(tokio::time::sleep(max_duration)),
         shutdown,
         on_end: Some(on_end),
     };

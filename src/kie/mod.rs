@@ -4,7 +4,9 @@
 mod error;
 pub mod wire;
 
-use std::time::Duration;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -13,6 +15,7 @@ use url::Url;
 pub use error::{Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 
 use crate::config::{ApiKey, UpstreamSettings};
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
 use wire::{CreateTaskBody, Created, Envelope, Record};
@@ -27,16 +30,17 @@ pub struct Credential {
     pub source: KeySource,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KieClient {
     http: reqwest::Client,
     create_url: Url,
     record_url: Url,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl KieClient {
-    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         // reqwest is built without a default TLS crypto provider; pick ring
         // once per process (an error only means one is installed already).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -54,6 +58,7 @@ impl KieClient {
             create_url,
             record_url,
             timeout: settings.timeout,
+            metrics,
         })
     }
 
@@ -117,6 +122,24 @@ impl KieClient {
     }
 
     async fn send(
+        &self,
+        endpoint: Endpoint,
+        credential: &Credential,
+        request: reqwest::RequestBuilder,
+        deadline: Option<Duration>,
+    ) -> Result<Answer, UpstreamError> {
+        let started = Instant::now();
+        let answer = self.exchange(endpoint, credential, request, deadline).await;
+        let code = match &answer {
+            Ok(_) => Cow::Borrowed("200"),
+            Err(e) => Cow::Owned(e.code_label()),
+        };
+        self.metrics
+            .upstream_call(endpoint, code, started.elapsed());
+        answer
+    }
+
+    async fn exchange(
         &self,
         endpoint: Endpoint,
         credential: &Credential,

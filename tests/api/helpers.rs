@@ -67,6 +67,8 @@ pub fn test_settings(upstream: &MockServer) -> Settings {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(40),
     };
+    // Far above what the tests read: the budget has tests of its own.
+    settings.watch.read_budget = 1000;
     settings.shutdown_grace = Duration::from_secs(2);
     settings
 }

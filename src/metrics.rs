@@ -1,0 +1,229 @@
+//! Prometheus metrics, served as text at `GET /metrics` on the HTTP
+//! listener.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::Code;
+
+use crate::kie::Endpoint;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    endpoint: &'static str,
+    kie_code: Cow<'static, str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    rpcs: Family<RpcLabels, Counter>,
+    rpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    upstream_calls: Family<UpstreamLabels, Counter>,
+    upstream_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    pub active_watchers: Gauge,
+    pub active_pollers: Gauge,
+    pub callbacks_received: Counter,
+    pub callbacks_accepted: Counter,
+    callbacks_rejected: Family<ReasonLabels, Counter>,
+    pub read_budget_grants: Counter,
+    pub read_budget_waiting: Gauge,
+    read_budget_wait: Histogram,
+    pub cache_hits: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hailuo_gateway");
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        registry.register("rpcs", "gRPC calls by method and status code", rpcs.clone());
+        let rpc_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC call latency (WatchTask: the whole stream)",
+            rpc_latency.clone(),
+        );
+        let upstream_calls = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_calls",
+            "kie.ai calls by endpoint and answered code",
+            upstream_calls.clone(),
+        );
+        let upstream_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "kie.ai call latency by endpoint",
+            upstream_latency.clone(),
+        );
+        let active_watchers = Gauge::default();
+        registry.register(
+            "active_watchers",
+            "open WatchTask streams",
+            active_watchers.clone(),
+        );
+        let active_pollers = Gauge::default();
+        registry.register(
+            "active_pollers",
+            "tasks being polled upstream",
+            active_pollers.clone(),
+        );
+        let callbacks_received = Counter::default();
+        registry.register(
+            "callbacks_received",
+            "kie.ai callbacks received",
+            callbacks_received.clone(),
+        );
+        let callbacks_accepted = Counter::default();
+        registry.register(
+            "callbacks_accepted",
+            "kie.ai callbacks accepted (their task re-read)",
+            callbacks_accepted.clone(),
+        );
+        let callbacks_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "callbacks_rejected",
+            "kie.ai callbacks rejected, by reason",
+            callbacks_rejected.clone(),
+        );
+        let read_budget_grants = Counter::default();
+        registry.register(
+            "read_budget_grants",
+            "recordInfo reads granted by the shared read budget",
+            read_budget_grants.clone(),
+        );
+        let read_budget_waiting = Gauge::default();
+        registry.register(
+            "read_budget_waiting",
+            "pollers waiting for the read budget",
+            read_budget_waiting.clone(),
+        );
+        let read_budget_wait = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "read_budget_wait_seconds",
+            "how long a poller waited for the read budget",
+            read_budget_wait.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "task_cache_hits",
+            "finished tasks answered from the cache",
+            cache_hits.clone(),
+        );
+        Self {
+            registry,
+            rpcs,
+            rpc_latency,
+            upstream_calls,
+            upstream_latency,
+            active_watchers,
+            active_pollers,
+            callbacks_received,
+            callbacks_accepted,
+            callbacks_rejected,
+            read_budget_grants,
+            read_budget_waiting,
+            read_budget_wait,
+            cache_hits,
+        }
+    }
+
+    pub fn rpc(&self, method: &'static str, code: Code, latency: Duration) {
+        self.rpcs
+            .get_or_create(&RpcLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+        self.rpc_latency
+            .get_or_create(&MethodLabels { method })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn upstream_call(
+        &self,
+        endpoint: Endpoint,
+        kie_code: Cow<'static, str>,
+        latency: Duration,
+    ) {
+        let endpoint = endpoint.as_str();
+        self.upstream_calls
+            .get_or_create(&UpstreamLabels { endpoint, kie_code })
+            .inc();
+        self.upstream_latency
+            .get_or_create(&MethodLabels { method: endpoint })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn callback_rejected(&self, reason: &'static str) {
+        self.callbacks_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn budget_waited(&self, wait: Duration) {
+        self.read_budget_wait.observe(wait.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// gRPC's canonical code names, as in the spec.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
