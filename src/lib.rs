@@ -2,6 +2,8 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
+pub mod simulator;
+
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
