@@ -15,6 +15,9 @@ pub enum Fault {
     Html502,
     /// HTTP 500 with a kie-style JSON body.
     Error500,
+    /// Not random: the CDN in front of kie.ai has been reported to refuse
+    /// requests that carry no User-Agent, so the simulator always does.
+    NoUserAgent,
 }
 
 impl Fault {
@@ -23,6 +26,7 @@ impl Fault {
             Self::Drop => "drop",
             Self::Html502 => "html502",
             Self::Error500 => "error500",
+            Self::NoUserAgent => "no-user-agent",
         }
     }
 
@@ -51,6 +55,16 @@ pub fn html_502() -> Response {
         StatusCode::BAD_GATEWAY,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         HTML_502_PAGE,
+    )
+        .into_response()
+}
+
+/// What Cloudflare answers a request its browser-integrity rule refuses.
+pub fn no_user_agent() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        "error code: 1010",
     )
         .into_response()
 }

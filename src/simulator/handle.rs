@@ -1,7 +1,7 @@
 //! One simulator's state and the cheap handle every part of it (and in-process
 //! tests) reaches it through. No globals: two simulators never share anything.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -180,6 +180,14 @@ pub struct SimHandle {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("base_url", &self.shared.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     config: SimulatorConfig,
     base_url: String,
@@ -189,10 +197,14 @@ struct Shared {
     state: Mutex<SimState>,
 }
 
+/// The request and callback logs keep only this many newest entries, so a
+/// long-running sandbox does not grow without bound.
+pub const LOG_LIMIT: usize = 10_000;
+
 struct SimState {
     tasks: HashMap<String, Task>,
-    requests: Vec<RecordedRequest>,
-    callbacks: Vec<CallbackAttempt>,
+    requests: VecDeque<RecordedRequest>,
+    callbacks: VecDeque<CallbackAttempt>,
     counts: Counts,
     credits: u64,
     next_seq: u64,
@@ -210,8 +222,8 @@ impl SimHandle {
     ) -> Self {
         let state = SimState {
             tasks: HashMap::new(),
-            requests: Vec::new(),
-            callbacks: Vec::new(),
+            requests: VecDeque::new(),
+            callbacks: VecDeque::new(),
             counts: Counts::default(),
             credits: config.starting_credits,
             next_seq: 0,
@@ -240,9 +252,10 @@ impl SimHandle {
         &self.shared.config
     }
 
-    /// Every kie.ai API request received since start or the last reset, oldest first.
+    /// The kie.ai API requests received since start or the last reset, oldest
+    /// first (the newest `LOG_LIMIT`).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().requests.clone()
+        self.lock().requests.iter().cloned().collect()
     }
 
     pub fn count(&self, endpoint: Endpoint) -> u64 {
@@ -253,9 +266,9 @@ impl SimHandle {
         self.lock().counts
     }
 
-    /// Every callback POST tried, oldest first.
+    /// The callback POSTs tried, oldest first (the newest `LOG_LIMIT`).
     pub fn callbacks(&self) -> Vec<CallbackAttempt> {
-        self.lock().callbacks.clone()
+        self.lock().callbacks.iter().cloned().collect()
     }
 
     pub fn credits(&self) -> u64 {
@@ -405,7 +418,7 @@ impl SimHandle {
         if let Some(endpoint) = endpoint {
             state.counts.bump(endpoint);
         }
-        state.requests.push(request);
+        push_bounded(&mut state.requests, request);
     }
 
     /// Called by the timer when a task ends on its own: the callback to send, once.
@@ -421,7 +434,7 @@ impl SimHandle {
         if delivered {
             state.counts.bump(Endpoint::CallbackDelivered);
         }
-        state.callbacks.push(attempt);
+        push_bounded(&mut state.callbacks, attempt);
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
@@ -439,6 +452,13 @@ impl SimHandle {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn push_bounded<T>(log: &mut VecDeque<T>, entry: T) {
+    if log.len() >= LOG_LIMIT {
+        log.pop_front();
+    }
+    log.push_back(entry);
 }
 
 /// The callback for a task that has ended, unless already sent or not wanted.

@@ -14,6 +14,9 @@
 //!   through [`SimHandle`]. Result videos are served from
 //!   `/sim/videos/{task_id}.mp4`.
 //!
+//! Like kie.ai's CDN, API requests without a `User-Agent` get HTTP 403
+//! (`error code: 1010`): reqwest sends none unless told to.
+//!
 //! Every instance owns its state: two simulators in one process never share.
 //!
 //! Credits: createTask charges 512P 6 s = 12, 512P 10 s = 20, 768P 6 s = 30,
@@ -67,6 +70,7 @@ impl Simulator {
         let local_addr = listener.local_addr()?;
         let base_url = format!("http://{}", reachable(local_addr));
         let handle = SimHandle::new(config, base_url, callback_client()?, shutdown.clone());
+        tracing::debug!(base_url = handle.base_url(), "kie.ai simulator started");
         let server = tokio::spawn(server::serve(
             listener,
             router(handle.clone()),
@@ -98,6 +102,14 @@ impl Simulator {
     /// Waits until the accept loop has stopped (after `shutdown` is cancelled).
     pub async fn stopped(self) {
         let _ = self.server.await;
+    }
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("base_url", &self.handle.base_url())
+            .finish_non_exhaustive()
     }
 }
 
@@ -171,6 +183,7 @@ pub async fn run_standalone(
     tracing::info!(signal, "kie.ai simulator shutting down");
     shutdown.cancel();
     simulator.stopped().await;
+    tracing::debug!("kie.ai simulator stopped");
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! | `[sim:slow]` | every state lasts 10× the configured timing |
 //! | `[sim:never]` | the task stays `generating` forever |
 //! | `[sim:manual]` | the task stays `generating` until completed through the control API |
-//! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code, then reads recover |
+//! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code (429 with `Retry-After: 3`), then reads recover |
 //!
 //! Markers combine (`[sim:slow][sim:fail]`); an unknown marker is rejected with
 //! 422 so a typo cannot silently run the happy path. Code markers win over

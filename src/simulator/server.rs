@@ -50,7 +50,10 @@ pub async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => {
+                tracing::debug!("simulator accept loop stopped");
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
@@ -101,7 +104,11 @@ async fn handle(
         return Ok((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response());
     };
     let faults = sim.config().faults;
-    let fault = Fault::pick(&faults);
+    let fault = if parts.headers.contains_key(axum::http::header::USER_AGENT) {
+        Fault::pick(&faults)
+    } else {
+        Some(Fault::NoUserAgent)
+    };
     let query = parts
         .uri
         .query()
@@ -136,6 +143,7 @@ async fn handle(
         Some(Fault::Drop) => Err(DropConnection),
         Some(Fault::Html502) => Ok(faults::html_502()),
         Some(Fault::Error500) => Ok(faults::error_500()),
+        Some(Fault::NoUserAgent) => Ok(faults::no_user_agent()),
         None => Ok(route(app, Request::from_parts(parts, Body::from(bytes))).await),
     }
 }

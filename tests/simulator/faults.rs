@@ -120,3 +120,32 @@ async fn partial_rates_fault_some_requests_only() {
         })
     );
 }
+
+#[tokio::test]
+async fn requests_without_a_user_agent_are_refused_like_the_cdn_does() {
+    let sim = spawn_sim(config()).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bare = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client builds");
+    let response = bare
+        .get(sim.url("/api/v1/chat/credit"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.text().await.expect("body"), "error code: 1010");
+    assert_eq!(
+        sim.handle.requests()[0].fault.as_deref(),
+        Some("no-user-agent")
+    );
+    // The control routes do not care.
+    let counts = bare
+        .get(sim.url("/sim/counts"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(counts.status(), StatusCode::OK);
+}

@@ -51,6 +51,8 @@ pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
+        // kie.ai's CDN (and so the simulator) refuses requests without one.
+        .user_agent("simulator-tests/1")
         .timeout(Duration::from_secs(10))
         .build()
         .expect("test client builds")
