@@ -13,6 +13,15 @@ use tokio_util::sync::CancellationToken;
 use super::handle::{CallbackAttempt, SimHandle};
 use super::tasks;
 
+/// One end-of-task callback to send.
+#[derive(Clone, Debug)]
+pub(crate) struct Callback {
+    pub url: String,
+    pub body: Value,
+    /// How many times to deliver it (2 for `[sim:callback-dup]`).
+    pub copies: u32,
+}
+
 /// kie.ai documents a 15 s timeout for its callback requests.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -49,8 +58,8 @@ pub(crate) fn spawn_timer(
         tokio::select! {
             () = epoch.cancelled() => {}
             () = tokio::time::sleep_until(deadline) => {
-                if let Some((url, body)) = sim.take_ended_callback(&task_id) {
-                    deliver(&sim, &task_id, &url, &body, &epoch).await;
+                if let Some(callback) = sim.take_ended_callback(&task_id) {
+                    deliver_copies(&sim, &task_id, &callback, &epoch).await;
                 }
             }
         }
@@ -60,23 +69,37 @@ pub(crate) fn spawn_timer(
 pub(crate) fn spawn_delivery(
     sim: SimHandle,
     task_id: String,
-    url: String,
-    body: Value,
+    callback: Callback,
     epoch: CancellationToken,
 ) {
     let runtime = sim.runtime().clone();
-    runtime.spawn(async move { deliver(&sim, &task_id, &url, &body, &epoch).await });
+    runtime.spawn(async move { deliver_copies(&sim, &task_id, &callback, &epoch).await });
+}
+
+/// Delivers each copy in turn; a copy that cannot be delivered ends it.
+async fn deliver_copies(
+    sim: &SimHandle,
+    task_id: &str,
+    callback: &Callback,
+    epoch: &CancellationToken,
+) {
+    for _ in 0..callback.copies {
+        if !deliver(sim, task_id, &callback.url, &callback.body, epoch).await {
+            return;
+        }
+    }
 }
 
 /// Tries once, then `callback_retries` more times after a connect error or a
 /// non-2xx answer, waiting `callback_backoff`, doubled after each retry.
+/// Whether it was delivered.
 async fn deliver(
     sim: &SimHandle,
     task_id: &str,
     url: &str,
     body: &Value,
     epoch: &CancellationToken,
-) {
+) -> bool {
     let config = sim.config();
     let payload = body.to_string();
     let mut backoff = config.callback_backoff;
@@ -96,7 +119,7 @@ async fn deliver(
         }
         let sent_ms = tasks::now_ms();
         let outcome = tokio::select! {
-            () = epoch.cancelled() => return,
+            () = epoch.cancelled() => return false,
             outcome = request.send() => outcome,
         };
         let (status, error) = match outcome {
@@ -117,17 +140,18 @@ async fn deliver(
             delivered,
         );
         if delivered {
-            return;
+            return true;
         }
         tracing::debug!(task_id, attempt, ?status, "callback delivery failed");
         if attempt < attempts {
             tokio::select! {
-                () = epoch.cancelled() => return,
+                () = epoch.cancelled() => return false,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = backoff.saturating_mul(2);
         }
     }
+    false
 }
 
 /// reqwest's top-level message hides the cause ("error sending request").

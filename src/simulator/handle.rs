@@ -9,8 +9,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::callbacks;
+use super::callbacks::{self, Callback};
 use super::config::SimulatorConfig;
+use super::scenarios::CallbackMode;
 use super::scenarios::Scenario;
 use super::tasks::{self, DEFAULT_FAIL_CODE, DEFAULT_FAIL_MSG, Ending, Task, TaskState};
 
@@ -339,8 +340,8 @@ impl SimHandle {
         let record = task.record(now, &self.shared.base_url);
         let callback = take_callback(task, now, &self.shared.base_url);
         drop(state);
-        if let Some((url, body)) = callback {
-            callbacks::spawn_delivery(self.clone(), task_id.to_owned(), url, body, epoch);
+        if let Some(callback) = callback {
+            callbacks::spawn_delivery(self.clone(), task_id.to_owned(), callback, epoch);
         }
         Ok(record)
     }
@@ -422,7 +423,7 @@ impl SimHandle {
     }
 
     /// Called by the timer when a task ends on its own: the callback to send, once.
-    pub(crate) fn take_ended_callback(&self, task_id: &str) -> Option<(String, Value)> {
+    pub(crate) fn take_ended_callback(&self, task_id: &str) -> Option<Callback> {
         let mut state = self.lock();
         let task = state.tasks.get_mut(task_id)?;
         take_callback(task, Instant::now(), &self.shared.base_url)
@@ -462,11 +463,20 @@ fn push_bounded<T>(log: &mut VecDeque<T>, entry: T) {
 }
 
 /// The callback for a task that has ended, unless already sent or not wanted.
-fn take_callback(task: &mut Task, now: Instant, base_url: &str) -> Option<(String, Value)> {
+fn take_callback(task: &mut Task, now: Instant, base_url: &str) -> Option<Callback> {
     if task.callback_sent || !task.snapshot(now).state.is_terminal() {
         return None;
     }
     let url = task.callback_url.clone()?;
     task.callback_sent = true;
-    Some((url, callbacks::body(task.record(now, base_url))))
+    let copies = match task.callback_mode {
+        CallbackMode::Once => 1,
+        CallbackMode::Duplicate => 2,
+        CallbackMode::Lost => return None,
+    };
+    Some(Callback {
+        url,
+        body: callbacks::body(task.record(now, base_url)),
+        copies,
+    })
 }

@@ -47,8 +47,8 @@ pub use callbacks::sign as sign_callback;
 pub use config::{Faults, SimulateArgs, SimulatorConfig, StateTimings, parse_duration};
 pub use faults::HTML_502_PAGE;
 pub use handle::{
-    CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, RecordedRequest,
-    SimHandle,
+    CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, LOG_LIMIT,
+    RecordedRequest, SimHandle,
 };
 pub use scenarios::POLL_FAULT_READS;
 pub use tasks::{DEFAULT_FAIL_CODE, DEFAULT_FAIL_MSG, MODEL, cost};

@@ -7,6 +7,8 @@
 //! | `[sim:slow]` | every state lasts 10× the configured timing |
 //! | `[sim:never]` | the task stays `generating` forever |
 //! | `[sim:manual]` | the task stays `generating` until completed through the control API |
+//! | `[sim:callback-dup]` | the end-of-task callback is delivered twice (kie.ai may call back more than once) |
+//! | `[sim:callback-lost]` | no callback is sent at all (kie.ai callbacks can be lost: keep polling) |
 //! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code (429 with `Retry-After: 3`), then reads recover |
 //!
 //! Markers combine (`[sim:slow][sim:fail]`); an unknown marker is rejected with
@@ -29,6 +31,15 @@ pub enum Outcome {
     Manual,
 }
 
+/// What happens to the end-of-task callback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CallbackMode {
+    #[default]
+    Once,
+    Duplicate,
+    Lost,
+}
+
 /// Everything the markers of one prompt ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Scenario {
@@ -39,6 +50,7 @@ pub struct Scenario {
     pub slow: bool,
     /// The first `POLL_FAULT_READS` recordInfo reads answer this code.
     pub poll_fault: Option<u16>,
+    pub callback: CallbackMode,
 }
 
 impl Scenario {
@@ -62,6 +74,8 @@ impl Scenario {
                 "slow" => scenario.slow = true,
                 "poll-500" => scenario.poll_fault = Some(500),
                 "poll-429" => scenario.poll_fault = Some(429),
+                "callback-dup" => scenario.callback = CallbackMode::Duplicate,
+                "callback-lost" => scenario.callback = CallbackMode::Lost,
                 other => {
                     return Err(format!(
                         "input.prompt has an unknown simulator marker [sim:{other}]"
@@ -109,6 +123,7 @@ mod tests {
                 outcome: Outcome::Fail,
                 slow: true,
                 poll_fault: Some(429),
+                callback: CallbackMode::Once,
             })
         );
         assert_eq!(

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::config::StateTimings;
-use super::scenarios::{Outcome, POLL_FAULT_READS, Scenario};
+use super::scenarios::{CallbackMode, Outcome, POLL_FAULT_READS, Scenario};
 
 /// The only model this simulator accepts.
 pub const MODEL: &str = "hailuo/02-image-to-video-standard";
@@ -69,6 +69,7 @@ pub struct Task {
     /// The createTask body, re-serialised: recordInfo's `param`.
     pub param: String,
     pub callback_url: Option<String>,
+    pub callback_mode: CallbackMode,
     pub outcome: Outcome,
     pub timings: StateTimings,
     pub created: Instant,
@@ -114,6 +115,7 @@ impl Task {
             id,
             param,
             callback_url,
+            callback_mode: scenario.callback,
             outcome: scenario.outcome,
             timings,
             created,

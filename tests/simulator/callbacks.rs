@@ -208,3 +208,41 @@ async fn an_early_manual_completion_is_not_called_back_twice() {
     assert_eq!(got.len(), 1, "the timer must not call back again");
     assert_eq!(got[0].body["data"]["failMsg"], "stopped");
 }
+
+#[tokio::test]
+async fn a_callback_dup_task_is_called_back_twice() {
+    let sim = spawn_sim(config()).await;
+    let receiver = Receiver::spawn(0).await;
+    let task_id = sim
+        .create_body_ok(&with_callback("[sim:callback-dup]", &receiver.url))
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body, got[1].body);
+    assert_eq!(got[0].body["data"]["taskId"], task_id.as_str());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.received().len(), 2);
+    assert_eq!(sim.handle.count(Endpoint::CallbackDelivered), 2);
+}
+
+#[tokio::test]
+async fn a_callback_lost_task_is_never_called_back() {
+    let sim = spawn_sim(config()).await;
+    let receiver = Receiver::spawn(0).await;
+    let lost = sim
+        .create_body_ok(&with_callback("[sim:callback-lost]", &receiver.url))
+        .await;
+    // A normal task created after it ends later and is called back.
+    let normal = sim
+        .create_body_ok(&with_callback("a cat", &receiver.url))
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body["data"]["taskId"], normal.as_str());
+    assert_eq!(
+        sim.state_of(&lost).await,
+        "success",
+        "the task itself is fine"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(sim.handle.count(Endpoint::CallbackAttempt), 1);
+}
