@@ -17,6 +17,7 @@ pub mod startup;
 pub mod task;
 pub mod telemetry;
 pub mod watch;
+pub mod simulator;
 
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {

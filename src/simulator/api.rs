@@ -1,0 +1,171 @@
+//! The kie.ai endpoints. Like live kie.ai, every answer is HTTP 200 and the
+//! real outcome is the JSON `code`: `{"code":..,"msg":..,"data":..}`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::handle::{InsufficientCredits, Lookup, SimHandle};
+use super::scenarios::{Scenario, message_for};
+use super::tasks::{self, cost};
+use super::validate;
+
+/// kie.ai's envelope, always with HTTP 200.
+pub fn kie(code: u16, msg: &str, data: Value) -> Response {
+    Json(json!({ "code": code, "msg": msg, "data": data })).into_response()
+}
+
+/// An error envelope; 429 also carries `Retry-After: 3`.
+pub fn kie_error(code: u16, msg: &str) -> Response {
+    let mut response = kie(code, msg, Value::Null);
+    if code == 429 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+    }
+    response
+}
+
+/// The Bearer token, if the header has a non-empty one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+fn authorized(sim: &SimHandle, headers: &HeaderMap) -> bool {
+    match (bearer(headers), &sim.config().api_key) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(token), Some(key)) => token.as_bytes().ct_eq(key.as_bytes()).into(),
+    }
+}
+
+fn unauthorized() -> Response {
+    kie_error(401, message_for(401))
+}
+
+/// `POST /api/v1/jobs/createTask`. Order: auth, JSON, scenario markers,
+/// validation, credits.
+pub async fn create_task(
+    State(sim): State<SimHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return unauthorized();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return kie_error(422, "request body must be valid JSON");
+    };
+    let prompt = body
+        .pointer("/input/prompt")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let scenario = match Scenario::parse(prompt) {
+        Ok(scenario) => scenario,
+        Err(msg) => return kie_error(422, &msg),
+    };
+    if let Some(code) = scenario.reject {
+        return kie_error(code, message_for(code));
+    }
+    let request = match validate::create_request(&body) {
+        Ok(request) => request,
+        Err(msg) => return kie_error(422, &msg),
+    };
+    let price = cost(&request.duration, &request.resolution);
+    match sim.create_task(&body, request.callback_url, scenario, price) {
+        Ok(task_id) => kie(200, "success", json!({ "taskId": task_id })),
+        Err(InsufficientCredits) => kie_error(402, message_for(402)),
+    }
+}
+
+/// `GET /api/v1/jobs/recordInfo?taskId=ID`.
+pub async fn record_info(
+    State(sim): State<SimHandle>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return unauthorized();
+    }
+    let Some(task_id) = query.get("taskId").filter(|id| !id.is_empty()) else {
+        return kie_error(422, "taskId is required");
+    };
+    match sim.lookup(task_id) {
+        Lookup::Found(record) => kie(200, "success", record),
+        Lookup::Fault(code) => kie_error(code, message_for(code)),
+        // Live kie.ai answers an unknown id this way, not with 404.
+        Lookup::Unknown => kie_error(422, "recordInfo is null"),
+    }
+}
+
+/// `GET /api/v1/chat/credit`.
+pub async fn credit(State(sim): State<SimHandle>, headers: HeaderMap) -> Response {
+    if !authorized(&sim, &headers) {
+        return unauthorized();
+    }
+    kie(200, "success", json!(sim.credits()))
+}
+
+/// `POST /api/v1/common/download-url` with `{"url": "<result URL>"}`: a fresh
+/// link, valid 20 minutes; a URL this simulator did not hand out gets 422.
+pub async fn download_url(
+    State(sim): State<SimHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return unauthorized();
+    }
+    let url = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b.get("url").and_then(Value::as_str).map(str::to_owned));
+    let Some(url) = url else {
+        return kie_error(422, "url is required");
+    };
+    let prefix = format!("{}/sim/videos/", sim.base_url());
+    if !url.starts_with(&prefix) {
+        return kie_error(422, "url is not a kie.ai generated file URL");
+    }
+    let base = url.split('?').next().unwrap_or(&url);
+    let expires = tasks::now_ms() / 1000 + 20 * 60;
+    kie(200, "success", json!(format!("{base}?expires={expires}")))
+}
+
+/// The result video: a small real MP4, served only for a successful task.
+pub async fn video(State(sim): State<SimHandle>, Path(file): Path<String>) -> Response {
+    let ready = file
+        .strip_suffix(".mp4")
+        .is_some_and(|task_id| sim.video_ready(task_id));
+    if !ready {
+        return (StatusCode::NOT_FOUND, "no such video\n").into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "video/mp4")],
+        Bytes::from_static(SAMPLE_MP4),
+    )
+        .into_response()
+}
+
+/// 1 s of ffmpeg's `testsrc` at 128x72, H.264, faststart (about 4 KB).
+pub const SAMPLE_MP4: &[u8] = include_bytes!("../../assets/sample.mp4");
+
+/// Anything else: kie-style 404 (here the HTTP status says so too).
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "code": 404, "msg": message_for(404), "data": null })),
+    )
+        .into_response()
+}

@@ -1,0 +1,257 @@
+//! Simulator settings, and the clap arguments of the standalone
+//! `hailuo-gateway simulate` subcommand that build them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything one simulator instance needs; each instance owns a copy.
+#[derive(Clone)]
+pub struct SimulatorConfig {
+    /// `None`: any non-empty Bearer token is accepted. `Some(k)`: only `k`.
+    pub api_key: Option<String>,
+    /// When set, callbacks carry `X-Webhook-Timestamp` and `X-Webhook-Signature`.
+    pub hmac_key: Option<String>,
+    /// Credits at start and after a reset; see `tasks::cost` for the price list.
+    pub starting_credits: u64,
+    /// How long a task stays in each state before the next one.
+    pub timings: StateTimings,
+    /// Whole-simulator fault injection on the kie.ai API routes, all off by default.
+    pub faults: Faults,
+    /// Redeliveries after a failed callback (connect error or non-2xx).
+    pub callback_retries: u32,
+    /// Wait before the first redelivery; doubles on each further one.
+    pub callback_backoff: Duration,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            hmac_key: None,
+            starting_credits: 1000,
+            timings: StateTimings::default(),
+            faults: Faults::default(),
+            callback_retries: 3,
+            callback_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+// Hand-written so the keys never reach a log line.
+impl fmt::Debug for SimulatorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulatorConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
+            .field("starting_credits", &self.starting_credits)
+            .field("timings", &self.timings)
+            .field("faults", &self.faults)
+            .field("callback_retries", &self.callback_retries)
+            .field("callback_backoff", &self.callback_backoff)
+            .finish()
+    }
+}
+
+/// Time a task spends in `waiting`, `queuing` and `generating`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTimings {
+    pub waiting: Duration,
+    pub queuing: Duration,
+    pub generating: Duration,
+}
+
+impl Default for StateTimings {
+    fn default() -> Self {
+        Self {
+            waiting: Duration::from_secs(1),
+            queuing: Duration::from_secs(1),
+            generating: Duration::from_secs(3),
+        }
+    }
+}
+
+impl StateTimings {
+    /// Time from creation to the end of `generating`.
+    pub fn total(&self) -> Duration {
+        self.waiting + self.queuing + self.generating
+    }
+
+    pub(crate) fn scaled(self, factor: u32) -> Self {
+        Self {
+            waiting: self.waiting * factor,
+            queuing: self.queuing * factor,
+            generating: self.generating * factor,
+        }
+    }
+}
+
+/// Faults applied to every request on the kie.ai routes (`/api/...`); the
+/// `/sim/...` control routes are never faulted so tests can always inspect.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Added before every answer (and before a dropped connection).
+    pub latency: Duration,
+    /// Share (0..=1) of requests answered HTTP 500 with a kie-style JSON body.
+    pub error_rate: f64,
+    /// Share (0..=1) of requests whose TCP connection is closed without an answer.
+    pub drop_rate: f64,
+    /// Share (0..=1) of requests answered by a CDN-style `text/html` 502 page.
+    pub html_502_rate: f64,
+}
+
+/// Arguments of `hailuo-gateway simulate`; every flag can also come from the
+/// environment variable named next to it.
+#[derive(Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Only this Bearer key is accepted; without it any non-empty key is.
+    #[arg(long, env = "SIM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Sign callbacks with this HMAC-SHA256 key.
+    #[arg(long, env = "SIM_HMAC_KEY", hide_env_values = true)]
+    pub hmac_key: Option<String>,
+    /// Credits at start (and after POST /sim/reset).
+    #[arg(long, env = "SIM_CREDITS", default_value_t = 1000)]
+    pub credits: u64,
+    /// Time a task stays `waiting` (e.g. 250ms, 2s, 1m).
+    #[arg(long, env = "SIM_WAITING", default_value = "1s", value_parser = parse_duration)]
+    pub waiting: Duration,
+    /// Time a task stays `queuing`.
+    #[arg(long, env = "SIM_QUEUING", default_value = "1s", value_parser = parse_duration)]
+    pub queuing: Duration,
+    /// Time a task stays `generating`.
+    #[arg(long, env = "SIM_GENERATING", default_value = "3s", value_parser = parse_duration)]
+    pub generating: Duration,
+    /// Latency added to every kie.ai API answer.
+    #[arg(long, env = "SIM_LATENCY", default_value = "0ms", value_parser = parse_duration)]
+    pub latency: Duration,
+    /// Share (0..=1) of kie.ai API requests answered HTTP 500.
+    #[arg(long, env = "SIM_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub error_rate: f64,
+    /// Share (0..=1) of kie.ai API requests whose connection is dropped unanswered.
+    #[arg(long, env = "SIM_DROP_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub drop_rate: f64,
+    /// Share (0..=1) of kie.ai API requests answered by an HTML 502 page.
+    #[arg(long = "html-502-rate", env = "SIM_HTML_502_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub html_502_rate: f64,
+    /// Redeliveries of a failed callback.
+    #[arg(long, env = "SIM_CALLBACK_RETRIES", default_value_t = 3)]
+    pub callback_retries: u32,
+    /// First redelivery delay, doubled each time.
+    #[arg(long, env = "SIM_CALLBACK_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
+    pub callback_backoff: Duration,
+}
+
+impl SimulateArgs {
+    pub fn config(&self) -> SimulatorConfig {
+        SimulatorConfig {
+            api_key: self.api_key.clone(),
+            hmac_key: self.hmac_key.clone(),
+            starting_credits: self.credits,
+            timings: StateTimings {
+                waiting: self.waiting,
+                queuing: self.queuing,
+                generating: self.generating,
+            },
+            faults: Faults {
+                latency: self.latency,
+                error_rate: self.error_rate,
+                drop_rate: self.drop_rate,
+                html_502_rate: self.html_502_rate,
+            },
+            callback_retries: self.callback_retries,
+            callback_backoff: self.callback_backoff,
+        }
+    }
+}
+
+impl fmt::Debug for SimulateArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulateArgs")
+            .field("listen", &self.listen)
+            .field("config", &self.config())
+            .finish()
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, `500us` or a bare `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let seconds_per_unit = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Parses a probability between 0 and 1.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("`{text}` is not between 0 and 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn rates_must_be_probabilities() {
+        assert_eq!(parse_rate("0.25"), Ok(0.25));
+        assert!(parse_rate("1.5").is_err());
+        assert!(parse_rate("-0.1").is_err());
+        assert!(parse_rate("often").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_keys() {
+        let config = SimulatorConfig {
+            api_key: Some("sk-secret".into()),
+            hmac_key: Some("hmac-secret".into()),
+            ..SimulatorConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

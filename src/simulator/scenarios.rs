@@ -1,0 +1,141 @@
+//! Per-request scenarios, picked by `[sim:...]` markers in `input.prompt`.
+//!
+//! | marker | effect |
+//! |---|---|
+//! | `[sim:401]` `[sim:402]` `[sim:422]` `[sim:429]` `[sim:455]` `[sim:500]` `[sim:501]` `[sim:505]` | createTask answers that kie.ai code (HTTP 200, code in the JSON body); `[sim:429]` also sends `Retry-After: 3` |
+//! | `[sim:fail]` | the task ends in `fail` (failCode `"500"`, a content-moderation failMsg) |
+//! | `[sim:slow]` | every state lasts 10× the configured timing |
+//! | `[sim:never]` | the task stays `generating` forever |
+//! | `[sim:manual]` | the task stays `generating` until completed through the control API |
+//! | `[sim:callback-dup]` | the end-of-task callback is delivered twice (kie.ai may call back more than once) |
+//! | `[sim:callback-lost]` | no callback is sent at all (kie.ai callbacks can be lost: keep polling) |
+//! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code (429 with `Retry-After: 3`), then reads recover |
+//!
+//! Markers combine (`[sim:slow][sim:fail]`); an unknown marker is rejected with
+//! 422 so a typo cannot silently run the happy path. Code markers win over
+//! validation: they are checked right after authentication.
+//! Keep `SCENARIOS.md` in step with this table.
+
+/// How many recordInfo reads a `[sim:poll-*]` task answers with its fault.
+pub const POLL_FAULT_READS: u32 = 2;
+
+/// How a task ends when nobody intervenes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    #[default]
+    Success,
+    Fail,
+    /// Stays `generating` forever.
+    Never,
+    /// Stays `generating` until completed through the control API.
+    Manual,
+}
+
+/// What happens to the end-of-task callback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CallbackMode {
+    #[default]
+    Once,
+    Duplicate,
+    Lost,
+}
+
+/// Everything the markers of one prompt ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// createTask answers this kie.ai code instead of creating a task.
+    pub reject: Option<u16>,
+    pub outcome: Outcome,
+    /// Timings ×10.
+    pub slow: bool,
+    /// The first `POLL_FAULT_READS` recordInfo reads answer this code.
+    pub poll_fault: Option<u16>,
+    pub callback: CallbackMode,
+}
+
+impl Scenario {
+    /// Reads every `[sim:...]` marker of a prompt.
+    pub fn parse(prompt: &str) -> Result<Self, String> {
+        let mut scenario = Self::default();
+        let mut rest = prompt;
+        while let Some(start) = rest.find("[sim:") {
+            let after = &rest[start + "[sim:".len()..];
+            let Some(end) = after.find(']') else {
+                return Err("input.prompt has an unterminated [sim:...] marker".to_owned());
+            };
+            let name = &after[..end];
+            match name {
+                "401" | "402" | "422" | "429" | "455" | "500" | "501" | "505" => {
+                    scenario.reject = name.parse().ok();
+                }
+                "fail" => scenario.outcome = Outcome::Fail,
+                "never" => scenario.outcome = Outcome::Never,
+                "manual" => scenario.outcome = Outcome::Manual,
+                "slow" => scenario.slow = true,
+                "poll-500" => scenario.poll_fault = Some(500),
+                "poll-429" => scenario.poll_fault = Some(429),
+                "callback-dup" => scenario.callback = CallbackMode::Duplicate,
+                "callback-lost" => scenario.callback = CallbackMode::Lost,
+                other => {
+                    return Err(format!(
+                        "input.prompt has an unknown simulator marker [sim:{other}]"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        Ok(scenario)
+    }
+}
+
+/// The `msg` kie.ai sends with each code (wording modelled on live answers).
+pub fn message_for(code: u16) -> &'static str {
+    match code {
+        401 => "You do not have access permissions",
+        402 => "The current credits are insufficient. Please top up.",
+        404 => "Not Found",
+        422 => "Validation failed: the request parameters are invalid",
+        429 => "The request frequency is too high. Please try again later.",
+        455 => "The service is under maintenance. Please try again later.",
+        500 => "Server internal error, please try again in a few minutes",
+        501 => "Generation failed",
+        505 => "This feature is currently disabled",
+        _ => "Unknown error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_prompt_is_the_happy_path() {
+        assert_eq!(Scenario::parse("a cat surfing"), Ok(Scenario::default()));
+    }
+
+    #[test]
+    fn markers_combine() {
+        let scenario = Scenario::parse("cat [sim:slow] dog [sim:fail][sim:poll-429]");
+        assert_eq!(
+            scenario,
+            Ok(Scenario {
+                reject: None,
+                outcome: Outcome::Fail,
+                slow: true,
+                poll_fault: Some(429),
+                callback: CallbackMode::Once,
+            })
+        );
+        assert_eq!(
+            Scenario::parse("[sim:505]").map(|s| s.reject),
+            Ok(Some(505))
+        );
+    }
+
+    #[test]
+    fn unknown_or_broken_markers_are_rejected() {
+        assert!(Scenario::parse("[sim:fial]").is_err());
+        assert!(Scenario::parse("[sim:fail").is_err());
+        assert!(Scenario::parse("[sim:418]").is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! Serves connections with hyper-util directly rather than `axum::serve`:
+//! dropping a connection without any HTTP answer (a fault kie.ai's CDN
+//! produces) needs control over the connection, which `axum::serve` hides.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use super::api;
+use super::faults::{self, Fault};
+use super::handle::{Endpoint, RecordedRequest, SimHandle};
+use super::tasks;
+
+/// kie.ai bodies are small; anything bigger is refused before parsing.
+const MAX_BODY: usize = 1024 * 1024;
+/// How long open connections may finish their request after shutdown.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Returned by the service to make hyper close the connection unanswered.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("simulated dropped connection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// Accepts until `shutdown` is cancelled; each connection then gets
+/// `DRAIN_GRACE` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    sim: SimHandle,
+    shutdown: CancellationToken,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => {
+                tracing::debug!("simulator accept loop stopped");
+                break;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Best effort: small JSON answers stall without it.
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let app = app.clone();
+        let sim = sim.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                handle(request, app.clone(), sim.clone())
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                // Errors here are clients going away or our own drops.
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_GRACE, connection).await;
+                }
+            }
+        });
+    }
+}
+
+/// Records kie.ai API requests and applies the whole-simulator faults before
+/// the router sees them; `/sim/` routes pass straight through.
+async fn handle(
+    request: Request<Incoming>,
+    app: Router,
+    sim: SimHandle,
+) -> Result<Response, DropConnection> {
+    let path = request.uri().path().to_owned();
+    if !path.starts_with("/api/") {
+        return Ok(route(app, request.map(Body::new)).await);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_BODY).await else {
+        return Ok((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response());
+    };
+    let faults = sim.config().faults;
+    let fault = if parts.headers.contains_key(axum::http::header::USER_AGENT) {
+        Fault::pick(&faults)
+    } else {
+        Some(Fault::NoUserAgent)
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect::<BTreeMap<_, _>>()
+        })
+        .unwrap_or_default();
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    sim.record_request(
+        endpoint(&path),
+        RecordedRequest {
+            method: parts.method.to_string(),
+            path,
+            query,
+            body,
+            bearer: api::bearer(&parts.headers).is_some(),
+            fault: fault.map(|f| f.as_str().to_owned()),
+            received_ms: tasks::now_ms(),
+        },
+    );
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    match fault {
+        Some(Fault::Drop) => Err(DropConnection),
+        Some(Fault::Html502) => Ok(faults::html_502()),
+        Some(Fault::Error500) => Ok(faults::error_500()),
+        Some(Fault::NoUserAgent) => Ok(faults::no_user_agent()),
+        None => Ok(route(app, Request::from_parts(parts, Body::from(bytes))).await),
+    }
+}
+
+async fn route(app: Router, request: Request<Body>) -> Response {
+    app.oneshot(request)
+        .await
+        .unwrap_or_else(|never: Infallible| match never {})
+}
+
+fn endpoint(path: &str) -> Option<Endpoint> {
+    match path {
+        "/api/v1/jobs/createTask" => Some(Endpoint::CreateTask),
+        "/api/v1/jobs/recordInfo" => Some(Endpoint::RecordInfo),
+        "/api/v1/chat/credit" => Some(Endpoint::Credit),
+        "/api/v1/common/download-url" => Some(Endpoint::DownloadUrl),
+        _ => None,
+    }
+}
