@@ -195,6 +195,10 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_WATCH_MAX_DURATION", default_value_t = human(defaults::WATCH_MAX_DURATION))]
     pub watch_max_duration: humantime::Duration,
 
+    /// Run against a built-in kie.ai simulator: no key, no credits spent.
+    #[arg(long, env = "GATEWAY_SANDBOX")]
+    pub sandbox: bool,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -317,6 +321,9 @@ impl Default for WatchSettings {
 pub struct CallbackSettings {
     /// Sent as `callBackUrl` for tasks created without a caller callback.
     pub public_url: Option<Url>,
+    /// Use this gateway's own HTTP listener on loopback as `public_url`
+    /// (the sandbox, whose simulator runs in the same process).
+    pub to_self: bool,
     /// Verify X-Webhook-Signature with this key when set.
     pub hmac_key: Option<ApiKey>,
 }
@@ -389,6 +396,7 @@ impl ServeArgs {
             },
             callbacks: CallbackSettings {
                 public_url: self.public_callback_url.clone(),
+                to_self: false,
                 hmac_key: self.kie_webhook_hmac_key.clone(),
             },
             grpc_addr: self.grpc_addr,

@@ -278,8 +278,13 @@ async fn poll(
                     inner.retire(&key, &channel, true);
                     break;
                 }
+                // kie.ai calls back only when a task ends: once it is
+                // generating, the next change is the end and the callback
+                // announces it, so polling is only a safety net. Before that,
+                // polling is what shows the progress.
+                let next_is_the_end = task.state() == pb::TaskState::Generating;
                 publish(&channel, task);
-                if inner.called_back.get(&key.task_id).is_some() {
+                if next_is_the_end && inner.called_back.get(&key.task_id).is_some() {
                     settings.callback_safety_poll
                 } else {
                     settings.cadence.interval_at(age)

@@ -12,12 +12,13 @@ pub mod http;
 pub mod hub;
 pub mod kie;
 pub mod metrics;
+pub mod sandbox;
 pub mod shutdown;
+pub mod simulator;
 pub mod startup;
 pub mod task;
 pub mod telemetry;
 pub mod watch;
-pub mod simulator;
 
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {

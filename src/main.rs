@@ -1,32 +1,68 @@
-//! The `hailuo-gateway` binary: parse flags, start logging, run until a
-//! signal.
+//! The `hailuo-gateway` binary: the gateway (live or `--sandbox`) and the
+//! standalone kie.ai simulator.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use hailuo_gateway::config::ServeArgs;
+use clap::{Parser, Subcommand};
+use hailuo_gateway::config::{ServeArgs, Settings};
+use hailuo_gateway::simulator::{SimulateArgs, run_standalone};
 use hailuo_gateway::startup::Application;
-use hailuo_gateway::{shutdown, telemetry};
+use hailuo_gateway::{sandbox, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hailuo-gateway", version, about)]
+#[command(
+    name = "hailuo-gateway",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the kie.ai simulator on its own (for tests, benchmarks and local
+    /// development against the REST API).
+    Simulate(SimulateArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.serve.log_format);
-    let settings = match cli.serve.live_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("hailuo-gateway: {e}");
-            return ExitCode::from(2);
+    match cli.command {
+        Some(Command::Simulate(args)) => {
+            telemetry::init(Default::default());
+            match run_standalone(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hailuo-gateway simulate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let result = if args.sandbox {
+        serve_sandbox(&args).await
+    } else {
+        match args.live_settings() {
+            Ok(settings) => run(settings, None).await,
+            Err(e) => {
+                eprintln!("hailuo-gateway: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
-    match serve(settings).await {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gateway failed");
@@ -35,8 +71,23 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: hailuo_gateway::config::Settings) -> anyhow::Result<()> {
+async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
+    let simulator_stop = CancellationToken::new();
+    let (simulator, settings) = sandbox::start(args, simulator_stop.clone()).await?;
+    let result = run(settings, Some(simulator.base_url())).await;
+    // The simulator outlives the gateway's drain, then stops.
+    simulator_stop.cancel();
+    result
+}
+
+async fn run(settings: Settings, sandbox_url: Option<String>) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
+    if let Some(url) = sandbox_url {
+        println!(
+            "{}",
+            sandbox::banner(app.grpc_addr(), app.http_addr(), &url)
+        );
+    }
     app.run_until_stopped(async {
         let which = shutdown::signal().await;
         tracing::info!(signal = which, "stopping: draining calls");

@@ -68,11 +68,7 @@ impl Application {
                 gateway: settings.upstream.api_key.clone(),
                 passthrough: settings.upstream.key_passthrough,
             },
-            public_callback_url: settings
-                .callbacks
-                .public_url
-                .as_ref()
-                .map(|u| u.to_string()),
+            public_callback_url: callback_url(&settings, &http_listener)?,
             watch: settings.watch,
             shutdown: shutdown.clone(),
         };
@@ -184,4 +180,17 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The `callBackUrl` sent with tasks created without the caller's own.
+fn callback_url(settings: &Settings, http: &TcpListener) -> anyhow::Result<Option<String>> {
+    if settings.callbacks.to_self {
+        let port = http.local_addr()?.port();
+        return Ok(Some(format!("http://127.0.0.1:{port}/callbacks/kie")));
+    }
+    Ok(settings
+        .callbacks
+        .public_url
+        .as_ref()
+        .map(|u| u.to_string()))
 }

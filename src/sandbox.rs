@@ -1,0 +1,78 @@
+//! `--sandbox`: the real gateway in front of the built-in kie.ai simulator,
+//! so a first run needs no account and spends no credits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiKey, ServeArgs, Settings};
+use crate::simulator::{Simulator, SimulatorConfig, StateTimings};
+
+/// The key the sandbox's simulator accepts and its gateway sends.
+const SANDBOX_KEY: &str = "sandbox-key";
+
+/// Starts the simulator on a loopback port and returns the gateway settings
+/// that point at it. Callbacks are on: the simulator signs them with a fresh
+/// HMAC key and sends them to this gateway's own HTTP listener.
+pub async fn start(
+    args: &ServeArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Simulator, Settings)> {
+    let hmac_key = format!("{:032x}", rand::random::<u128>());
+    let config = SimulatorConfig {
+        api_key: Some(SANDBOX_KEY.into()),
+        hmac_key: Some(hmac_key.clone()),
+        // Each state outlasts the default 2 s poll interval, so a watch
+        // shows every one of them.
+        timings: StateTimings {
+            waiting: Duration::from_secs(3),
+            queuing: Duration::from_secs(4),
+            generating: Duration::from_secs(6),
+        },
+        ..SimulatorConfig::default()
+    };
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let simulator = Simulator::start(config, listener, shutdown).await?;
+    let mut settings = args.settings(
+        simulator.base_url().parse()?,
+        Some(ApiKey::new(SANDBOX_KEY)),
+    );
+    if settings.callbacks.public_url.is_none() {
+        settings.callbacks.to_self = true;
+    }
+    settings.callbacks.hmac_key = Some(ApiKey::new(hmac_key));
+    Ok((simulator, settings))
+}
+
+/// What a new user sees first: where things are and what to paste.
+pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str) -> String {
+    let host = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("localhost:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let g = host(grpc);
+    format!(
+        r#"
+  hailuo-gateway SANDBOX: kie.ai is simulated at {simulator_url}
+  No kie.ai key is used and no credits are spent. Tasks finish in about 13 s.
+
+  gRPC     {g}   (reflection on: no proto files needed)
+  HTTP     http://{http}   (/metrics, /callbacks/kie, /healthz)
+
+  Try it:
+    grpcurl -plaintext {g} describe hailuo.v1.VideoGeneration
+    grpcurl -plaintext -d '{{"prompt": "a cat surfing a wave at sunset", "image_url": "https://example.com/cat.png"}}' {g} hailuo.v1.VideoGeneration/CreateTask
+    grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/WatchTask
+    grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/GetTask
+    grpcurl -plaintext -d '{{"prompt": "[sim:402] a cat", "image_url": "https://example.com/cat.png"}}' {g} hailuo.v1.VideoGeneration/CreateTask
+
+  Scenario markers in the prompt ([sim:fail], [sim:429], [sim:slow], ...) are listed in the README.
+"#,
+        http = host(http),
+    )
+}
