@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -17,12 +18,76 @@ pub const TEST_KEY: &str = "test-key-1234567890";
 pub const CREATE_PATH: &str = "/api/v1/jobs/createTask";
 pub const RECORD_PATH: &str = "/api/v1/jobs/recordInfo";
 
-pub struct TestApp {
+/// A running gateway and a client connected to it.
+pub struct Gateway {
     pub client: VideoGenerationClient<Channel>,
-    pub upstream: MockServer,
     pub hub: TaskHub,
-    pub grpc_addr: std::net::SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+}
+
+impl Gateway {
+    pub async fn new_client(&self) -> VideoGenerationClient<Channel> {
+        VideoGenerationClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("connect")
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_gateway(settings: Settings) -> Gateway {
+    if std::env::var_os("TEST_LOG").is_some() {
+        hailuo_gateway::telemetry::init(Default::default());
+    }
+    let app = Application::build(settings).await.expect("build app");
+    let grpc_addr = app.grpc_addr();
+    let http_addr = app.http_addr();
+    let hub = app.hub();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = VideoGenerationClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("connect to gateway");
+    Gateway {
+        client,
+        hub,
+        grpc_addr,
+        http_addr,
+        stop: Some(stop),
+    }
+}
+
+/// A gateway in front of a scripted kie.ai.
+pub struct TestApp {
+    pub upstream: MockServer,
+    pub gateway: Gateway,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.gateway
+    }
 }
 
 impl TestApp {
@@ -40,26 +105,12 @@ impl TestApp {
     pub async fn upstream_count(&self, on_path: &str) -> usize {
         self.upstream_requests(on_path).await.len()
     }
-
-    pub async fn new_client(&self) -> VideoGenerationClient<Channel> {
-        VideoGenerationClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .expect("connect")
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// Fast cadences so that watch tests take milliseconds.
-pub fn test_settings(upstream: &MockServer) -> Settings {
+pub fn test_settings(base_url: &str) -> Settings {
     let mut settings = Settings::local(
-        upstream.uri().parse().expect("mock uri"),
+        base_url.parse().expect("base url"),
         Some(ApiKey::new(TEST_KEY)),
     );
     settings.watch.cadence = PollCadence::constant(Duration::from_millis(30));
@@ -78,29 +129,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        hailuo_gateway::telemetry::init(Default::default());
-    }
     let upstream = MockServer::start().await;
-    let mut settings = test_settings(&upstream);
+    let mut settings = test_settings(&upstream.uri());
     configure(&mut settings);
-    let app = Application::build(settings).await.expect("build app");
-    let grpc_addr = app.grpc_addr();
-    let hub = app.hub();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let client = VideoGenerationClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .expect("connect to gateway");
-    TestApp {
-        client,
-        upstream,
-        hub,
-        grpc_addr,
-        stop: Some(stop),
-    }
+    let gateway = spawn_gateway(settings).await;
+    TestApp { upstream, gateway }
 }
 
 /// A request that passes validation.

@@ -6,6 +6,8 @@ mod helpers;
 mod create_task;
 mod get_task;
 mod shutdown;
+mod simulator_e2e;
 mod status_mapping;
 mod validation;
+mod watch_at_scale;
 mod watch_task;
