@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::{ApiKey, WatchSettings};
@@ -80,8 +80,7 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<CreateTaskResponse>, Status> {
-        let started = Instant::now();
-        let deadline = caller_deadline(request.metadata());
+        let call = Call::start("CreateTask", request.metadata());
         let (metadata, _, message) = request.into_parts();
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
@@ -93,7 +92,7 @@ impl VideoGeneration for VideoGenerationService {
                 .or(self.public_callback_url.as_deref());
             let task_id = self
                 .kie
-                .create_task(&credential, &input, call_back_url, deadline)
+                .create_task(&credential, &input, call_back_url, call.deadline)
                 .await?;
             if ours && let Ok(id) = TaskId::parse(task_id.clone()) {
                 self.hub.expect_callback(id);
@@ -103,10 +102,10 @@ impl VideoGeneration for VideoGenerationService {
         .await;
         match result {
             Ok(task_id) => {
-                self.finish("CreateTask", &task_id, started, Ok(()))?;
-                Ok(Response::new(CreateTaskResponse { task_id }))
+                self.succeeded(&call, &task_id);
+                Ok(call.respond(CreateTaskResponse { task_id }))
             }
-            Err(e) => self.finish("CreateTask", "", started, Err(e)),
+            Err(e) => Err(self.failed(&call, "", &e)),
         }
     }
 
@@ -114,23 +113,24 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        let started = Instant::now();
-        let deadline = caller_deadline(request.metadata());
+        let call = Call::start("GetTask", request.metadata());
         let (metadata, _, message) = request.into_parts();
         let raw_id = message.task_id;
         let shown_id = loggable_id(&raw_id);
         let result = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
-            self.hub.get(credential, task_id, deadline).await
+            self.hub.get(credential, task_id, call.deadline).await
         }
         .await;
-        self.finish("GetTask", &shown_id, started, result)
-            .map(|task| {
-                Response::new(GetTaskResponse {
-                    task: Some(Arc::unwrap_or_clone(task)),
-                })
-            })
+        match result {
+            Ok(task) => {
+                self.succeeded(&call, &shown_id);
+                let task = Some(Arc::unwrap_or_clone(task));
+                Ok(call.respond(GetTaskResponse { task }))
+            }
+            Err(e) => Err(self.failed(&call, &shown_id, &e)),
+        }
     }
 
     type WatchTaskStream = WatchStream;
@@ -139,7 +139,7 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let started = Instant::now();
+        let call = Call::start("WatchTask", request.metadata());
         let (metadata, _, message) = request.into_parts();
         let raw_id = message.task_id;
         let shown_id = loggable_id(&raw_id);
@@ -151,33 +151,149 @@ impl VideoGeneration for VideoGenerationService {
             Ok::<_, GatewayError>(rx)
         }
         .await;
-        match subscribed {
-            Ok(rx) => {
-                let metrics = self.metrics.clone();
-                metrics.active_watchers.inc();
-                let on_end = Box::new(move |code: Code| {
-                    metrics.active_watchers.dec();
-                    let latency = started.elapsed();
-                    metrics.rpc("WatchTask", code, latency);
-                    tracing::info!(
-                        method = "WatchTask",
-                        task_id = %shown_id,
-                        code = ?code,
-                        latency_ms = latency.as_secs_f64() * 1e3,
-                        "rpc"
-                    );
-                });
-                let stream = watch::stream(
-                    rx,
-                    self.watch.heartbeat,
-                    self.watch.max_duration,
-                    self.shutdown.clone(),
-                    on_end,
-                );
-                Ok(Response::new(stream))
-            }
-            Err(e) => self.finish("WatchTask", &shown_id, started, Err(e)),
+        let rx = match subscribed {
+            Ok(rx) => rx,
+            Err(e) => return Err(self.failed(&call, &shown_id, &e)),
+        };
+        let metrics = self.metrics.clone();
+        metrics.active_watchers.inc();
+        let request_id = call.request_id.clone();
+        let started = call.started;
+        // The RPC's log line is written when the stream ends.
+        let on_end = Box::new(move |code: Code| {
+            metrics.active_watchers.dec();
+            let latency = started.elapsed();
+            metrics.rpc("WatchTask", code, latency);
+            tracing::info!(
+                method = "WatchTask",
+                task_id = %shown_id,
+                request_id = request_id.to_str().unwrap_or_default(),
+                code = ?code,
+                latency_ms = latency.as_secs_f64() * 1e3,
+                "rpc"
+            );
+        });
+        let stream = watch::stream(
+            rx,
+            self.watch.heartbeat,
+            self.watch.max_duration,
+            self.shutdown.clone(),
+            on_end,
+        );
+        Ok(call.respond(stream))
+    }
+}
+
+/// One RPC in flight: what its log line and response metadata need.
+struct Call {
+    method: &'static str,
+    started: Instant,
+    /// The caller's `x-request-id`, or one made up; returned in the
+    /// response metadata either way.
+    request_id: MetadataValue<Ascii>,
+    /// The caller's deadline, which caps upstream calls.
+    deadline: Option<Duration>,
+}
+
+impl Call {
+    fn start(method: &'static str, metadata: &MetadataMap) -> Self {
+        let request_id = metadata
+            .get(REQUEST_ID)
+            .filter(|v| {
+                let v = v.as_bytes();
+                !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+            })
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        Self {
+            method,
+            started: Instant::now(),
+            request_id,
+            deadline: caller_deadline(metadata),
         }
+    }
+
+    fn respond<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        response
+            .metadata_mut()
+            .insert(REQUEST_ID, self.request_id.clone());
+        response
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn new_request_id() -> MetadataValue<Ascii> {
+    let id = format!("{:016x}", rand::random::<u64>());
+    MetadataValue::try_from(id).expect("hex digits are valid metadata")
+}
+
+impl VideoGenerationService {
+    /// Metrics and the RPC's log line.
+    fn succeeded(&self, call: &Call, task_id: &str) {
+        let latency = call.started.elapsed();
+        self.metrics.rpc(call.method, Code::Ok, latency);
+        tracing::info!(
+            method = call.method,
+            task_id,
+            request_id = call.request_id.to_str().unwrap_or_default(),
+            code = ?Code::Ok,
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "rpc"
+        );
+    }
+
+    /// Metrics and the RPC's log line, at a level that fits who must act on
+    /// it; returns the caller's status.
+    fn failed(&self, call: &Call, task_id: &str, error: &GatewayError) -> Status {
+        let latency = call.started.elapsed();
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        let method = call.method;
+        let request_id = call.request_id.to_str().unwrap_or_default();
+        let mut status = error.to_status();
+        let code = status.code();
+        self.metrics.rpc(method, code, latency);
+        let message = status.message();
+        match error.severity() {
+            Severity::Caller => {
+                tracing::info!(
+                    method,
+                    task_id,
+                    request_id,
+                    ?code,
+                    latency_ms,
+                    message,
+                    "rpc"
+                )
+            }
+            Severity::Transient => {
+                tracing::warn!(
+                    method,
+                    task_id,
+                    request_id,
+                    ?code,
+                    latency_ms,
+                    message,
+                    "rpc"
+                )
+            }
+            Severity::Operator => {
+                tracing::error!(
+                    method,
+                    task_id,
+                    request_id,
+                    ?code,
+                    latency_ms,
+                    message,
+                    "rpc"
+                )
+            }
+        }
+        status
+            .metadata_mut()
+            .insert(REQUEST_ID, call.request_id.clone());
+        status
     }
 }
 
@@ -185,43 +301,6 @@ impl VideoGeneration for VideoGenerationService {
 /// short and stripped of control characters.
 fn loggable_id(raw: &str) -> String {
     raw.chars().take(64).filter(|c| !c.is_control()).collect()
-}
-
-impl VideoGenerationService {
-    /// Metrics and one log line per RPC (at a level that fits who must act
-    /// on it), and the error as the caller's status.
-    fn finish<T>(
-        &self,
-        method: &'static str,
-        task_id: &str,
-        started: Instant,
-        result: Result<T, GatewayError>,
-    ) -> Result<T, Status> {
-        let latency = started.elapsed();
-        let latency_ms = latency.as_secs_f64() * 1e3;
-        let error = match result {
-            Ok(value) => {
-                self.metrics.rpc(method, Code::Ok, latency);
-                tracing::info!(method, task_id, code = ?Code::Ok, latency_ms, "rpc");
-                return Ok(value);
-            }
-            Err(e) => e,
-        };
-        let status = error.to_status();
-        let code = status.code();
-        let message = status.message();
-        self.metrics.rpc(method, code, latency);
-        match error.severity() {
-            Severity::Caller => tracing::info!(method, task_id, ?code, latency_ms, message, "rpc"),
-            Severity::Transient => {
-                tracing::warn!(method, task_id, ?code, latency_ms, message, "rpc")
-            }
-            Severity::Operator => {
-                tracing::error!(method, task_id, ?code, latency_ms, message, "rpc")
-            }
-        }
-        Err(status)
-    }
 }
 
 /// The caller's deadline from the `grpc-timeout` header, less a small margin

@@ -159,3 +159,53 @@ async fn without_key_passthrough_the_callers_key_is_ignored() {
         Some(format!("Bearer {TEST_KEY}").as_str())
     );
 }
+
+#[tokio::test]
+async fn the_callers_request_id_comes_back_in_response_and_error_metadata() {
+    let mut app = spawn_app().await;
+    mount_create_ok(&app, "t1").await;
+    let mut request = tonic::Request::new(valid_request());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-abc-123".parse().expect("ascii"));
+    let ok = app.client.create_task(request).await.expect("created");
+    assert_eq!(
+        ok.metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-abc-123")
+    );
+
+    let mut bad = tonic::Request::new(hailuo_gateway::pb::CreateTaskRequest::default());
+    bad.metadata_mut()
+        .insert("x-request-id", "req-bad-1".parse().expect("ascii"));
+    let status = app.client.create_task(bad).await.expect_err("invalid");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-bad-1")
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_is_made_up_when_the_caller_sends_none() {
+    let mut app = spawn_app().await;
+    mount_create_ok(&app, "t1").await;
+
+    let ok = app
+        .client
+        .create_task(valid_request())
+        .await
+        .expect("created");
+
+    let id = ok
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an id")
+        .to_string();
+    assert_eq!(id.len(), 16);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+}

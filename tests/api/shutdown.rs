@@ -21,8 +21,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_hailuo-gateway");
 /// Starts the binary against `upstream`; returns it with its gRPC address,
 /// read from the "gateway ready" log line.
 async fn start_gateway(upstream: &MockServer) -> (Child, String) {
+    let (child, url, _) = start_gateway_logging(upstream, "text").await;
+    (child, url)
+}
+
+/// As `start_gateway`, with a log format; also returns the log lines that
+/// follow the ready line.
+async fn start_gateway_logging(
+    upstream: &MockServer,
+    log_format: &str,
+) -> (Child, String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let mut child = Command::new(BIN)
         .env_clear()
+        .env("GATEWAY_LOG_FORMAT", log_format)
         .env("KIE_API_KEY", TEST_KEY)
         .env("KIE_BASE_URL", upstream.uri())
         .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
@@ -38,10 +49,14 @@ async fn start_gateway(upstream: &MockServer) -> (Child, String) {
     let mut lines = BufReader::new(stderr).lines();
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if line.contains("gateway ready")
-                && let Some(rest) = line.split("grpc_addr=").nth(1)
-            {
+            if !line.contains("gateway ready") {
+                continue;
+            }
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
                 return rest.split_whitespace().next().expect("addr").to_string();
+            }
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                return json["grpc_addr"].as_str().expect("grpc_addr").to_string();
             }
         }
         panic!("gateway exited before it was ready");
@@ -49,8 +64,13 @@ async fn start_gateway(upstream: &MockServer) -> (Child, String) {
     .await
     .expect("gateway ready in time");
     // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    (child, format!("http://{addr}"), rx)
 }
 
 fn sigterm(child: &Child) {
@@ -147,4 +167,39 @@ async fn sigterm_with_nothing_open_exits_zero_at_once() {
         .expect("exits promptly")
         .expect("wait");
     assert!(exit.success());
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_rpc_with_its_request_id() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CREATE_PATH))
+        .respond_with(kie_ok(json!({"taskId": "t_json"})))
+        .mount(&upstream)
+        .await;
+    let (_child, url, mut logs) = start_gateway_logging(&upstream, "json").await;
+    let mut client = VideoGenerationClient::connect(url).await.expect("connect");
+    let mut request = tonic::Request::new(valid_request());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-7".parse().expect("ascii"));
+    client.create_task(request).await.expect("created");
+
+    let line = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(line) = logs.recv().await {
+            if line.contains("req-json-7") {
+                return line;
+            }
+        }
+        panic!("no log line for the RPC");
+    })
+    .await
+    .expect("logged in time");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(entry["method"], "CreateTask");
+    assert_eq!(entry["task_id"], "t_json");
+    assert_eq!(entry["request_id"], "req-json-7");
+    assert_eq!(entry["code"], "Ok");
+    assert!(entry["latency_ms"].is_number());
+    assert!(!line.contains(TEST_KEY), "the key is never logged");
 }
