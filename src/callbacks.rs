@@ -80,7 +80,7 @@ pub async fn receive(State(state): State<HttpState>, headers: HeaderMap, body: B
 
 /// kie.ai's id of the task: `data.taskId`, `data.task_id` (other kie.ai
 /// products and its signing docs) or a top-level `taskId`.
-fn task_id_of(body: &[u8]) -> Option<String> {
+pub fn task_id_of(body: &[u8]) -> Option<String> {
     let doc: Value = serde_json::from_slice(body).ok()?;
     let data = doc.get("data");
     [
