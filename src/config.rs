@@ -37,6 +37,13 @@ pub mod defaults {
     pub const TASK_CACHE_SIZE: usize = 10_000;
     pub const TASK_CACHE_TTL: Duration = Duration::from_secs(3600);
     pub const WATCH_MAX_DURATION: Duration = Duration::from_secs(3600);
+    pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const IDEMPOTENCY_KEYS: usize = 100_000;
+    pub const MAX_IN_FLIGHT: usize = 64;
+    pub const MAX_QUEUED: usize = 256;
+    /// kie.ai: at most 20 new generation requests per 10 s per account.
+    pub const CREATE_LIMIT: usize = 20;
+    pub const CREATE_WINDOW: Duration = Duration::from_secs(10);
 }
 
 /// A kie.ai API key. Debug and Display never show it.
@@ -82,6 +89,13 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
 }
 
 fn human(d: Duration) -> humantime::Duration {
@@ -195,6 +209,32 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_WATCH_MAX_DURATION", default_value_t = human(defaults::WATCH_MAX_DURATION))]
     pub watch_max_duration: humantime::Duration,
 
+    /// How long a request_id makes CreateTask idempotent.
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_TTL", default_value_t = human(defaults::IDEMPOTENCY_TTL))]
+    pub idempotency_ttl: humantime::Duration,
+
+    /// Most request_ids remembered at once (the oldest are forgotten first).
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_KEYS", default_value_t = defaults::IDEMPOTENCY_KEYS)]
+    pub idempotency_keys: usize,
+
+    /// Most upstream requests in flight at once.
+    #[arg(long, env = "KIE_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = at_least_one)]
+    pub kie_max_in_flight: usize,
+
+    /// Most callers waiting for an upstream slot; beyond it calls are shed
+    /// at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KIE_MAX_QUEUED", default_value_t = defaults::MAX_QUEUED)]
+    pub kie_max_queued: usize,
+
+    /// Most createTask calls per --kie-create-window (kie.ai allows 20 per
+    /// 10 s per account); 0 turns the limit off.
+    #[arg(long, env = "KIE_CREATE_LIMIT", default_value_t = defaults::CREATE_LIMIT)]
+    pub kie_create_limit: usize,
+
+    /// The window of --kie-create-limit.
+    #[arg(long, env = "KIE_CREATE_WINDOW", default_value_t = human(defaults::CREATE_WINDOW))]
+    pub kie_create_window: humantime::Duration,
+
     /// Run against a built-in kie.ai simulator: no key, no credits spent.
     #[arg(long, env = "GATEWAY_SANDBOX")]
     pub sandbox: bool,
@@ -213,6 +253,44 @@ pub struct UpstreamSettings {
     pub key_passthrough: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub limits: UpstreamLimits,
+}
+
+/// What protects kie.ai (and the gateway's key) from a burst of callers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    pub max_in_flight: usize,
+    pub max_queued: usize,
+    /// createTask calls per window; 0 means no limit.
+    pub create_limit: usize,
+    pub create_window: Duration,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            max_queued: defaults::MAX_QUEUED,
+            create_limit: defaults::CREATE_LIMIT,
+            create_window: defaults::CREATE_WINDOW,
+        }
+    }
+}
+
+/// CreateTask idempotency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotencySettings {
+    pub ttl: Duration,
+    pub max_keys: usize,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            ttl: defaults::IDEMPOTENCY_TTL,
+            max_keys: defaults::IDEMPOTENCY_KEYS,
+        }
+    }
 }
 
 /// How often a watched task is read, by its age.
@@ -332,6 +410,7 @@ pub struct CallbackSettings {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub upstream: UpstreamSettings,
+    pub idempotency: IdempotencySettings,
     pub callbacks: CallbackSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -351,7 +430,9 @@ impl Settings {
                 key_passthrough: false,
                 connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
                 timeout: defaults::UPSTREAM_TIMEOUT,
+                limits: UpstreamLimits::default(),
             },
+            idempotency: IdempotencySettings::default(),
             callbacks: CallbackSettings::default(),
             grpc_addr: loopback,
             http_addr: loopback,
@@ -393,6 +474,16 @@ impl ServeArgs {
                 key_passthrough: self.key_passthrough,
                 connect_timeout: self.kie_connect_timeout.into(),
                 timeout: self.kie_timeout.into(),
+                limits: UpstreamLimits {
+                    max_in_flight: self.kie_max_in_flight,
+                    max_queued: self.kie_max_queued,
+                    create_limit: self.kie_create_limit,
+                    create_window: self.kie_create_window.into(),
+                },
+            },
+            idempotency: IdempotencySettings {
+                ttl: self.idempotency_ttl.into(),
+                max_keys: self.idempotency_keys,
             },
             callbacks: CallbackSettings {
                 public_url: self.public_callback_url.clone(),

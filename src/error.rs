@@ -51,6 +51,10 @@ pub enum GatewayError {
     ShuttingDown,
     /// The watch reached the gateway's maximum watch duration.
     WatchExpired,
+    /// A request_id came back with different parameters.
+    IdempotencyKeyReused { request_id: String },
+    /// A bug: the attempt died without an answer.
+    Internal(&'static str),
 }
 
 impl From<UpstreamError> for GatewayError {
@@ -76,7 +80,8 @@ impl GatewayError {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
-            Self::WatchExpired => Severity::Caller,
+            Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
+            Self::Internal(_) => Severity::Operator,
             Self::Upstream(e) => match classify(e).code {
                 Code::Internal | Code::Unknown => Severity::Operator,
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
@@ -132,6 +137,28 @@ impl GatewayError {
                     details,
                 )
             }
+            Self::IdempotencyKeyReused { request_id } => {
+                details.set_error_info(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([("request_id".to_string(), request_id.clone())]),
+                );
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    format!(
+                        "request_id {request_id:?} was already used with different parameters: use a new request_id for a new task"
+                    ),
+                    details,
+                )
+            }
+            Self::Internal(what) => {
+                details.set_error_info("INTERNAL_ERROR", GATEWAY_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::Internal,
+                    format!("the gateway failed: {what}"),
+                    details,
+                )
+            }
             Self::WatchExpired => {
                 details.set_error_info("WATCH_DURATION_EXCEEDED", GATEWAY_DOMAIN, HashMap::new());
                 Status::with_error_details(
@@ -157,7 +184,7 @@ impl GatewayError {
             }
             Self::Upstream(e) => {
                 let mapped = classify(e);
-                details.set_error_info(mapped.reason, UPSTREAM_DOMAIN, upstream_metadata(e));
+                details.set_error_info(mapped.reason, mapped.domain, upstream_metadata(e));
                 if let Some(default) = mapped.retry {
                     details.set_retry_info(Some(e.retry_after.unwrap_or(default)));
                 }
@@ -182,6 +209,9 @@ fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
         UpstreamErrorKind::Unavailable { detail } | UpstreamErrorKind::BadResponse { detail } => {
             m.insert("detail".into(), detail.clone());
         }
+        UpstreamErrorKind::Shed { reason } => {
+            m.insert("limit".into(), (*reason).into());
+        }
         UpstreamErrorKind::Timeout => {}
     }
     m
@@ -192,6 +222,8 @@ fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
 pub struct Mapped {
     pub code: Code,
     pub reason: &'static str,
+    /// `kie.ai`, or `hailuo-gateway` when the gateway turned the call away.
+    pub domain: &'static str,
     /// Default RetryInfo delay when the failure is worth retrying; an
     /// upstream Retry-After replaces it.
     pub retry: Option<Duration>,
@@ -203,10 +235,20 @@ pub fn classify(e: &UpstreamError) -> Mapped {
     let m = |code, reason, retry, message: String| Mapped {
         code,
         reason,
+        domain: UPSTREAM_DOMAIN,
         retry,
         message,
     };
     match &e.kind {
+        UpstreamErrorKind::Shed { reason } => Mapped {
+            code: Code::ResourceExhausted,
+            reason: "GATEWAY_OVERLOADED",
+            domain: GATEWAY_DOMAIN,
+            retry: Some(UNAVAILABLE_RETRY),
+            message: format!(
+                "the gateway is at its limit of upstream calls ({reason}): retry later"
+            ),
+        },
         UpstreamErrorKind::TaskNotFound { code, msg } => m(
             Code::NotFound,
             "TASK_NOT_FOUND",

@@ -9,9 +9,10 @@ use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::{ApiKey, WatchSettings};
+use crate::create::Creator;
 use crate::error::{GatewayError, Severity};
 use crate::hub::TaskHub;
-use crate::kie::{Credential, KeySource, KieClient};
+use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::VideoGeneration;
 use crate::pb::{
@@ -64,12 +65,10 @@ impl Credentials {
 }
 
 pub struct VideoGenerationService {
-    pub kie: KieClient,
+    pub creator: Arc<Creator>,
     pub hub: TaskHub,
     pub metrics: Arc<Metrics>,
     pub credentials: Credentials,
-    /// Sent as `callBackUrl` when the caller gives none.
-    pub public_callback_url: Option<String>,
     pub watch: WatchSettings,
     pub shutdown: CancellationToken,
 }
@@ -85,19 +84,7 @@ impl VideoGeneration for VideoGenerationService {
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
             let credential = self.credentials.for_call(&metadata)?;
-            let ours = input.callback_url.is_none() && self.public_callback_url.is_some();
-            let call_back_url = input
-                .callback_url
-                .as_deref()
-                .or(self.public_callback_url.as_deref());
-            let task_id = self
-                .kie
-                .create_task(&credential, &input, call_back_url, call.deadline)
-                .await?;
-            if ours && let Ok(id) = TaskId::parse(task_id.clone()) {
-                self.hub.expect_callback(id);
-            }
-            Ok::<_, GatewayError>(task_id)
+            self.creator.create(credential, input, call.deadline).await
         }
         .await;
         match result {

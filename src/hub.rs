@@ -16,7 +16,7 @@ use crate::budget::{Priority, ReadBudget};
 use crate::cache::TerminalCache;
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
-use crate::kie::{Credential, KieClient};
+use crate::kie::{Credential, KieClient, UpstreamErrorKind};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
@@ -26,6 +26,8 @@ use crate::task::{TaskId, is_terminal};
 /// polled at the slow cadence anyway).
 const CALLBACK_TASKS: usize = 100_000;
 const CALLBACK_TASKS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Retries of a caller's direct read (GetTask with no poller running).
+const READ_RETRIES: u32 = 2;
 
 /// What watchers of a task see.
 #[derive(Clone, Debug)]
@@ -148,12 +150,7 @@ impl TaskHub {
         if let Some(task) = self.inner.live_value(&key) {
             return Ok(task);
         }
-        let task = Arc::new(
-            self.inner
-                .kie
-                .record_info(&key.credential, &key.task_id, deadline)
-                .await?,
-        );
+        let task = Arc::new(self.inner.read_with_retries(&key, deadline).await?);
         if is_terminal(task.state()) {
             self.inner.finished.insert(key, task.clone());
         }
@@ -186,6 +183,44 @@ impl TaskHub {
 }
 
 impl Inner {
+    /// One read for a caller: transient failures are retried with back-off
+    /// (honouring Retry-After) while the caller's deadline allows; timeouts
+    /// are not, as a second wait would outlast the first.
+    async fn read_with_retries(
+        &self,
+        key: &TaskKey,
+        deadline: Option<Duration>,
+    ) -> Result<pb::Task, GatewayError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let error = match self
+                .kie
+                .record_info(&key.credential, &key.task_id, left)
+                .await
+            {
+                Ok(task) => return Ok(task),
+                Err(e) => e,
+            };
+            let retryable = error.is_transient()
+                && !matches!(error.kind, UpstreamErrorKind::Timeout)
+                && attempt < READ_RETRIES;
+            attempt += 1;
+            let delay = self
+                .settings
+                .backoff
+                .delay(attempt)
+                .max(error.retry_after.unwrap_or_default());
+            let in_time = left.is_none_or(|left| delay < left);
+            if !retryable || !in_time {
+                return Err(error.into());
+            }
+            tracing::debug!(task_id = %key.task_id, attempt, error = %error, "read failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     fn pollers(&self) -> MutexGuard<'_, HashMap<TaskId, Vec<Poller>>> {
         // Every critical section is a single lookup, insert or remove: a
         // panic elsewhere cannot leave the map half-written.

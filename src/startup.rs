@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::config::Settings;
+use crate::create::Creator;
 use crate::grpc::{Credentials, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
+use crate::idempotency::InMemoryStore;
 use crate::kie::KieClient;
 use crate::metrics::Metrics;
 use crate::pb;
@@ -60,15 +62,20 @@ impl Application {
             metrics.clone(),
             shutdown.clone(),
         );
-        let service = VideoGenerationService {
+        let creator = Arc::new(Creator {
             kie,
+            hub: hub.clone(),
+            idempotency: InMemoryStore::new(settings.idempotency),
+            public_callback_url: callback_url(&settings, &http_listener)?,
+        });
+        let service = VideoGenerationService {
+            creator,
             hub: hub.clone(),
             metrics: metrics.clone(),
             credentials: Credentials {
                 gateway: settings.upstream.api_key.clone(),
                 passthrough: settings.upstream.key_passthrough,
             },
-            public_callback_url: callback_url(&settings, &http_listener)?,
             watch: settings.watch,
             shutdown: shutdown.clone(),
         };

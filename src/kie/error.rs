@@ -47,6 +47,9 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// A success status with a body that cannot be read.
     BadResponse { detail: String },
+    /// Never sent: the gateway's own upstream protection turned it away
+    /// (see `gate`).
+    Shed { reason: &'static str },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +67,8 @@ impl UpstreamError {
         match &self.kind {
             UpstreamErrorKind::Unavailable { .. }
             | UpstreamErrorKind::Timeout
-            | UpstreamErrorKind::BadResponse { .. } => true,
+            | UpstreamErrorKind::BadResponse { .. }
+            | UpstreamErrorKind::Shed { .. } => true,
             UpstreamErrorKind::Code { code, .. } => matches!(code, 429 | 433 | 455 | 500..=599),
             UpstreamErrorKind::TaskNotFound { .. } => false,
         }
@@ -80,6 +84,7 @@ impl UpstreamError {
             UpstreamErrorKind::Unavailable { .. } => "unavailable".into(),
             UpstreamErrorKind::Timeout => "timeout".into(),
             UpstreamErrorKind::BadResponse { .. } => "bad_response".into(),
+            UpstreamErrorKind::Shed { .. } => "shed".into(),
         }
     }
 }
@@ -103,6 +108,13 @@ impl fmt::Display for UpstreamError {
             UpstreamErrorKind::Timeout => write!(f, "{} timed out", self.endpoint),
             UpstreamErrorKind::BadResponse { detail } => {
                 write!(f, "{} sent an unreadable answer: {detail}", self.endpoint)
+            }
+            UpstreamErrorKind::Shed { reason } => {
+                write!(
+                    f,
+                    "{} not sent: gateway overloaded ({reason})",
+                    self.endpoint
+                )
             }
         }
     }

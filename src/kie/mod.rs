@@ -2,6 +2,7 @@
 //! endpoint, every answer classified into a result or an `UpstreamError`.
 
 mod error;
+mod gate;
 pub mod wire;
 
 use std::borrow::Cow;
@@ -33,6 +34,7 @@ pub struct Credential {
 #[derive(Clone)]
 pub struct KieClient {
     http: reqwest::Client,
+    gate: Arc<gate::Gate>,
     create_url: Url,
     record_url: Url,
     timeout: Duration,
@@ -55,6 +57,7 @@ impl KieClient {
         let record_url = settings.base_url.join("api/v1/jobs/recordInfo")?;
         Ok(Self {
             http,
+            gate: Arc::new(gate::Gate::new(settings.limits)),
             create_url,
             record_url,
             timeout: settings.timeout,
@@ -129,6 +132,20 @@ impl KieClient {
         deadline: Option<Duration>,
     ) -> Result<Answer, UpstreamError> {
         let started = Instant::now();
+        let _permit = self
+            .gate
+            .admit(endpoint, deadline)
+            .await
+            .map_err(|shed| UpstreamError {
+                endpoint,
+                key_source: credential.source,
+                retry_after: Some(shed.retry_after),
+                kind: UpstreamErrorKind::Shed {
+                    reason: shed.reason,
+                },
+            })?;
+        // Time spent waiting at the gate comes out of the caller's deadline.
+        let deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
         let answer = self.exchange(endpoint, credential, request, deadline).await;
         let code = match &answer {
             Ok(_) => Cow::Borrowed("200"),

@@ -1,0 +1,223 @@
+//! Upstream protection: a cap on requests in flight, a sliding-window limit
+//! on createTask (kie.ai drops, not queues, what exceeds 20 per 10 s), and a
+//! bounded queue. Callers wait within their deadline; when waiting cannot
+//! end in time, or the queue is full, they are shed at once, so memory stays
+//! bounded and the gateway's key never draws kie.ai's 429s.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::UpstreamLimits;
+
+use super::Endpoint;
+
+/// The createTask window is counted with this margin so that network jitter
+/// cannot push one call too many into kie.ai's window.
+const WINDOW_MARGIN: f64 = 1.05;
+/// How long a caller without a deadline may wait for a createTask slot.
+const MAX_CREATE_WAIT: Duration = Duration::from_secs(30);
+/// What a shed caller is told to wait when no better figure is known.
+const SHED_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a call was not let through, and when to try again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shed {
+    pub reason: &'static str,
+    pub retry_after: Duration,
+}
+
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    max_queued: usize,
+    creates: Option<Mutex<Window>>,
+}
+
+/// Start times of the createTask calls in the current window, including
+/// ones reserved in the near future; oldest first.
+struct Window {
+    limit: usize,
+    length: Duration,
+    starts: VecDeque<Instant>,
+}
+
+impl Window {
+    /// Reserves the earliest start at or after `now` that keeps at most
+    /// `limit` starts in any window, unless that is later than `latest`.
+    fn reserve(&mut self, now: Instant, latest: Duration) -> Result<Instant, Duration> {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.length)
+        {
+            self.starts.pop_front();
+        }
+        let start = if self.starts.len() < self.limit {
+            now
+        } else {
+            let bound = self.starts[self.starts.len() - self.limit] + self.length;
+            bound.max(now)
+        };
+        let wait = start - now;
+        if wait > latest {
+            return Err(wait);
+        }
+        self.starts.push_back(start);
+        Ok(start)
+    }
+}
+
+/// Keeps the queue count right however the wait ends.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    pub fn new(limits: UpstreamLimits) -> Self {
+        let creates = (limits.create_limit > 0).then(|| {
+            Mutex::new(Window {
+                limit: limits.create_limit,
+                length: limits.create_window.mul_f64(WINDOW_MARGIN),
+                starts: VecDeque::new(),
+            })
+        });
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            queued: AtomicUsize::new(0),
+            max_queued: limits.max_queued,
+            creates,
+        }
+    }
+
+    /// Waits for the right to send one request to `endpoint`; the permit is
+    /// held until the answer is read.
+    pub async fn admit(
+        &self,
+        endpoint: Endpoint,
+        deadline: Option<Duration>,
+    ) -> Result<OwnedSemaphorePermit, Shed> {
+        let arrived = Instant::now();
+        let start = match (&self.creates, endpoint) {
+            (Some(window), Endpoint::CreateTask) => {
+                let latest = deadline.unwrap_or(MAX_CREATE_WAIT);
+                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                Some(window.reserve(arrived, latest).map_err(|wait| Shed {
+                    reason: "create_rate",
+                    retry_after: wait,
+                })?)
+            }
+            _ => None,
+        };
+        if start.is_none_or(|s| s <= arrived)
+            && let Ok(permit) = self.slots.clone().try_acquire_owned()
+        {
+            return Ok(permit);
+        }
+
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Shed {
+                reason: "queue_full",
+                retry_after: SHED_RETRY,
+            });
+        }
+        let _queued = Queued(&self.queued);
+        if let Some(start) = start {
+            tokio::time::sleep_until(start).await;
+        }
+        let acquire = self.slots.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => {
+                let left = d.saturating_sub(arrived.elapsed());
+                tokio::time::timeout(left, acquire)
+                    .await
+                    .map_err(|_| Shed {
+                        reason: "no_slot_in_time",
+                        retry_after: SHED_RETRY,
+                    })?
+            }
+            None => acquire.await,
+        };
+        // The semaphore is never closed.
+        permit.map_err(|_| Shed {
+            reason: "closed",
+            retry_after: SHED_RETRY,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_in_flight: usize, max_queued: usize, create_limit: usize) -> UpstreamLimits {
+        UpstreamLimits {
+            max_in_flight,
+            max_queued,
+            create_limit,
+            create_window: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn creates_beyond_the_window_wait_or_are_shed_past_their_deadline() {
+        let gate = Gate::new(limits(100, 100, 2));
+        let t0 = Instant::now();
+        drop(gate.admit(Endpoint::CreateTask, None).await.expect("1st"));
+        drop(gate.admit(Endpoint::CreateTask, None).await.expect("2nd"));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        let shed = gate
+            .admit(Endpoint::CreateTask, Some(Duration::from_secs(1)))
+            .await
+            .expect_err("cannot start within 1 s");
+        assert_eq!(shed.reason, "create_rate");
+        assert_eq!(shed.retry_after, Duration::from_millis(10_500));
+
+        drop(
+            gate.admit(Endpoint::CreateTask, None)
+                .await
+                .expect("3rd waits"),
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(10_500));
+        // Reads are not rate limited.
+        drop(
+            gate.admit(Endpoint::RecordInfo, Some(Duration::ZERO))
+                .await
+                .expect("read"),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_at_once() {
+        let gate = Arc::new(Gate::new(limits(1, 1, 0)));
+        let held = gate.admit(Endpoint::RecordInfo, None).await.expect("slot");
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.admit(Endpoint::RecordInfo, None).await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let shed = gate
+            .admit(Endpoint::RecordInfo, None)
+            .await
+            .expect_err("queue full");
+        assert_eq!(shed.reason, "queue_full");
+
+        drop(held);
+        waiting
+            .await
+            .expect("join")
+            .expect("the queued caller gets the slot");
+    }
+}
