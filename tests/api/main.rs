@@ -5,6 +5,7 @@ mod helpers;
 
 mod create_task;
 mod get_task;
+mod reliability;
 mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
