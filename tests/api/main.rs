@@ -1,11 +1,13 @@
 //! Black-box tests: the real gateway on 127.0.0.1:0, a scripted kie.ai
 //! (wiremock), and the generated tonic client.
 
+mod binary;
 mod helpers;
 
 mod create_task;
 mod get_task;
 mod reliability;
+mod secrets;
 mod shutdown;
 mod simulator_e2e;
 mod status_mapping;

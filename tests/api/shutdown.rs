@@ -1,13 +1,11 @@
 //! The real binary: start-up errors, SIGTERM draining, exit code.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use hailuo_gateway::pb::WatchTaskRequest;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -16,72 +14,7 @@ use wiremock::{Mock, MockServer};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hailuo-gateway");
-
-/// Starts the binary against `upstream`; returns it with its gRPC address,
-/// read from the "gateway ready" log line.
-async fn start_gateway(upstream: &MockServer) -> (Child, String) {
-    let (child, url, _) = start_gateway_logging(upstream, "text").await;
-    (child, url)
-}
-
-/// As `start_gateway`, with a log format; also returns the log lines that
-/// follow the ready line.
-async fn start_gateway_logging(
-    upstream: &MockServer,
-    log_format: &str,
-) -> (Child, String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("GATEWAY_LOG_FORMAT", log_format)
-        .env("KIE_API_KEY", TEST_KEY)
-        .env("KIE_BASE_URL", upstream.uri())
-        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
-        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
-        .env("GATEWAY_POLL_FAST", "50ms")
-        .env("GATEWAY_SHUTDOWN_GRACE", "5s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn gateway");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if !line.contains("gateway ready") {
-                continue;
-            }
-            if let Some(rest) = line.split("grpc_addr=").nth(1) {
-                return rest.split_whitespace().next().expect("addr").to_string();
-            }
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                return json["grpc_addr"].as_str().expect("grpc_addr").to_string();
-            }
-        }
-        panic!("gateway exited before it was ready");
-    })
-    .await
-    .expect("gateway ready in time");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    (child, format!("http://{addr}"), rx)
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok);
-}
+use crate::binary::*;
 
 #[tokio::test]
 async fn without_a_key_the_binary_exits_non_zero_naming_the_key_and_the_sandbox() {
@@ -107,7 +40,11 @@ async fn sigterm_ends_open_watches_with_unavailable_finishes_unary_calls_and_exi
         .respond_with(kie_ok(json!({"taskId": "slow"})).set_delay(Duration::from_millis(800)))
         .mount(&upstream)
         .await;
-    let (mut child, url) = start_gateway(&upstream).await;
+    let RunningGateway {
+        mut child,
+        grpc_url: url,
+        ..
+    } = start_gateway_with(&upstream, &[]).await;
     let channel = tonic::transport::Endpoint::from_shared(url)
         .expect("url")
         .connect()
@@ -158,7 +95,7 @@ async fn sigterm_ends_open_watches_with_unavailable_finishes_unary_calls_and_exi
 #[tokio::test]
 async fn sigterm_with_nothing_open_exits_zero_at_once() {
     let upstream = MockServer::start().await;
-    let (mut child, _) = start_gateway(&upstream).await;
+    let mut child = start_gateway_with(&upstream, &[]).await.child;
 
     sigterm(&child);
 
@@ -177,7 +114,12 @@ async fn json_logs_carry_one_line_per_rpc_with_its_request_id() {
         .respond_with(kie_ok(json!({"taskId": "t_json"})))
         .mount(&upstream)
         .await;
-    let (_child, url, mut logs) = start_gateway_logging(&upstream, "json").await;
+    let RunningGateway {
+        child: _child,
+        grpc_url: url,
+        mut logs,
+        ..
+    } = start_gateway_with(&upstream, &[("GATEWAY_LOG_FORMAT", "json")]).await;
     let mut client = VideoGenerationClient::connect(url).await.expect("connect");
     let mut request = tonic::Request::new(valid_request());
     request
@@ -202,4 +144,67 @@ async fn json_logs_carry_one_line_per_rpc_with_its_request_id() {
     assert_eq!(entry["code"], "Ok");
     assert!(entry["latency_ms"].is_number());
     assert!(!line.contains(TEST_KEY), "the key is never logged");
+}
+
+#[tokio::test]
+async fn a_thousand_open_watches_all_get_a_status_on_sigterm_and_the_process_exits_zero() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(RECORD_PATH))
+        .respond_with(kie_ok(record("t1", "generating")))
+        .mount(&upstream)
+        .await;
+    let gateway = start_gateway_with(&upstream, &[("GATEWAY_SHUTDOWN_GRACE", "5s")]).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(
+            VideoGenerationClient::connect(gateway.grpc_url.clone())
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut watches = Vec::new();
+    for i in 0..1000 {
+        let mut client = clients[i % clients.len()].clone();
+        watches.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch_task(WatchTaskRequest {
+                    task_id: format!("t{}", i % 50),
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            stream.message().await.expect("ok").expect("first message");
+            stream
+        }));
+    }
+    let mut streams = Vec::new();
+    for w in watches {
+        streams.push(w.await.expect("join"));
+    }
+    let mut child = gateway.child;
+
+    let signalled = std::time::Instant::now();
+    sigterm(&child);
+
+    let mut endings = Vec::new();
+    for mut stream in streams {
+        endings.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(6), stream.message()).await
+        }));
+    }
+    for e in endings {
+        let status = e
+            .await
+            .expect("join")
+            .expect("every stream ends in time")
+            .expect_err("with a status, not OK");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(7), child.wait())
+        .await
+        .expect("exits within the grace period")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(6));
 }

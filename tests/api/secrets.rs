@@ -1,0 +1,122 @@
+//! The API key never shows: not in any log line (at trace level), error
+//! message, response metadata or metric.
+
+use std::time::Duration;
+
+use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
+use hailuo_gateway::pb::{GetTaskRequest, WatchTaskRequest};
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::binary::*;
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_api_key_appears_in_no_log_line_status_or_metric() {
+    let upstream = MockServer::start().await;
+    // kie.ai echoing the key back in its message must not leak it either.
+    Mock::given(method("POST"))
+        .and(path(CREATE_PATH))
+        .respond_with(Sequence::new(vec![
+            kie_ok(json!({"taskId": "t_ok"})),
+            kie_error(401, &format!("invalid key {TEST_KEY}")),
+            kie_error(402, "Credits insufficient"),
+            ResponseTemplate::new(502).set_body_raw("<html>502</html>", "text/html"),
+            ResponseTemplate::new(200).set_body_string("{not json"),
+        ]))
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(RECORD_PATH))
+        .respond_with(Sequence::new(vec![
+            kie_error(500, "Server error"),
+            kie_ok(record("t_ok", "generating")),
+            kie_ok(record("t_ok", "success")),
+        ]))
+        .mount(&upstream)
+        .await;
+    let mut gateway = start_gateway_with(
+        &upstream,
+        &[
+            ("RUST_LOG", "trace"),
+            ("GATEWAY_LOG_FORMAT", "json"),
+            ("GATEWAY_RETRY_BACKOFF_INITIAL", "10ms"),
+            ("KIE_WEBHOOK_HMAC_KEY", "hmac-secret-value"),
+        ],
+    )
+    .await;
+    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
+        .await
+        .expect("connect");
+    let mut seen = Vec::new();
+
+    for _ in 0..5 {
+        match client.create_task(valid_request()).await {
+            Ok(r) => seen.push(format!("{:?}", r.metadata())),
+            Err(s) => seen.push(format!("{s:?} {:?}", s.metadata())),
+        }
+    }
+    let mut invalid = valid_request();
+    invalid.prompt.clear();
+    seen.push(format!(
+        "{:?}",
+        client.create_task(invalid).await.expect_err("invalid")
+    ));
+    let mut watch = client
+        .watch_task(WatchTaskRequest {
+            task_id: "t_ok".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    while let Some(m) = watch.message().await.expect("ok") {
+        seen.push(format!("{m:?}"));
+    }
+    seen.push(format!(
+        "{:?}",
+        client
+            .get_task(GetTaskRequest {
+                task_id: "../x".into()
+            })
+            .await
+    ));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let refused = http
+        .post(format!("{}/callbacks/kie", gateway.http_url))
+        .header("x-webhook-timestamp", "1")
+        .header("x-webhook-signature", "AAAA")
+        .body(r#"{"data":{"taskId":"t_ok"}}"#)
+        .send()
+        .await
+        .expect("callback");
+    seen.push(refused.text().await.expect("body"));
+    let metrics = http
+        .get(format!("{}/metrics", gateway.http_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    seen.push(metrics);
+
+    sigterm(&gateway.child);
+    let _ = tokio::time::timeout(Duration::from_secs(7), gateway.child.wait()).await;
+    let mut logs = Vec::new();
+    while let Ok(line) = gateway.logs.try_recv() {
+        logs.push(line);
+    }
+
+    assert!(
+        logs.len() > 20,
+        "trace logging produced {} lines",
+        logs.len()
+    );
+    for secret in [TEST_KEY, "hmac-secret-value"] {
+        for line in logs.iter().chain(seen.iter()) {
+            assert!(!line.contains(secret), "{secret:?} leaked in: {line}");
+        }
+    }
+}
