@@ -27,6 +27,9 @@ use crate::pb::video_generation_server::VideoGenerationServer;
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+/// Largest request message accepted (tonic's default, stated): a valid
+/// request is a few KiB, and a larger one still gets a clear error.
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -148,7 +151,10 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(VideoGenerationServer::new(self.service))
+            .add_service(
+                VideoGenerationServer::new(self.service)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc_listener),
                 self.shutdown.clone().cancelled_owned(),
