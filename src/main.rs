@@ -81,6 +81,8 @@ async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings, sandbox_url: Option<String>) -> anyhow::Result<()> {
+    // Listening starts now, before anything can say it is ready.
+    let stop = shutdown::signal();
     let app = Application::build(settings).await?;
     if let Some(url) = sandbox_url {
         println!(
@@ -89,7 +91,7 @@ async fn run(settings: Settings, sandbox_url: Option<String>) -> anyhow::Result<
         );
     }
     app.run_until_stopped(async {
-        let which = shutdown::signal().await;
+        let which = stop.await;
         tracing::info!(signal = which, "stopping: draining calls");
     })
     .await

@@ -1,25 +1,35 @@
 //! The process's stop signal.
 
-/// Resolves on SIGINT or SIGTERM and says which.
-pub async fn signal() -> &'static str {
+use std::future::Future;
+
+/// Listens for SIGINT and SIGTERM from the moment it is called (so a signal
+/// that arrives before the server is ready is not lost to the default
+/// handler); the future resolves on the first one and says which.
+pub fn signal() -> impl Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the gateway");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut int), Ok(mut term)) => tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                },
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM; only SIGINT stops the gateway");
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }

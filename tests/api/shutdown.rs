@@ -103,7 +103,7 @@ async fn sigterm_with_nothing_open_exits_zero_at_once() {
         .await
         .expect("exits promptly")
         .expect("wait");
-    assert!(exit.success());
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[tokio::test]
