@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, then every test. Installs what it
-# needs itself; CI (.ci/run) runs exactly this.
+# The whole test suite: format, lints, the clients against a sandbox gateway,
+# then every Rust test. Installs what it needs itself; CI (.ci/run) runs
+# exactly this. cargo test runs last so its summary closes the output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,11 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+echo "== clients (grpcurl, Python, Node, examples, command line, buf lint)"
+bash scripts/clients-setup.sh
+cargo build --locked --bin hailuo-gateway --examples
+timeout 600 target/clients/venv/bin/python tests/clients/run.py
 
 echo "== cargo test"
 cargo test --locked --all-targets
