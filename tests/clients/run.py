@@ -100,7 +100,10 @@ class Gateway:
 
     def __init__(self):
         self.log_path = OUT / "gateway.log"
-        self.log = open(self.log_path, "w")
+        self.log_path.write_text("")
+        # Append mode: the gateway's stdout (its banner) and this process
+        # (its stderr, copied line by line) both write here.
+        self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [str(GATEWAY), "--sandbox", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
             cwd=ROOT,
@@ -379,6 +382,13 @@ def main():
             print(f"clients: missing {path}: run scripts/clients-setup.sh and cargo build --examples first")
             print("clients: 0 passed, 1 failed")
             return 1
+    # Idempotent and quick: brings the Python stubs up to date with proto/
+    # when this driver is run on its own after a proto edit.
+    setup = run(["bash", "scripts/clients-setup.sh"], timeout=900)
+    if setup.code != 0:
+        print(f"clients: scripts/clients-setup.sh failed: {setup}")
+        print("clients: 0 passed, 1 failed")
+        return 1
     started = time.monotonic()
     gateway = None
     passed = failed = 0
