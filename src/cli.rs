@@ -275,6 +275,7 @@ impl Progress {
             if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
                 bar.set_style(style);
             }
+            bar.set_message("watching");
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
