@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, then every test. Installs what it
-# needs itself; CI (.ci/run) runs exactly this.
+# The whole test suite: format, lints, the clients against a sandbox gateway,
+# then every Rust test. Installs what it needs itself; CI (.ci/run) runs
+# exactly this. cargo test runs last so its summary closes the output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,5 +11,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== clients (grpcurl, Python, Node, examples, command line, buf lint)"
+bash scripts/clients-setup.sh
+cargo build --locked --bin hailuo-gateway --examples
+timeout 600 target/clients/venv/bin/python tests/clients/run.py
+
 echo "== cargo test"
-cargo test --locked --all-targets
+# Not --all-targets: the examples (built above, linted by clippy) have no
+# tests, and their empty "0 passed" summary would close the suite.
+cargo test --locked --lib --bins --tests

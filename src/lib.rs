@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod cache;
 pub mod callbacks;
+pub mod cli;
 pub mod config;
 pub mod create;
 pub mod error;

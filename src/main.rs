@@ -1,9 +1,10 @@
-//! The `hailuo-gateway` binary: the gateway (live or `--sandbox`) and the
-//! standalone kie.ai simulator.
+//! The `hailuo-gateway` binary: the gateway (live or `--sandbox`), the
+//! standalone kie.ai simulator, and a command-line client of the gateway.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hailuo_gateway::cli::{self, GenerateArgs, TaskArgs};
 use hailuo_gateway::config::{ServeArgs, Settings};
 use hailuo_gateway::simulator::{SimulateArgs, run_standalone};
 use hailuo_gateway::startup::Application;
@@ -29,6 +30,13 @@ enum Command {
     /// Run the kie.ai simulator on its own (for tests, benchmarks and local
     /// development against the REST API).
     Simulate(SimulateArgs),
+    /// Create a video task on a running gateway and print its id; with
+    /// --wait, follow it and print its video URLs.
+    Generate(GenerateArgs),
+    /// Print a task's current state.
+    Get(TaskArgs),
+    /// Follow a task until it ends, then print its video URLs.
+    Watch(TaskArgs),
 }
 
 #[tokio::main]
@@ -45,6 +53,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Generate(args)) => cli::generate(args).await,
+        Some(Command::Get(args)) => cli::get(args).await,
+        Some(Command::Watch(args)) => cli::watch(args).await,
         None => serve(cli.serve).await,
     }
 }

@@ -1,0 +1,59 @@
+// Create a video task on hailuo-gateway and watch it until it ends.
+//
+//   npm ci                       # @grpc/grpc-js + @grpc/proto-loader
+//   cargo run -- --sandbox &     # a gateway on localhost:50051
+//   node examples/node/watch.js localhost:50051
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const definition = protoLoader.loadSync('hailuo/v1/video_generation.proto', {
+  includeDirs: [path.join(__dirname, '..', '..', 'proto')],
+  keepCase: true, // field names as in the proto: task_id, image_url
+  longs: String,
+  enums: String, // states as names: "TASK_STATE_SUCCEEDED"
+  defaults: true,
+});
+const { hailuo } = grpc.loadPackageDefinition(definition);
+
+const addr = process.argv[2] || 'localhost:50051';
+const client = new hailuo.v1.VideoGeneration(addr, grpc.credentials.createInsecure());
+
+const request = {
+  prompt: 'a cat surfing a wave at sunset',
+  image_url: 'https://example.com/cat.png',
+  duration: 'VIDEO_DURATION_6_SECONDS',
+  resolution: 'RESOLUTION_768P',
+};
+client.CreateTask(request, { deadline: Date.now() + 30_000 }, (err, created) => {
+  if (err) {
+    console.error(`CreateTask failed: ${grpc.status[err.code]}: ${err.details}`);
+    process.exit(1);
+  }
+  console.log('task', created.task_id);
+
+  // The current state at once, then one message per change; the stream ends
+  // after SUCCEEDED or FAILED.
+  let task = null;
+  const stream = client.WatchTask({ task_id: created.task_id });
+  stream.on('data', (message) => {
+    if (message.heartbeat) return;
+    task = message.task;
+    console.log('state', task.state);
+  });
+  stream.on('error', (e) => {
+    console.error(`WatchTask failed: ${grpc.status[e.code]}: ${e.details}`);
+    process.exit(1);
+  });
+  stream.on('end', () => {
+    client.close();
+    if (task && task.state === 'TASK_STATE_SUCCEEDED') {
+      for (const url of task.video_urls) console.log('video', url);
+    } else {
+      console.error('task ended', task && task.state, task && task.fail_code, task && task.fail_message);
+      process.exitCode = 1;
+    }
+  });
+});

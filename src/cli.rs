@@ -1,0 +1,459 @@
+//! The human command-line client: `generate`, `get` and `watch` against a
+//! running gateway, with the gateway's errors spelled out (code, message,
+//! ErrorInfo reason, BadRequest field violations, RetryInfo delay).
+//!
+//! Exit codes: 0 success, 1 an RPC or connection error, 2 a usage error
+//! (clap's), 3 a task that ended FAILED.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use crate::pb::video_generation_client::VideoGenerationClient;
+use crate::pb::{
+    CreateTaskRequest, GetTaskRequest, Resolution, Task, TaskState, VideoDuration, WatchTaskRequest,
+};
+
+/// Exit code of a task that ended FAILED.
+const EXIT_TASK_FAILED: u8 = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of unary calls; a watch has none (generation takes minutes).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the gateway is.
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// The gateway's gRPC address.
+    #[arg(
+        long,
+        env = "HAILUO_GATEWAY_ADDR",
+        default_value = "http://localhost:50051"
+    )]
+    pub addr: String,
+}
+
+/// `generate`: create a task, optionally wait for its video.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// What the video should show.
+    #[arg(long)]
+    pub prompt: String,
+    /// Absolute http(s) URL of the first frame.
+    #[arg(long)]
+    pub image_url: String,
+    /// Absolute http(s) URL of the last frame.
+    #[arg(long)]
+    pub end_image_url: Option<String>,
+    /// Video length in seconds (default 10).
+    #[arg(long, value_enum)]
+    pub duration: Option<DurationArg>,
+    /// Video resolution (default 768p).
+    #[arg(long, value_enum)]
+    pub resolution: Option<ResolutionArg>,
+    /// Follow the task until it ends, then print its video URLs.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `get` and `watch`: one existing task.
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// The id `generate` printed.
+    pub task_id: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DurationArg {
+    #[value(name = "6")]
+    Six,
+    #[value(name = "10")]
+    Ten,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ResolutionArg {
+    #[value(name = "512p", alias = "512P")]
+    R512p,
+    #[value(name = "768p", alias = "768P")]
+    R768p,
+}
+
+/// Why a command failed; each kind has its own exit code and rendering.
+enum Failure {
+    Connect(String),
+    Rpc(Status),
+    TaskFailed(Task),
+    StreamEnded,
+}
+
+impl Failure {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::TaskFailed(_) => ExitCode::from(EXIT_TASK_FAILED),
+            _ => ExitCode::FAILURE,
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Self::Connect(e) => format!("error: {e}"),
+            Self::Rpc(status) => render_status(status),
+            Self::TaskFailed(task) => format!(
+                "error: task {} FAILED: fail_code {}: {}",
+                task.task_id,
+                if task.fail_code.is_empty() {
+                    "-"
+                } else {
+                    &task.fail_code
+                },
+                task.fail_message
+            ),
+            Self::StreamEnded => {
+                "error: the watch ended before the task did: run `watch` again".into()
+            }
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Self::Rpc(status)
+    }
+}
+
+/// Runs `generate`.
+pub async fn generate(args: GenerateArgs) -> ExitCode {
+    finish(run_generate(args).await)
+}
+
+/// Runs `get`.
+pub async fn get(args: TaskArgs) -> ExitCode {
+    finish(run_get(args).await)
+}
+
+/// Runs `watch`.
+pub async fn watch(args: TaskArgs) -> ExitCode {
+    finish(run_watch(args).await)
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("{}", failure.render());
+            failure.exit_code()
+        }
+    }
+}
+
+async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.connect.addr).await?;
+    let request = CreateTaskRequest {
+        prompt: args.prompt,
+        image_url: args.image_url,
+        end_image_url: args.end_image_url.unwrap_or_default(),
+        duration: args
+            .duration
+            .map_or(VideoDuration::Unspecified, |d| match d {
+                DurationArg::Six => VideoDuration::VideoDuration6Seconds,
+                DurationArg::Ten => VideoDuration::VideoDuration10Seconds,
+            }) as i32,
+        resolution: args
+            .resolution
+            .map_or(Resolution::Unspecified, |r| match r {
+                ResolutionArg::R512p => Resolution::Resolution512p,
+                ResolutionArg::R768p => Resolution::Resolution768p,
+            }) as i32,
+        ..Default::default()
+    };
+    let task_id = client
+        .create_task(unary(request))
+        .await?
+        .into_inner()
+        .task_id;
+    println!("{task_id}");
+    if !args.wait {
+        return Ok(());
+    }
+    follow(&mut client, task_id).await
+}
+
+async fn run_get(args: TaskArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.connect.addr).await?;
+    let task = client
+        .get_task(unary(GetTaskRequest {
+            task_id: args.task_id,
+        }))
+        .await?
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    print!("{}", describe(&task));
+    Ok(())
+}
+
+async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.connect.addr).await?;
+    follow(&mut client, args.task_id).await
+}
+
+async fn connect(addr: &str) -> Result<VideoGenerationClient<Channel>, Failure> {
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| Failure::Connect(format!("bad --addr {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Connect(format!("cannot connect to {addr}: {e}")))?;
+    Ok(VideoGenerationClient::new(channel))
+}
+
+fn unary<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// Watches a task to its end with a live progress line (plain lines when
+/// stdout is not a terminal), then prints its video URLs.
+async fn follow(
+    client: &mut VideoGenerationClient<Channel>,
+    task_id: String,
+) -> Result<(), Failure> {
+    let mut stream = client
+        .watch_task(WatchTaskRequest { task_id })
+        .await?
+        .into_inner();
+    let progress = Progress::new();
+    let mut last: Option<Task> = None;
+    while let Some(message) = stream.message().await.inspect_err(|_| progress.clear())? {
+        let Some(task) = message.task else { continue };
+        let state = task.state();
+        if last.as_ref().map(Task::state) != Some(state) {
+            progress.state(state);
+        }
+        last = Some(task);
+    }
+    progress.finish(last.as_ref().map(Task::state));
+    let Some(task) = last else {
+        return Err(Failure::StreamEnded);
+    };
+    match task.state() {
+        TaskState::Succeeded => {
+            for url in &task.video_urls {
+                println!("{url}");
+            }
+            Ok(())
+        }
+        TaskState::Failed => Err(Failure::TaskFailed(task)),
+        _ => Err(Failure::StreamEnded),
+    }
+}
+
+/// The live state line: an indicatif spinner on a terminal, else one plain
+/// line per state change.
+struct Progress {
+    started: Instant,
+    spinner: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let spinner = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+                bar.set_style(style);
+            }
+            bar.set_message("watching");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self {
+            started: Instant::now(),
+            spinner,
+        }
+    }
+
+    fn state(&self, state: TaskState) {
+        let name = state_name(state);
+        match &self.spinner {
+            Some(bar) => bar.set_message(name),
+            None => println!(
+                "state {name} after {:.1}s",
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.spinner {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Leaves the final state on screen once the spinner is gone.
+    fn finish(&self, last: Option<TaskState>) {
+        let Some(bar) = &self.spinner else { return };
+        bar.finish_and_clear();
+        if let Some(state) = last {
+            println!(
+                "state {} after {:.1}s",
+                state_name(state),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// A task as `key: value` lines.
+fn describe(task: &Task) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "task_id: {}", task.task_id);
+    let _ = writeln!(out, "state: {}", state_name(task.state()));
+    let _ = writeln!(out, "model: {}", task.model);
+    for url in &task.video_urls {
+        let _ = writeln!(out, "video_url: {url}");
+    }
+    if !task.fail_code.is_empty() || !task.fail_message.is_empty() {
+        let _ = writeln!(out, "fail_code: {}", task.fail_code);
+        let _ = writeln!(out, "fail_message: {}", task.fail_message);
+    }
+    for (name, time) in [
+        ("create_time", task.create_time),
+        ("update_time", task.update_time),
+        ("complete_time", task.complete_time),
+    ] {
+        if let Some(time) = time.and_then(|t| SystemTime::try_from(t).ok()) {
+            let _ = writeln!(out, "{name}: {}", humantime::format_rfc3339_seconds(time));
+        }
+    }
+    if let Some(cost) = task.cost_time.and_then(|d| Duration::try_from(d).ok()) {
+        let _ = writeln!(out, "cost_time: {}", humantime::format_duration(cost));
+    }
+    out
+}
+
+/// The proto's name without its `TASK_STATE_` prefix.
+fn state_name(state: TaskState) -> &'static str {
+    let name = state.as_str_name();
+    name.strip_prefix("TASK_STATE_").unwrap_or(name)
+}
+
+/// A status with its `google.rpc` details, one line each.
+fn render_status(status: &Status) -> String {
+    let mut out = format!("error: {}: {}", code_name(status.code()), status.message());
+    let details = status.get_error_details();
+    if let Some(info) = details.error_info() {
+        let _ = write!(out, "\n  reason: {} (domain {})", info.reason, info.domain);
+        let mut metadata: Vec<_> = info.metadata.iter().collect();
+        metadata.sort();
+        for (key, value) in metadata {
+            let _ = write!(out, "\n  {key}: {value}");
+        }
+    }
+    if let Some(bad) = details.bad_request() {
+        for violation in &bad.field_violations {
+            let _ = write!(
+                out,
+                "\n  field {}: {}",
+                violation.field, violation.description
+            );
+        }
+    }
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        let _ = write!(
+            out,
+            "\n  retry after: {}",
+            humantime::format_duration(delay)
+        );
+    }
+    out
+}
+
+/// The canonical upper-case name of a gRPC code, as in the gRPC spec.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::{ErrorDetails, FieldViolation};
+
+    use super::*;
+
+    #[test]
+    fn a_rendered_status_names_code_reason_fields_and_retry_delay() {
+        let mut details = ErrorDetails::new();
+        details.set_error_info("INVALID_REQUEST", "hailuo-gateway", HashMap::new());
+        details.set_bad_request(vec![FieldViolation::new("prompt", "prompt is required")]);
+        details.set_retry_info(Some(Duration::from_secs(3)));
+        let status = Status::with_error_details(Code::InvalidArgument, "invalid", details);
+
+        let text = render_status(&status);
+
+        assert!(
+            text.starts_with("error: INVALID_ARGUMENT: invalid"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reason: INVALID_REQUEST (domain hailuo-gateway)"),
+            "{text}"
+        );
+        assert!(text.contains("field prompt: prompt is required"), "{text}");
+        assert!(text.contains("retry after: 3s"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_task_exits_with_its_own_code_and_shows_fail_code() {
+        let task = Task {
+            task_id: "t1".into(),
+            state: TaskState::Failed as i32,
+            fail_code: "500".into(),
+            fail_message: "rejected".into(),
+            ..Default::default()
+        };
+        let failure = Failure::TaskFailed(task);
+
+        assert_eq!(failure.exit_code(), ExitCode::from(EXIT_TASK_FAILED));
+        assert_eq!(
+            failure.render(),
+            "error: task t1 FAILED: fail_code 500: rejected"
+        );
+    }
+
+    #[test]
+    fn state_names_drop_the_enum_prefix() {
+        assert_eq!(state_name(TaskState::Generating), "GENERATING");
+    }
+}

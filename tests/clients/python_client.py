@@ -1,0 +1,142 @@
+"""Python client checks against a running sandbox gateway, with stubs that
+grpcio-tools generated from proto/ (PYTHONPATH=target/clients/python).
+
+    python tests/clients/python_client.py 127.0.0.1:PORT
+
+Prints one `ok NAME` or `not ok NAME: why` line per check (tests/clients/run.py
+counts them) and exits 1 if any failed. The checks run concurrently.
+"""
+
+import sys
+import traceback
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hailuo.v1 import video_generation_pb2 as pb
+from hailuo.v1 import video_generation_pb2_grpc as pb_grpc
+
+IMAGE = "https://example.com/cat.png"
+EXPECTED_STATES = ["TASK_STATE_WAITING", "TASK_STATE_QUEUING", "TASK_STATE_GENERATING", "TASK_STATE_SUCCEEDED"]
+
+
+def expect_error(call, code):
+    """Runs `call`, which must fail with `code`; returns its google.rpc.Status."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        assert e.code() == code, f"code {e.code()} ({e.details()}), want {code}"
+        status = rpc_status.from_call(e)
+        assert status is not None, "no grpc-status-details-bin trailer"
+        assert status.code == code.value[0], f"details code {status.code}"
+        return status
+    raise AssertionError(f"call succeeded, want {code}")
+
+
+def detail(status, message_type):
+    """The detail of this type: tonic-types orders details its own way."""
+    for any_detail in status.details:
+        if any_detail.Is(message_type.DESCRIPTOR):
+            message = message_type()
+            any_detail.Unpack(message)
+            return message
+    raise AssertionError(f"no {message_type.DESCRIPTOR.full_name} in {[d.type_url for d in status.details]}")
+
+
+def a_task_is_created_watched_to_success_and_its_mp4_downloads(client):
+    created = client.CreateTask(
+        pb.CreateTaskRequest(
+            prompt="a cat surfing a wave at sunset",
+            image_url=IMAGE,
+            duration=pb.VIDEO_DURATION_6_SECONDS,
+            resolution=pb.RESOLUTION_512P,
+        ),
+        timeout=30,
+    )
+    assert created.task_id, "empty task_id"
+
+    states, last = [], None
+    for message in client.WatchTask(pb.WatchTaskRequest(task_id=created.task_id), timeout=90):
+        assert message.task.task_id == created.task_id, message.task.task_id
+        if message.heartbeat:
+            continue
+        states.append(pb.TaskState.Name(message.task.state))
+        last = message.task
+    assert states == EXPECTED_STATES, f"states {states}"
+    assert last.video_urls, "no video_urls"
+    assert last.HasField("complete_time"), "no complete_time"
+
+    with urllib.request.urlopen(last.video_urls[0], timeout=15) as response:
+        head = response.read(12)
+    assert head[4:8] == b"ftyp", f"not an MP4: {head!r}"
+
+    got = client.GetTask(pb.GetTaskRequest(task_id=created.task_id), timeout=30).task
+    assert got.state == pb.TASK_STATE_SUCCEEDED, pb.TaskState.Name(got.state)
+    assert list(got.video_urls) == list(last.video_urls), got.video_urls
+    assert got.model == "hailuo/02-image-to-video-standard", got.model
+
+
+def an_empty_prompt_is_invalid_argument_with_a_bad_request(client):
+    status = expect_error(
+        lambda: client.CreateTask(pb.CreateTaskRequest(prompt="", image_url=IMAGE), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    bad = detail(status, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["prompt"], bad
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == ("INVALID_REQUEST", "hailuo-gateway"), info
+
+
+def a_rate_limited_create_is_resource_exhausted_with_a_retry_delay(client):
+    status = expect_error(
+        lambda: client.CreateTask(pb.CreateTaskRequest(prompt="[sim:429] a cat", image_url=IMAGE), timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    retry = detail(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToSeconds() == 3, retry
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == ("UPSTREAM_RATE_LIMITED", "kie.ai"), info
+    assert info.metadata["kie_code"] == "429", info.metadata
+
+
+def an_unknown_task_is_not_found(client):
+    status = expect_error(
+        lambda: client.GetTask(pb.GetTaskRequest(task_id="no_such_task"), timeout=30),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert detail(status, error_details_pb2.ErrorInfo).reason == "TASK_NOT_FOUND"
+
+
+CHECKS = [
+    a_task_is_created_watched_to_success_and_its_mp4_downloads,
+    an_empty_prompt_is_invalid_argument_with_a_bad_request,
+    a_rate_limited_create_is_resource_exhausted_with_a_retry_delay,
+    an_unknown_task_is_not_found,
+]
+
+
+def run(check, client):
+    try:
+        check(client)
+        return f"ok {check.__name__}"
+    except Exception as e:  # noqa: BLE001 - every failure is reported, not raised
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return f"not ok {check.__name__}: {type(e).__name__}: {e} (line {where.lineno})"
+
+
+def main():
+    addr = sys.argv[1]
+    with grpc.insecure_channel(addr) as channel:
+        client = pb_grpc.VideoGenerationStub(channel)
+        with ThreadPoolExecutor(len(CHECKS)) as pool:
+            lines = list(pool.map(lambda check: run(check, client), CHECKS))
+    for line in lines:
+        print(line.replace("\n", " "))
+    return 1 if any(line.startswith("not ok") for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

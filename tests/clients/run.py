@@ -1,0 +1,424 @@
+"""Client test driver: one sandbox gateway, every client against it.
+
+    bash scripts/clients-setup.sh                       # tools, once
+    cargo build --bin hailuo-gateway --examples
+    target/clients/venv/bin/python tests/clients/run.py
+
+Starts `hailuo-gateway --sandbox` on 127.0.0.1:0 (the port is read from its
+"gateway ready grpc_addr=..." log line), then runs these jobs concurrently:
+grpcurl through reflection only, the Python and Node client checks, the
+Python, Node and Rust examples, the command-line client, and `buf lint`. Each
+job yields named checks; the last line printed is `clients: N passed, N
+failed`, and the exit code is 1 if any check failed. Every process has a
+timeout and is killed on exit.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "target" / "clients"
+VENV_BIN = OUT / "venv" / "bin"
+GATEWAY = ROOT / "target" / "debug" / "hailuo-gateway"
+RUST_EXAMPLE = ROOT / "target" / "debug" / "examples" / "watch"
+NODE_BIN = ROOT / "node_modules" / ".bin"
+
+START_TIMEOUT = 60
+JOB_TIMEOUT = 120
+STATES = ["WAITING", "QUEUING", "GENERATING", "SUCCEEDED"]
+FULL_STATES = [f"TASK_STATE_{s}" for s in STATES]
+IMAGE = "https://example.com/cat.png"
+
+_children = set()
+_children_lock = threading.Lock()
+
+
+# === processes ===
+
+
+class Result:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"exit {self.code}; stdout {tail(self.out)!r}; stderr {tail(self.err)!r}"
+
+
+def tail(text, n=600):
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def run(cmd, timeout=JOB_TIMEOUT, env=None):
+    """Runs a command to its end (or kills it at `timeout`)."""
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    with _children_lock:
+        _children.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        out, err = proc.communicate()
+        err += f"\n[killed after {timeout}s]"
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+    return Result(proc.returncode, out, err)
+
+
+def kill(proc, grace=0.0):
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM if grace else signal.SIGKILL)
+        proc.wait(timeout=grace or 5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Gateway:
+    """`hailuo-gateway --sandbox` on loopback, its log in target/clients."""
+
+    def __init__(self):
+        self.log_path = OUT / "gateway.log"
+        self.log_path.write_text("")
+        # Append mode: the gateway's stdout (its banner) and this process
+        # (its stderr, copied line by line) both write here.
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [str(GATEWAY), "--sandbox", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1", "GATEWAY_LOG_FORMAT": "text"},
+            start_new_session=True,
+        )
+        self.addr = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._ready.wait(START_TIMEOUT) or self.addr is None:
+            self.stop()
+            raise RuntimeError(f"gateway not ready after {START_TIMEOUT}s: {self.log_tail()}")
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.write(line)
+            self.log.flush()
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            match = re.search(r"gateway ready grpc_addr=(\S+)", plain)
+            if match and not self._ready.is_set():
+                self.addr = match.group(1)
+                self._ready.set()
+        self._ready.set()
+
+    def log_tail(self, lines=30):
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self):
+        kill(self.proc, grace=15)
+        self.log.close()
+
+
+# === jobs: each returns [(check name, passed, detail)] ===
+
+
+def check(results, name, condition, detail=""):
+    results.append((name, bool(condition), "" if condition else str(detail)))
+    return bool(condition)
+
+
+def json_messages(text):
+    """grpcurl prints a stream as concatenated JSON objects."""
+    decoder, pos, messages = json.JSONDecoder(), 0, []
+    text = text.strip()
+    while pos < len(text):
+        message, end = decoder.raw_decode(text, pos)
+        messages.append(message)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return messages
+
+
+def job_grpcurl(addr):
+    """grpcurl 1.8.6 (reflection v1alpha only), no proto files."""
+    r = []
+    grpcurl = [VENV_BIN / "grpcurl", "-plaintext", "-connect-timeout", "5", "-max-time", "60"]
+    svc = "hailuo.v1.VideoGeneration"
+
+    listed = run([*grpcurl, addr, "list"])
+    check(r, "list shows the service, health and reflection",
+          listed.code == 0 and {svc, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+          <= set(listed.out.split()), listed)
+
+    described = run([*grpcurl, addr, "describe", svc])
+    check(r, "describe shows the three RPCs with WatchTask streaming",
+          described.code == 0
+          and "rpc CreateTask ( .hailuo.v1.CreateTaskRequest ) returns ( .hailuo.v1.CreateTaskResponse );" in described.out
+          and "rpc GetTask ( .hailuo.v1.GetTaskRequest ) returns ( .hailuo.v1.GetTaskResponse );" in described.out
+          and "rpc WatchTask ( .hailuo.v1.WatchTaskRequest ) returns ( stream .hailuo.v1.WatchTaskResponse );" in described.out,
+          described)
+
+    message = run([*grpcurl, addr, "describe", "hailuo.v1.CreateTaskRequest"])
+    check(r, "describe CreateTaskRequest shows its fields",
+          message.code == 0 and all(f in message.out for f in
+                                    ["string prompt = 2;", "string image_url = 3;", "string end_image_url = 4;",
+                                     ".hailuo.v1.VideoDuration duration = 5;", ".hailuo.v1.Resolution resolution = 6;"]),
+          message)
+
+    health = run([*grpcurl, addr, "grpc.health.v1.Health/Check"])
+    check(r, "Health/Check is SERVING", health.code == 0 and '"status": "SERVING"' in health.out, health)
+
+    bad = run([*grpcurl, "-d", '{"prompt": "", "image_url": "https://example.com/cat.png"}', addr, f"{svc}/CreateTask"])
+    print("grpcurl: an empty prompt answers (exit %d):\n%s" % (bad.code, bad.err.rstrip()), flush=True)
+    check(r, "an empty prompt exits 67 (64 + INVALID_ARGUMENT) with decoded details",
+          bad.code == 67 and "Code: InvalidArgument" in bad.err and "Message: invalid request: prompt is required" in bad.err
+          and '"reason":"INVALID_REQUEST"' in bad.err and '"fieldViolations":[{"field":"prompt"' in bad.err, bad)
+
+    limited = run([*grpcurl, "-d", '{"prompt": "[sim:429] a cat", "image_url": "https://example.com/cat.png"}', addr,
+                   f"{svc}/CreateTask"])
+    check(r, "a rate-limited create exits 72 (64 + RESOURCE_EXHAUSTED) with a 3s RetryInfo",
+          limited.code == 72 and "Code: ResourceExhausted" in limited.err and '"retryDelay":"3s"' in limited.err, limited)
+
+    request = {"prompt": "a cat surfing a wave at sunset", "image_url": IMAGE,
+               "duration": "VIDEO_DURATION_6_SECONDS", "resolution": "RESOLUTION_512P"}
+    created = run([*grpcurl, "-d", json.dumps(request), addr, f"{svc}/CreateTask"])
+    task_id = json.loads(created.out).get("taskId") if created.code == 0 else None
+    if not check(r, "CreateTask returns a task id", task_id, created):
+        return r
+
+    got = run([*grpcurl, "-d", json.dumps({"task_id": task_id}), addr, f"{svc}/GetTask"])
+    state = json.loads(got.out).get("task", {}).get("state") if got.code == 0 else None
+    check(r, "GetTask shows the new task running", state in FULL_STATES[:3], got)
+
+    watched = run([*grpcurl, "-d", json.dumps({"task_id": task_id}), addr, f"{svc}/WatchTask"], timeout=90)
+    messages = json_messages(watched.out) if watched.code == 0 else []
+    states = [m["task"]["state"] for m in messages if not m.get("heartbeat")]
+    check(r, "WatchTask streams WAITING, QUEUING, GENERATING, SUCCEEDED and ends OK",
+          watched.code == 0 and states == FULL_STATES, f"states {states}; {watched}")
+    last = messages[-1]["task"] if messages else {}
+    check(r, "the final message has the task id and video URLs",
+          last.get("taskId") == task_id and last.get("videoUrls"), last)
+    return r
+
+
+def job_buf_lint(_addr):
+    r = []
+    lint = run([NODE_BIN / "buf", "lint"], timeout=60)
+    check(r, "buf lint proto/ is clean (STANDARD except SERVICE_SUFFIX)", lint.code == 0, lint)
+    return r
+
+
+def tap_lines(r, result, prefix):
+    """Counts the `ok NAME` / `not ok NAME: why` lines a client script prints."""
+    seen = False
+    for line in result.out.splitlines():
+        if line.startswith("ok "):
+            seen = check(r, f"{prefix}: {line[3:]}", True) or seen
+        elif line.startswith("not ok "):
+            seen = True
+            check(r, f"{prefix}: {line[7:].split(':', 1)[0]}", False, line[7:])
+    if not seen or (result.code != 0 and all(ok for _, ok, _ in r)):
+        check(r, f"{prefix}: the script ran its checks", False, result)
+    return r
+
+
+def job_python_client(addr):
+    result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr],
+                 env={"PYTHONPATH": str(OUT / "python")})
+    return tap_lines([], result, "python")
+
+
+def job_node_client(addr):
+    return tap_lines([], run(["node", "tests/clients/node_client.js", addr]), "node")
+
+
+def example_checks(name, result, state_prefix):
+    r = []
+    states = [line.split()[1] for line in result.out.splitlines() if line.startswith("state ")]
+    check(r, f"{name} exits 0 after the states WAITING..SUCCEEDED",
+          result.code == 0 and states == [state_prefix + s for s in STATES], result)
+    check(r, f"{name} prints the video URL", re.search(r"^video http://\S+\.mp4$", result.out, re.M), result)
+    return r
+
+
+def job_python_example(addr):
+    return example_checks("examples/python/watch.py",
+                          run([VENV_BIN / "python", "examples/python/watch.py", addr]), "TASK_STATE_")
+
+
+def job_node_example(addr):
+    return example_checks("examples/node/watch.js", run(["node", "examples/node/watch.js", addr]), "TASK_STATE_")
+
+
+def job_rust_example(addr):
+    return example_checks("examples/watch.rs", run([RUST_EXAMPLE, f"http://{addr}"]), "TASK_STATE_")
+
+
+def cli(addr, *args, timeout=JOB_TIMEOUT):
+    return run([GATEWAY, *args], timeout=timeout, env={"HAILUO_GATEWAY_ADDR": f"http://{addr}"})
+
+
+def cli_states(out):
+    return [line.split()[1] for line in out.splitlines() if line.startswith("state ")]
+
+
+def job_cli_generate_wait(addr):
+    r = []
+    done = cli(addr, "generate", "--prompt", "a cat surfing", "--image-url", IMAGE,
+               "--duration", "6", "--resolution", "512p", "--wait")
+    lines = done.out.splitlines()
+    check(r, "cli generate --wait exits 0 after plain state lines WAITING..SUCCEEDED",
+          done.code == 0 and cli_states(done.out) == STATES and "\x1b" not in done.out, done)
+    check(r, "cli generate --wait prints the id first and the video URL last",
+          len(lines) >= 2 and re.fullmatch(r"[A-Za-z0-9_-]+", lines[0]) and re.fullmatch(r"http://\S+\.mp4", lines[-1]),
+          done)
+    if not lines:
+        return r
+    got = cli(addr, "get", lines[0])
+    check(r, "cli get shows the task SUCCEEDED with its video URL",
+          got.code == 0 and f"task_id: {lines[0]}" in got.out and "state: SUCCEEDED" in got.out
+          and f"video_url: {lines[-1]}" in got.out, got)
+    return r
+
+
+def job_cli_generate_then_watch(addr):
+    r = []
+    created = cli(addr, "generate", "--prompt", "a dog", "--image-url", IMAGE, "--end-image-url", IMAGE)
+    task_id = created.out.strip()
+    if not check(r, "cli generate prints only the task id",
+                 created.code == 0 and re.fullmatch(r"[A-Za-z0-9_-]+", task_id), created):
+        return r
+    running = cli(addr, "get", task_id)
+    check(r, "cli get shows the new task running",
+          running.code == 0 and re.search(r"^state: (WAITING|QUEUING|GENERATING)$", running.out, re.M), running)
+    watched = cli(addr, "watch", task_id)
+    check(r, "cli watch follows the task to SUCCEEDED and prints the video URL",
+          watched.code == 0 and cli_states(watched.out)[-1:] == ["SUCCEEDED"]
+          and re.search(r"^http://\S+\.mp4$", watched.out, re.M), watched)
+    return r
+
+
+def job_cli_failed_task(addr):
+    r = []
+    failed = cli(addr, "generate", "--prompt", "[sim:fail] a cat", "--image-url", IMAGE, "--wait")
+    check(r, "cli generate --wait on a FAILED task exits 3 with its fail_code and fail_message",
+          failed.code == 3 and cli_states(failed.out)[-1:] == ["FAILED"]
+          and "FAILED: fail_code 500: Your image was rejected by content moderation" in failed.err, failed)
+    return r
+
+
+def job_cli_errors(addr):
+    r = []
+    invalid = cli(addr, "generate", "--prompt", "", "--image-url", "not-a-url")
+    check(r, "cli: an invalid request exits 1 showing code, reason and field violations",
+          invalid.code == 1 and "error: INVALID_ARGUMENT:" in invalid.err
+          and "reason: INVALID_REQUEST (domain hailuo-gateway)" in invalid.err
+          and "field prompt: prompt is required" in invalid.err and "field image_url:" in invalid.err, invalid)
+    limited = cli(addr, "generate", "--prompt", "[sim:429] a cat", "--image-url", IMAGE)
+    check(r, "cli: a rate-limited create exits 1 showing RESOURCE_EXHAUSTED and the retry delay",
+          limited.code == 1 and "error: RESOURCE_EXHAUSTED:" in limited.err
+          and "reason: UPSTREAM_RATE_LIMITED (domain kie.ai)" in limited.err and "retry after: 3s" in limited.err, limited)
+    missing = cli(addr, "get", "no_such_task")
+    check(r, "cli: get of an unknown task exits 1 with NOT_FOUND / TASK_NOT_FOUND",
+          missing.code == 1 and "error: NOT_FOUND:" in missing.err and "reason: TASK_NOT_FOUND" in missing.err, missing)
+    usage = cli(addr, "generate", "--prompt", "a cat", "--image-url", IMAGE, "--duration", "7")
+    check(r, "cli: a bad --duration is a usage error (exit 2)", usage.code == 2, usage)
+    unreachable = run([GATEWAY, "get", "t1", "--addr", "http://127.0.0.1:1"], timeout=30)
+    check(r, "cli: an unreachable gateway exits 1 with a connect error",
+          unreachable.code == 1 and "cannot connect to http://127.0.0.1:1" in unreachable.err, unreachable)
+    return r
+
+
+JOBS = [
+    job_grpcurl,
+    job_python_client,
+    job_node_client,
+    job_python_example,
+    job_node_example,
+    job_rust_example,
+    job_cli_generate_wait,
+    job_cli_generate_then_watch,
+    job_cli_failed_task,
+    job_cli_errors,
+    job_buf_lint,
+]
+
+
+def timed(job, addr):
+    started = time.monotonic()
+    try:
+        results = job(addr)
+    except Exception as e:  # noqa: BLE001 - a crashed job is a failed check
+        results = [(f"{job.__name__} ran", False, f"{type(e).__name__}: {e}")]
+    return results, time.monotonic() - started
+
+
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for path in [GATEWAY, RUST_EXAMPLE, VENV_BIN / "grpcurl", NODE_BIN / "buf"]:
+        if not path.exists():
+            print(f"clients: missing {path}: run scripts/clients-setup.sh and cargo build --examples first")
+            print("clients: 0 passed, 1 failed")
+            return 1
+    # Idempotent and quick: brings the Python stubs up to date with proto/
+    # when this driver is run on its own after a proto edit.
+    setup = run(["bash", "scripts/clients-setup.sh"], timeout=900)
+    if setup.code != 0:
+        print(f"clients: scripts/clients-setup.sh failed: {setup}")
+        print("clients: 0 passed, 1 failed")
+        return 1
+    started = time.monotonic()
+    gateway = None
+    passed = failed = 0
+    try:
+        gateway = Gateway()
+        print(f"clients: sandbox gateway on {gateway.addr} (log {gateway.log_path.relative_to(ROOT)})", flush=True)
+        with ThreadPoolExecutor(len(JOBS)) as pool:
+            futures = [(job.__name__[4:], pool.submit(timed, job, gateway.addr)) for job in JOBS]
+            for name, future in futures:
+                results, seconds = future.result()
+                print(f"-- {name} ({seconds:.1f}s)")
+                for check_name, ok, detail in results:
+                    print(f"  {'ok  ' if ok else 'FAIL'} {check_name}" + ("" if ok else f"\n       {detail}"))
+                    passed += ok
+                    failed += not ok
+        if failed:
+            print(f"clients: gateway log tail:\n{gateway.log_tail()}")
+    except Exception as e:  # noqa: BLE001 - reported as a failure below
+        print(f"clients: {type(e).__name__}: {e}")
+        failed += 1
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        with _children_lock:
+            for proc in list(_children):
+                kill(proc)
+    print(f"clients: all jobs took {time.monotonic() - started:.1f}s")
+    print(f"clients: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
