@@ -95,6 +95,10 @@ def kill(proc, grace=0.0):
             pass
 
 
+# The key src/sandbox.rs gives the simulator and the gateway.
+SANDBOX_KEY = "sandbox-key"
+
+
 class Gateway:
     """`hailuo-gateway --sandbox` on loopback, its log in target/clients."""
 
@@ -111,7 +115,14 @@ class Gateway:
             stdout=self.log,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "NO_COLOR": "1", "GATEWAY_LOG_FORMAT": "text"},
+            env={
+                **os.environ,
+                "NO_COLOR": "1",
+                "GATEWAY_LOG_FORMAT": "text",
+                # Everything the gateway says about itself, for the secrets
+                # check at the end.
+                "RUST_LOG": "info,hailuo_gateway=trace",
+            },
             start_new_session=True,
         )
         self.addr = None
@@ -415,6 +426,17 @@ def main():
         with _children_lock:
             for proc in list(_children):
                 kill(proc)
+    if gateway is not None:
+        # The whole run's gateway log, checked for the sandbox's kie.ai key.
+        log = gateway.log_path.read_text(errors="replace")
+        leaked = SANDBOX_KEY in log
+        print(f"-- secrets\n  {'FAIL' if leaked else 'ok  '} the kie.ai key is in no gateway log line ({len(log.splitlines())} lines)")
+        passed += not leaked
+        failed += leaked
+        exited = gateway.proc.returncode
+        print(f"  {'ok  ' if exited == 0 else 'FAIL'} the gateway exits 0 on SIGTERM (got {exited})")
+        passed += exited == 0
+        failed += exited != 0
     print(f"clients: all jobs took {time.monotonic() - started:.1f}s")
     print(f"clients: {passed} passed, {failed} failed")
     return 1 if failed else 0
