@@ -3,6 +3,11 @@
 //! reads are wanted than the budget allows, the waiting pollers are served
 //! by priority (callback wake-ups first, then the youngest tasks, whose state
 //! changes fastest) and their intervals stretch instead of drawing 429s.
+//!
+//! A read occupies the budget from its grant until one window after its
+//! answer. Whenever kie.ai sees a read arrive, it lies between those two
+//! moments, so no window of kie.ai's can hold more reads than the budget,
+//! however late a starved process sends them.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -15,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// The budget counts reads in any window this long, with a margin over one
-/// second so that network jitter cannot push 11 reads into kie.ai's second.
-const WINDOW: Duration = Duration::from_millis(1050);
+/// kie.ai's window: the limit is per second.
+const WINDOW: Duration = Duration::from_secs(1);
 
 /// Who gets the next read first: smaller is sooner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,8 +46,10 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    /// When each read of the current window was granted, oldest first.
-    granted: VecDeque<Instant>,
+    /// Reads granted and not yet answered.
+    in_flight: usize,
+    /// When each read of the last window was answered, oldest first.
+    answered: VecDeque<Instant>,
     waiting: BinaryHeap<Waiter>,
     seq: u64,
 }
@@ -76,13 +82,13 @@ impl Eq for Waiter {}
 impl State {
     fn has_room(&mut self, now: Instant, per_window: usize) -> bool {
         while self
-            .granted
+            .answered
             .front()
             .is_some_and(|t| now.duration_since(*t) >= WINDOW)
         {
-            self.granted.pop_front();
+            self.answered.pop_front();
         }
-        self.granted.len() < per_window
+        self.in_flight + self.answered.len() < per_window
     }
 }
 
@@ -99,14 +105,15 @@ impl ReadBudget {
         Self { inner }
     }
 
-    /// Waits for permission to make one read. Dropping the future gives the
-    /// place up without spending a read.
-    pub async fn acquire(&self, priority: Priority) {
+    /// Waits for permission to make one read; hold the permit until the
+    /// answer is in. Dropping the future gives the place up without
+    /// spending a read.
+    pub async fn acquire(&self, priority: Priority) -> ReadPermit {
         let started = Instant::now();
-        let granted = {
+        let grant = {
             let mut state = self.inner.state();
             if state.waiting.is_empty() && state.has_room(started, self.inner.per_window) {
-                state.granted.push_back(started);
+                state.in_flight += 1;
                 None
             } else {
                 let (grant, granted) = oneshot::channel();
@@ -120,24 +127,77 @@ impl ReadBudget {
                 Some(granted)
             }
         };
-        if let Some(granted) = granted {
+        if let Some(granted) = grant {
             self.inner.metrics.read_budget_waiting.inc();
-            let _waiting = scopeguard(|| {
-                self.inner.metrics.read_budget_waiting.dec();
-            });
+            let mut pending = Pending {
+                granted,
+                inner: self.inner.clone(),
+                done: false,
+            };
             self.inner.changed.notify_one();
-            // The scheduler only drops a sender at shutdown; then read anyway
-            // and let the shutdown path end the poller.
-            let _ = granted.await;
+            if (&mut pending.granted).await.is_err() {
+                // The scheduler is gone (shutdown): read anyway, counted,
+                // and let the shutdown path end the poller.
+                self.inner.state().in_flight += 1;
+            }
+            pending.done = true;
         }
         self.inner.metrics.read_budget_grants.inc();
         self.inner.metrics.budget_waited(started.elapsed());
+        ReadPermit {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// One granted read; dropping it says the answer is in.
+pub struct ReadPermit {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ReadPermit {
+    fn drop(&mut self) {
+        self.inner.release(true);
+    }
+}
+
+/// A poller waiting for its turn. If it leaves just as its grant arrives,
+/// the grant is handed back unspent.
+struct Pending {
+    granted: oneshot::Receiver<()>,
+    inner: Arc<Inner>,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.inner.metrics.read_budget_waiting.dec();
+        if self.done {
+            return;
+        }
+        // No grant can arrive after close(): what try_recv finds is all.
+        self.granted.close();
+        if self.granted.try_recv().is_ok() {
+            self.inner.release(false);
+        }
     }
 }
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A granted read is over; `answered` when it was actually made.
+    fn release(&self, answered: bool) {
+        {
+            let mut state = self.state();
+            state.in_flight -= 1;
+            if answered {
+                state.answered.push_back(Instant::now());
+            }
+        }
+        self.changed.notify_one();
     }
 }
 
@@ -152,12 +212,14 @@ async fn schedule(inner: Arc<Inner>, shutdown: CancellationToken) {
                 }
                 let now = Instant::now();
                 if !state.has_room(now, inner.per_window) {
-                    break state.granted.front().map(|t| *t + WINDOW);
+                    // Room opens when the oldest answer leaves the window; a
+                    // read in flight wakes the scheduler when it is answered.
+                    break Some(state.answered.front().map_or(now + WINDOW, |t| *t + WINDOW));
                 }
                 if let Some(waiter) = state.waiting.pop()
                     && waiter.grant.send(()).is_ok()
                 {
-                    state.granted.push_back(now);
+                    state.in_flight += 1;
                 }
             }
         };
@@ -175,25 +237,12 @@ async fn schedule(inner: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
-/// Runs `f` when dropped (also when the future holding it is cancelled).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn no_window_ever_holds_more_reads_than_the_budget() {
+    async fn no_window_of_arrivals_ever_holds_more_reads_than_the_budget() {
         let budget = ReadBudget::new(5, Arc::new(Metrics::new()), CancellationToken::new());
         let times = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -201,14 +250,21 @@ mod tests {
             let budget = budget.clone();
             let times = times.clone();
             tasks.push(tokio::spawn(async move {
-                budget.acquire(Priority::Age(Duration::from_secs(i))).await;
+                let permit = budget.acquire(Priority::Age(Duration::from_secs(i))).await;
+                // The read reaches kie.ai late, and its answer comes back
+                // later still, by varying amounts (a starved process).
+                let late = Duration::from_millis(rand::random::<u64>() % 400);
+                tokio::time::sleep(late).await;
                 times.lock().expect("lock").push(Instant::now());
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 400)).await;
+                drop(permit);
             }));
         }
         for t in tasks {
             t.await.expect("join");
         }
-        let times = times.lock().expect("lock").clone();
+        let mut times = times.lock().expect("lock").clone();
+        times.sort();
         assert_eq!(times.len(), 40);
         for (i, start) in times.iter().enumerate() {
             let in_window = times[i..]
@@ -222,7 +278,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wake_ups_and_young_tasks_go_first() {
         let budget = ReadBudget::new(1, Arc::new(Metrics::new()), CancellationToken::new());
-        budget.acquire(Priority::Age(Duration::ZERO)).await; // fills the window
+        drop(budget.acquire(Priority::Age(Duration::ZERO)).await); // fills the window
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (name, priority) in [
@@ -233,7 +289,7 @@ mod tests {
             let budget = budget.clone();
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
-                budget.acquire(priority).await;
+                let _read = budget.acquire(priority).await;
                 order.lock().expect("lock").push(name);
             }));
             tokio::task::yield_now().await;

@@ -290,12 +290,14 @@ fn loggable_id(raw: &str) -> String {
     raw.chars().take(64).filter(|c| !c.is_control()).collect()
 }
 
-/// The caller's deadline from the `grpc-timeout` header, less a small margin
-/// so that our DEADLINE_EXCEEDED, with its details, reaches the caller
-/// before its own timer fires.
+/// The caller's deadline from the `grpc-timeout` header, less a margin so
+/// that our DEADLINE_EXCEEDED, with its details, is ready before tonic's own
+/// timer (started when the request arrived, a little before this handler)
+/// answers a bare CANCELLED "Timeout expired".
 fn caller_deadline(metadata: &MetadataMap) -> Option<Duration> {
     let budget = grpc_timeout(metadata)?;
-    Some(budget.saturating_sub((budget / 20).min(Duration::from_millis(50))))
+    let margin = (budget / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    Some(budget.saturating_sub(margin))
 }
 
 fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
@@ -325,7 +327,7 @@ mod tests {
         assert_eq!(grpc_timeout(&m), Some(Duration::from_millis(250)));
         m.insert("grpc-timeout", "3S".parse().expect("ascii"));
         assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(3)));
-        assert_eq!(caller_deadline(&m), Some(Duration::from_millis(2950)));
+        assert_eq!(caller_deadline(&m), Some(Duration::from_millis(2900)));
         m.insert("grpc-timeout", "x".parse().expect("ascii"));
         assert_eq!(grpc_timeout(&m), None);
     }

@@ -288,8 +288,8 @@ async fn poll(
         } else {
             Priority::Age(age)
         };
-        tokio::select! {
-            () = inner.budget.acquire(priority) => {}
+        let permit = tokio::select! {
+            permit = inner.budget.acquire(priority) => permit,
             () = channel.closed() => {
                 if inner.retire(&key, &channel, false) {
                     break;
@@ -297,11 +297,13 @@ async fn poll(
                 continue;
             }
             () = inner.shutdown.cancelled() => break,
-        }
+        };
         let read = inner
             .kie
             .record_info(&key.credential, &key.task_id, None)
             .await;
+        // The budget counts the read until its answer is in.
+        drop(permit);
         let wait = match read {
             Ok(task) => {
                 failures = 0;

@@ -187,7 +187,7 @@ async fn an_upstream_slower_than_the_deadline_is_deadline_exceeded_and_the_reque
     let (url, closed) = silent_upstream().await;
     let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
     let mut request = tonic::Request::new(valid_request());
-    request.set_timeout(Duration::from_millis(300));
+    request.set_timeout(Duration::from_secs(1));
 
     let started = Instant::now();
     let status = app.client.create_task(request).await.expect_err("too slow");
@@ -198,7 +198,7 @@ async fn an_upstream_slower_than_the_deadline_is_deadline_exceeded_and_the_reque
         .await
         .expect("the gateway drops the upstream request")
         .expect("closed");
-    assert!(hung_up.duration_since(started) < Duration::from_millis(600));
+    assert!(hung_up.duration_since(started) < Duration::from_millis(1300));
     assert_eq!(app.hub.active_pollers(), 0);
 }
 

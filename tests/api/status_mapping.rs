@@ -172,13 +172,13 @@ async fn an_upstream_slower_than_the_callers_deadline_is_deadline_exceeded() {
         .mount(&app.upstream)
         .await;
     let mut request = tonic::Request::new(valid_request());
-    request.set_timeout(Duration::from_millis(400));
+    request.set_timeout(Duration::from_secs(1));
 
     let started = std::time::Instant::now();
     let status = app.client.create_task(request).await.expect_err("too slow");
 
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_millis(1500));
     // The gateway's own answer (with details) beats the caller's timer.
     assert_eq!(error_info(&status).reason, "UPSTREAM_TIMEOUT");
 }
