@@ -1,0 +1,153 @@
+//! `POST /callbacks/kie` through the real axum router (`http::router`),
+//! with arbitrary headers and body, with and without an HMAC key. The
+//! answer must be JSON `{"code": <status>, "msg": …}` with one of the
+//! statuses the handler documents, and what it decides must agree with
+//! `task_id_of`, `verify_signature` and `TaskId::parse`.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use hailuo_gateway::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
+use hailuo_gateway::config::{ApiKey, UpstreamSettings, WatchSettings};
+use hailuo_gateway::http::{HttpState, router};
+use hailuo_gateway::hub::TaskHub;
+use hailuo_gateway::kie::KieClient;
+use hailuo_gateway::metrics::Metrics;
+use hailuo_gateway::task::TaskId;
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const HMAC_KEY: &str = "fuzz-hmac-key";
+const HEADER_NAMES: [&str; 5] = [
+    "x-webhook-timestamp",
+    "x-webhook-signature",
+    "content-type",
+    "content-length",
+    "x-other",
+];
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// Bit 0: the gateway has an HMAC key. Bit 1: sign the body correctly
+    /// (so signed callbacks get past the check). Bit 2: a stale timestamp.
+    flags: u8,
+    headers: Vec<(u8, Vec<u8>)>,
+    /// Last, so it takes the rest of the input: seeds are plain JSON.
+    body: Vec<u8>,
+}
+
+struct App {
+    runtime: tokio::runtime::Runtime,
+    open: axum::Router,
+    signed: axum::Router,
+}
+
+fn app() -> &'static App {
+    static APP: OnceLock<App> = OnceLock::new();
+    APP.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (open, signed) = runtime.block_on(async {
+            let metrics = Arc::new(Metrics::new());
+            let settings = UpstreamSettings {
+                // Nothing listens there; a callback never calls upstream.
+                base_url: "http://127.0.0.1:9/".parse().expect("url"),
+                api_key: Some(ApiKey::new("unused")),
+                key_passthrough: false,
+                connect_timeout: Duration::from_millis(100),
+                timeout: Duration::from_millis(100),
+            };
+            let kie = KieClient::new(&settings, metrics.clone()).expect("client");
+            let hub = TaskHub::new(
+                kie,
+                WatchSettings::default(),
+                metrics.clone(),
+                CancellationToken::new(),
+            );
+            let state = |hmac_key| HttpState {
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                hmac_key,
+            };
+            (
+                router(state(None)),
+                router(state(Some(ApiKey::new(HMAC_KEY)))),
+            )
+        });
+        App {
+            runtime,
+            open,
+            signed,
+        }
+    })
+}
+
+fuzz_target!(|input: Input| {
+    let app = app();
+    let keyed = input.flags & 1 != 0;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &input.headers {
+        let name = HeaderName::from_static(HEADER_NAMES[usize::from(*name) % HEADER_NAMES.len()]);
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(name, value);
+        }
+    }
+    let found = task_id_of(&input.body);
+    if input.flags & 2 != 0
+        && let Some(id) = &found
+    {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let ts = if input.flags & 4 != 0 { now - 301 } else { now };
+        let signature = sign(HMAC_KEY, id, ts);
+        headers.insert("x-webhook-timestamp", HeaderValue::from(ts));
+        headers.insert(
+            "x-webhook-signature",
+            HeaderValue::from_str(&signature).expect("base64 is ascii"),
+        );
+    }
+
+    let mut request = Request::post("/callbacks/kie")
+        .body(Body::from(input.body.clone()))
+        .expect("request");
+    *request.headers_mut() = headers.clone();
+    let router = if keyed { &app.signed } else { &app.open };
+    let (status, answer) = app.runtime.block_on(async {
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, bytes)
+    });
+
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(answer["code"].as_u64(), Some(u64::from(status.as_u16())));
+    assert!(answer["msg"].as_str().is_some_and(|m| !m.is_empty()));
+
+    let expected = if input.body.len() > MAX_CALLBACK_BODY {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if let Some(id) = &found {
+        let verified = !keyed
+            || verify_signature(&ApiKey::new(HMAC_KEY), id, &headers, SystemTime::now()).is_ok();
+        if !verified {
+            StatusCode::UNAUTHORIZED
+        } else if TaskId::parse(id.clone()).is_ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        }
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    assert_eq!(status, expected, "{answer}");
+});
