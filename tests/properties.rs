@@ -716,6 +716,8 @@ fn upstream_error() -> impl Strategy<Value = UpstreamError> {
         1 => message_text().prop_map(|detail| UpstreamErrorKind::Unavailable { detail }),
         1 => Just(UpstreamErrorKind::Timeout),
         1 => message_text().prop_map(|detail| UpstreamErrorKind::BadResponse { detail }),
+        1 => prop::sample::select(vec!["create_rate", "queue_full", "no_slot_in_time"])
+            .prop_map(|reason| UpstreamErrorKind::Shed { reason }),
     ];
     (
         prop::sample::select(vec![Endpoint::CreateTask, Endpoint::RecordInfo]),
@@ -748,7 +750,9 @@ proptest! {
 
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo is always set");
-        prop_assert_eq!(info.domain.as_str(), "kie.ai");
+        // The gateway's own shedding is its domain; everything else kie.ai's.
+        let domain = if matches!(e.kind, UpstreamErrorKind::Shed { .. }) { "hailuo-gateway" } else { "kie.ai" };
+        prop_assert_eq!(info.domain.as_str(), domain);
         prop_assert_eq!(info.reason.as_str(), mapped.reason);
         prop_assert_eq!(info.metadata.get("endpoint").map(String::as_str), Some(e.endpoint.as_str()));
 
@@ -773,6 +777,10 @@ proptest! {
             UpstreamErrorKind::BadResponse { detail } => {
                 prop_assert_eq!(info.metadata.get("detail"), Some(detail));
                 (Code::Internal, "UPSTREAM_BAD_RESPONSE", None)
+            }
+            UpstreamErrorKind::Shed { reason } => {
+                prop_assert_eq!(info.metadata.get("limit").map(String::as_str), Some(*reason));
+                (Code::ResourceExhausted, "GATEWAY_OVERLOADED", Some(1))
             }
         };
         prop_assert_eq!((status.code(), info.reason.as_str()), (want_code, want_reason));
@@ -989,6 +997,7 @@ fn callback_app() -> CallbackApp {
             key_passthrough: false,
             connect_timeout: Duration::from_millis(100),
             timeout: Duration::from_millis(100),
+            limits: Default::default(),
         };
         let kie = KieClient::new(&settings, metrics.clone()).expect("client");
         let hub = TaskHub::new(

@@ -63,6 +63,7 @@ fn app() -> &'static App {
                 key_passthrough: false,
                 connect_timeout: Duration::from_millis(100),
                 timeout: Duration::from_millis(100),
+                limits: Default::default(),
             };
             let kie = KieClient::new(&settings, metrics.clone()).expect("client");
             let hub = TaskHub::new(
