@@ -42,7 +42,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hailuo-gateway");
+/// The binary under test: cargo's build for this target, or
+/// `LOADGEN_GATEWAY_BIN` (e.g. a plain `cargo build --release` binary: the
+/// bench build unifies dev-dependency features, adding tokio's `test-util`,
+/// whose clock costs one atomic load per read while never paused).
+fn bin() -> String {
+    std::env::var("LOADGEN_GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hailuo-gateway").to_owned())
+}
 const API_KEY: &str = "loadgen-key";
 const PROMPT: &str = "a cat surfing a wave at sunset";
 const IMAGE_URL: &str = "https://example.com/cat.png";
@@ -214,7 +221,7 @@ struct Simulator {
 
 async fn start_simulator(plan: &Plan) -> anyhow::Result<Simulator> {
     let [waiting, queuing, generating] = plan.sim_timings();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .arg("simulate")
         .args(["--listen", "127.0.0.1:0", "--latency", "0ms"])
         // Every createTask costs credits; the benchmark creates millions.
@@ -270,7 +277,7 @@ async fn start_gateway(
     let log_path = logs.join(format!("gateway-{grpc_port}.log"));
     let log = std::fs::File::create(&log_path)?;
     let scaled = |secs: f64| format!("{}ms", (secs * 1000.0 * options.scale).round() as u64);
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     command
         .env_clear()
         .env("KIE_API_KEY", API_KEY)
@@ -303,6 +310,8 @@ async fn start_gateway(
         .context("spawn the gateway")?;
     let pid = child.id().context("gateway pid")?;
     let proc = Proc { child, pid };
+    // For profiling: `perf record -g -p PID`.
+    eprintln!("  (gateway pid {pid}, log {})", log_path.display());
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -1364,6 +1373,7 @@ fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String
         "| command | `cargo bench --bench loadgen -- full` ({:.0} s) |",
         took.as_secs_f64()
     );
+    let _ = writeln!(md, "| binary under test | `{}` |", bin());
     let _ = writeln!(
         md,
         "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}) |",
@@ -1570,6 +1580,12 @@ fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String
             ratio("callbacks"),
         );
     }
+    // The analysis is written by people, kept beside the tool and carried
+    // into every new report.
+    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS-notes.md");
+    if let Ok(text) = std::fs::read_to_string(notes) {
+        let _ = writeln!(md, "\n{}", text.trim_end());
+    }
     md
 }
 
@@ -1654,15 +1670,26 @@ fn raise_file_limit() {
     }
 }
 
-async fn run(plan: &Plan) -> anyhow::Result<Figures> {
+const SCENARIOS: [&str; 4] = ["unary", "capacity", "fanout", "economy"];
+
+async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let logs = std::env::temp_dir().join(format!("hailuo-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     let sim = start_simulator(plan).await?;
     let mut figures = Figures::default();
-    unary(plan, &mut figures, &sim, &logs).await?;
-    capacity(plan, &mut figures, &sim, &logs).await?;
-    fanout(plan, &mut figures, &sim, &logs).await?;
-    economy(plan, &mut figures, &sim, &logs).await?;
+    if wanted("unary") {
+        unary(plan, &mut figures, &sim, &logs).await?;
+    }
+    if wanted("capacity") {
+        capacity(plan, &mut figures, &sim, &logs).await?;
+    }
+    if wanted("fanout") {
+        fanout(plan, &mut figures, &sim, &logs).await?;
+    }
+    if wanted("economy") {
+        economy(plan, &mut figures, &sim, &logs).await?;
+    }
     sim.proc.stop().await;
     let _ = std::fs::remove_dir_all(&logs);
     Ok(figures)
@@ -1675,7 +1702,15 @@ fn output_path() -> PathBuf {
 fn main() -> ExitCode {
     // `cargo bench` appends `--bench`; `cargo test --benches` runs the
     // target with no mode: nothing to do then.
-    let mode = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let mut words = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let mode = words.next();
+    // Optional scenario names after the mode run only those (for work on
+    // one of them); BENCHMARKS.md is written only by a whole run.
+    let only: Vec<String> = words.collect();
+    if let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        eprintln!("loadgen: unknown scenario `{unknown}`; choose from {SCENARIOS:?}");
+        return ExitCode::from(2);
+    }
     let plan = match mode.as_deref() {
         Some("full") => Plan::full(),
         Some("smoke") => Plan::smoke(),
@@ -1703,7 +1738,7 @@ fn main() -> ExitCode {
     let started_load = load_average();
     let started = Instant::now();
     let mode = plan.mode;
-    let result = runtime.block_on(run(&plan));
+    let result = runtime.block_on(run(&plan, &only));
     let figures = match result {
         Ok(figures) => figures,
         Err(e) => {
@@ -1713,6 +1748,10 @@ fn main() -> ExitCode {
     };
     let markdown = report(&plan, &figures, started_load, started.elapsed());
     match mode {
+        Mode::Full if !only.is_empty() => {
+            println!("{markdown}");
+            ExitCode::SUCCESS
+        }
         Mode::Full => {
             let path = output_path();
             if let Err(e) = std::fs::write(&path, &markdown) {
@@ -1731,7 +1770,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Mode::Smoke => {
-            let failures = smoke_checks(&plan, &figures);
+            let failures = if only.is_empty() {
+                smoke_checks(&plan, &figures)
+            } else {
+                Vec::new()
+            };
             if failures.is_empty() {
                 eprintln!(
                     "loadgen smoke: ok ({:.1} s)",
