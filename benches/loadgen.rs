@@ -30,11 +30,13 @@ use anyhow::{Context, anyhow, bail, ensure};
 use bytes::Bytes;
 use hailuo_gateway::kie::wire::CreateTaskBody;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
+use hailuo_gateway::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use hailuo_gateway::pb::{
-    CreateTaskRequest, Resolution, TaskState, VideoDuration, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, Resolution, TaskState,
+    VideoDuration, WatchTaskRequest,
 };
 use hailuo_gateway::simulator::Counts;
-use hailuo_gateway::task::CreateTaskInput;
+use hailuo_gateway::task::{self, CreateTaskInput};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -295,6 +297,14 @@ async fn start_gateway(
         .env("GATEWAY_POLL_SLOW", scaled(15.0))
         .env("GATEWAY_CALLBACK_SAFETY_POLL", scaled(30.0))
         .env("GATEWAY_SHUTDOWN_GRACE", "1s");
+    // Extra settings for experiments, e.g. `TOKIO_WORKER_THREADS=1`.
+    if let Ok(extra) = std::env::var("LOADGEN_GATEWAY_ENV") {
+        for pair in extra.split(',').filter(|p| !p.is_empty()) {
+            if let Some((name, value)) = pair.split_once('=') {
+                command.env(name, value);
+            }
+        }
+    }
     if options.callbacks {
         command.env(
             "GATEWAY_PUBLIC_CALLBACK_URL",
@@ -564,14 +574,22 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
+    /// Through the gateway.
     Gateway,
+    /// Through the bare forwarder: receive gRPC, POST upstream, parse,
+    /// answer; nothing else (the issue's reference, rebuilt in this run).
+    Bare,
+    /// Straight to the simulator with reqwest.
     Direct,
 }
 
 impl Route {
+    const ALL: [Route; 3] = [Route::Gateway, Route::Bare, Route::Direct];
+
     fn name(self) -> &'static str {
         match self {
             Route::Gateway => "gateway",
+            Route::Bare => "bare",
             Route::Direct => "direct",
         }
     }
@@ -585,6 +603,7 @@ struct WorkerResult {
 
 struct UnaryTarget {
     grpc: VideoGenerationClient<Channel>,
+    bare: VideoGenerationClient<Channel>,
     request: CreateTaskRequest,
     direct: Arc<Direct>,
     body: Bytes,
@@ -599,7 +618,10 @@ async fn closed_loop(
 ) -> anyhow::Result<Vec<WorkerResult>> {
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
-        let mut grpc = target.grpc.clone();
+        let mut grpc = match route {
+            Route::Bare => target.bare.clone(),
+            _ => target.grpc.clone(),
+        };
         let request = target.request.clone();
         let direct = target.direct.clone();
         let body = target.body.clone();
@@ -612,7 +634,7 @@ async fn closed_loop(
             while Instant::now() < until {
                 let started = Instant::now();
                 let outcome = match route {
-                    Route::Gateway => grpc
+                    Route::Gateway | Route::Bare => grpc
                         .create_task(request.clone())
                         .await
                         .map(|_| ())
@@ -642,17 +664,18 @@ async fn unary_phase(
     plan: &Plan,
     figures: &mut Figures,
     target: &UnaryTarget,
-    sim: &Simulator,
-    gateway: &Gateway,
+    (sim, gateway, bare): (&Simulator, &Gateway, &Proc),
     route: Route,
     concurrency: usize,
 ) -> anyhow::Result<()> {
     closed_loop(target, route, concurrency, Instant::now() + plan.warmup).await?;
-    let (gw0, sim0, me0) = (gateway.proc.cpu()?, sim.proc.cpu()?, cpu_of("self")?);
+    let (gw0, bare0) = (gateway.proc.cpu()?, bare.cpu()?);
+    let (sim0, me0) = (sim.proc.cpu()?, cpu_of("self")?);
     let started = Instant::now();
     let results = closed_loop(target, route, concurrency, started + plan.phase).await?;
     let elapsed = started.elapsed();
-    let (gw1, sim1, me1) = (gateway.proc.cpu()?, sim.proc.cpu()?, cpu_of("self")?);
+    let (gw1, bare1) = (gateway.proc.cpu()?, bare.cpu()?);
+    let (sim1, me1) = (sim.proc.cpu()?, cpu_of("self")?);
     // Forget the created tasks so the simulator does not grow run by run.
     target.direct.reset().await?;
 
@@ -671,16 +694,18 @@ async fn unary_phase(
     figures.push(key("p99"), quantile(&latencies, 0.99));
     figures.push(key("p999"), quantile(&latencies, 0.999));
     figures.push(key("cpu_gateway"), per_call(gw1 - gw0));
+    figures.push(key("cpu_bare"), per_call(bare1 - bare0));
     figures.push(key("cpu_sim"), per_call(sim1 - sim0));
     figures.push(key("cpu_loadgen"), per_call(me1 - me0));
     figures.push(key("errors"), errors as f64);
     eprintln!(
-        "  {:7} c{concurrency:<3} {:>8.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  gateway {:>5.1} µs/call  errors {errors}",
+        "  {:7} c{concurrency:<3} {:>8.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  gateway {:>5.1} µs/call  bare forwarder {:>5.1} µs/call  errors {errors}",
         route.name(),
         calls / elapsed.as_secs_f64(),
         quantile(&latencies, 0.50),
         quantile(&latencies, 0.99),
         per_call(gw1 - gw0),
+        per_call(bare1 - bare0),
     );
     if let Some(e) = first_error {
         eprintln!("    first error: {e}");
@@ -704,8 +729,10 @@ async fn unary(
         logs,
     )
     .await?;
+    let (bare, bare_url) = start_bare_forwarder(sim).await?;
     let target = UnaryTarget {
         grpc: connect(&gateway.grpc_url).await?,
+        bare: connect(&bare_url).await?,
         request: create_request(PROMPT),
         direct: Arc::new(Direct::new(sim)?),
         body: direct_body(PROMPT)?,
@@ -713,21 +740,145 @@ async fn unary(
     for rep in 0..plan.reps {
         figures.push("load/unary", load_average());
         for &c in &plan.concurrency {
-            // Alternate which path goes first, so drift favours neither.
-            let order = if rep % 2 == 0 {
-                [Route::Gateway, Route::Direct]
-            } else {
-                [Route::Direct, Route::Gateway]
-            };
+            // Rotate which path goes first, so drift favours none.
+            let mut order = Route::ALL;
+            order.rotate_left(rep % Route::ALL.len());
             for route in order {
-                unary_phase(plan, figures, &target, sim, &gateway, route, c).await?;
+                let procs = (sim, &gateway, &bare);
+                unary_phase(plan, figures, &target, procs, route, c).await?;
             }
-            let added = figures.get(&format!("unary/gateway/c{c}/p50"))[rep]
-                - figures.get(&format!("unary/direct/c{c}/p50"))[rep];
+            let p50 = |route: &str| figures.get(&format!("unary/{route}/c{c}/p50"))[rep];
+            let added = p50("gateway") - p50("direct");
+            let bare_added = p50("bare") - p50("direct");
             figures.push(format!("unary/added/c{c}/p50"), added);
+            figures.push(format!("unary/bare_added/c{c}/p50"), bare_added);
+            let k =
+                |route: &str, what: &str| figures.get(&format!("unary/{route}/c{c}/{what}"))[rep];
+            let ratio = k("gateway", "cpu_gateway") / k("bare", "cpu_bare");
+            figures.push(format!("unary/cpu_ratio/c{c}"), ratio);
         }
     }
     gateway.proc.stop().await;
+    bare.stop().await;
+    Ok(())
+}
+
+// === the bare forwarder ===
+
+/// Starts this executable as a bare forwarder in front of the simulator.
+async fn start_bare_forwarder(sim: &Simulator) -> anyhow::Result<(Proc, String)> {
+    let port = free_port()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["forwarder", &sim.url, &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn the bare forwarder")?;
+    let stdout = child.stdout.take().context("forwarder stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .context("bare forwarder did not start in 20 s")??
+        .context("bare forwarder exited before it was ready")?;
+    let pid = child.id().context("forwarder pid")?;
+    Ok((Proc { child, pid }, format!("http://127.0.0.1:{port}")))
+}
+
+/// The least a gateway can do: receive gRPC, POST upstream, parse, answer.
+/// No validation, error details, metrics or logs; tonic's and reqwest's
+/// defaults, a pooled client and the URL parsed once.
+struct BareForwarder {
+    http: reqwest::Client,
+    create_url: reqwest::Url,
+    auth: reqwest::header::HeaderValue,
+}
+
+#[derive(serde::Serialize)]
+struct BareBody<'a> {
+    model: &'static str,
+    input: BareInput<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct BareInput<'a> {
+    prompt: &'a str,
+    image_url: &'a str,
+    duration: &'static str,
+    resolution: &'static str,
+}
+
+#[tonic::async_trait]
+impl VideoGeneration for BareForwarder {
+    async fn create_task(
+        &self,
+        request: tonic::Request<CreateTaskRequest>,
+    ) -> Result<tonic::Response<CreateTaskResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let body = BareBody {
+            model: task::model_id(request.model()),
+            input: BareInput {
+                prompt: &request.prompt,
+                image_url: &request.image_url,
+                duration: task::duration_value(request.duration()),
+                resolution: task::resolution_value(request.resolution()),
+            },
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let answer = self
+            .http
+            .post(self.create_url.clone())
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        match serde_json::from_slice::<KieAnswer<CreatedData>>(&answer) {
+            Ok(KieAnswer {
+                code: 200,
+                data: Some(data),
+            }) => Ok(tonic::Response::new(CreateTaskResponse {
+                task_id: data.task_id,
+            })),
+            _ => Err(tonic::Status::internal("bad upstream answer")),
+        }
+    }
+
+    async fn get_task(
+        &self,
+        _: tonic::Request<GetTaskRequest>,
+    ) -> Result<tonic::Response<GetTaskResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
+    type WatchTaskStream = hailuo_gateway::watch::WatchStream;
+
+    async fn watch_task(
+        &self,
+        _: tonic::Request<WatchTaskRequest>,
+    ) -> Result<tonic::Response<Self::WatchTaskStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+}
+
+/// `loadgen forwarder UPSTREAM_URL PORT`: serves until killed.
+async fn run_bare_forwarder(upstream: &str, port: &str) -> anyhow::Result<()> {
+    let forwarder = BareForwarder {
+        http: http_client()?,
+        create_url: reqwest::Url::parse(upstream)?.join("api/v1/jobs/createTask")?,
+        auth: reqwest::header::HeaderValue::from_str(&format!("Bearer {API_KEY}"))?,
+    };
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    println!("bare forwarder listening");
+    tonic::transport::Server::builder()
+        .add_service(VideoGenerationServer::new(forwarder))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
     Ok(())
 }
 
@@ -1414,9 +1565,14 @@ fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String
     );
     let _ = writeln!(
         md,
-        "Closed loop, {:?} warm-up then {:?} measured per phase; the gateway path is one \
-         HTTP/2 connection from a tonic client, the direct path a pooled reqwest client \
-         POSTing the byte-identical JSON body and parsing the answer with serde. CPU is \
+        "Closed loop, {:?} warm-up then {:?} measured per phase, the three paths rotated \
+         within each repetition. `gateway`: one HTTP/2 connection from a tonic client to the \
+         gateway. `bare`: the same client to a bare forwarder in its own process (this tool's \
+         `forwarder` mode: tonic server defaults, receive, POST upstream with a pooled reqwest \
+         client, parse, answer; no validation, errors, metrics or logs): the issue's reference \
+         \"bare forwarder\" rebuilt in the same run, so the gateway's CPU can be judged against \
+         it under the same noise. `direct`: a pooled reqwest client POSTing the byte-identical \
+         JSON body to the simulator and parsing the answer with serde. CPU is \
          utime + stime from `/proc/<pid>/stat` (tick {} ms) over the measured phase, divided \
          by the calls made. Latencies in µs.\n",
         plan.warmup,
@@ -1425,21 +1581,22 @@ fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String
     );
     let _ = writeln!(
         md,
-        "| path | conc. | requests/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/call | simulator CPU µs/call | load tool CPU µs/call | errors |"
+        "| path | conc. | requests/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/call | bare forwarder CPU µs/call | simulator CPU µs/call | load tool CPU µs/call | errors |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &plan.concurrency {
-        for route in [Route::Gateway, Route::Direct] {
+        for route in Route::ALL {
             let k = |w: &str| format!("unary/{}/c{c}/{w}", route.name());
             let _ = writeln!(
                 md,
-                "| {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 route.name(),
                 f.show(&k("rps"), 0),
                 f.show(&k("p50"), 0),
                 f.show(&k("p99"), 0),
                 f.show(&k("p999"), 0),
                 f.show(&k("cpu_gateway"), 1),
+                f.show(&k("cpu_bare"), 1),
                 f.show(&k("cpu_sim"), 1),
                 f.show(&k("cpu_loadgen"), 1),
                 f.get(&k("errors")).iter().sum::<f64>(),
@@ -1448,14 +1605,17 @@ fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String
     }
     let _ = writeln!(
         md,
-        "\n| conc. | added latency p50 (gateway − direct, same repetition) µs | gateway CPU per call µs |\n|---|---|---|"
+        "\n| conc. | added latency p50, gateway − direct µs | added latency p50, bare forwarder − direct µs | gateway CPU per call µs | bare forwarder CPU per call µs | gateway CPU / bare forwarder CPU |\n|---|---|---|---|---|---|"
     );
     for &c in &plan.concurrency {
         let _ = writeln!(
             md,
-            "| {c} | {} | {} |",
+            "| {c} | {} | {} | {} | {} | {} |",
             f.show(&format!("unary/added/c{c}/p50"), 0),
-            f.show(&format!("unary/gateway/c{c}/cpu_gateway"), 1)
+            f.show(&format!("unary/bare_added/c{c}/p50"), 0),
+            f.show(&format!("unary/gateway/c{c}/cpu_gateway"), 1),
+            f.show(&format!("unary/bare/c{c}/cpu_bare"), 1),
+            f.show(&format!("unary/cpu_ratio/c{c}"), 2),
         );
     }
 
@@ -1599,7 +1759,7 @@ fn smoke_checks(plan: &Plan, f: &Figures) -> Vec<String> {
         }
     };
     for &c in &plan.concurrency {
-        for route in [Route::Gateway, Route::Direct] {
+        for route in Route::ALL {
             let k = |w: &str| format!("unary/{}/c{c}/{w}", route.name());
             check(
                 f.get(&k("rps")).iter().all(|r| *r > 0.0),
@@ -1707,9 +1867,29 @@ fn main() -> ExitCode {
     // Optional scenario names after the mode run only those (for work on
     // one of them); BENCHMARKS.md is written only by a whole run.
     let only: Vec<String> = words.collect();
-    if let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+    if mode.as_deref() != Some("forwarder")
+        && let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str()))
+    {
         eprintln!("loadgen: unknown scenario `{unknown}`; choose from {SCENARIOS:?}");
         return ExitCode::from(2);
+    }
+    if mode.as_deref() == Some("forwarder") {
+        let [upstream, port] = [only.first(), only.get(1)];
+        let (Some(upstream), Some(port)) = (upstream, port) else {
+            eprintln!("loadgen forwarder: UPSTREAM_URL PORT");
+            return ExitCode::from(2);
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run_bare_forwarder(upstream, port)));
+        if let Err(e) = result {
+            eprintln!("loadgen forwarder: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
     }
     let plan = match mode.as_deref() {
         Some("full") => Plan::full(),
