@@ -10,5 +10,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== loadgen smoke"; cargo test --locked --bench loadgen -- smoke  # benchmark tool, seconds (issue 7)
+
 echo "== cargo test"
 cargo test --locked --all-targets
