@@ -16,6 +16,8 @@ bash scripts/clients-setup.sh
 cargo build --locked --bin hailuo-gateway --examples
 timeout 600 target/clients/venv/bin/python tests/clients/run.py
 
+echo "== loadgen smoke"; cargo test --locked --bench loadgen -- smoke  # benchmark tool, seconds (issue 7)
+
 echo "== cargo test"
 # Not --all-targets: the examples (built above, linted by clippy) have no
 # tests, and their empty "0 passed" summary would close the suite.
