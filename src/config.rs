@@ -48,11 +48,11 @@ pub mod defaults {
 
 /// A kie.ai API key. Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ApiKey(String);
+pub struct ApiKey(std::sync::Arc<str>);
 
 impl ApiKey {
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        Self(key.into().into())
     }
 
     /// The key itself, for the Authorization header and nothing else.

@@ -25,7 +25,7 @@ use crate::watch::{self, WatchStream};
 #[derive(Clone, Debug)]
 pub struct Credentials {
     /// The gateway's own key.
-    pub gateway: Option<ApiKey>,
+    pub gateway: Option<Credential>,
     /// Take the caller's `authorization: Bearer` key when present.
     pub passthrough: bool,
 }
@@ -35,6 +35,8 @@ impl Credentials {
         if self.passthrough
             && let Some(value) = metadata.get("authorization")
         {
+            let not_bearer =
+                GatewayError::MissingCallerKey("the authorization metadata is not `Bearer <key>`");
             let key = value
                 .to_str()
                 .ok()
@@ -44,23 +46,12 @@ impl Credentials {
                 })
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
-                .ok_or(GatewayError::MissingCallerKey(
-                    "the authorization metadata is not `Bearer <key>`",
-                ))?;
-            return Ok(Credential {
-                key: ApiKey::new(key),
-                source: KeySource::Caller,
-            });
+                .ok_or_else(|| not_bearer.clone())?;
+            return Credential::new(ApiKey::new(key), KeySource::Caller).ok_or(not_bearer);
         }
-        match &self.gateway {
-            Some(key) => Ok(Credential {
-                key: key.clone(),
-                source: KeySource::Gateway,
-            }),
-            None => Err(GatewayError::MissingCallerKey(
-                "this gateway has no kie.ai key of its own",
-            )),
-        }
+        self.gateway.clone().ok_or(GatewayError::MissingCallerKey(
+            "this gateway has no kie.ai key of its own",
+        ))
     }
 }
 

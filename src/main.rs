@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Simulate(args)) => {
-            telemetry::init(Default::default());
+            let _logs = telemetry::init(Default::default());
             match run_standalone(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(args.log_format);
+    let _logs = telemetry::init(args.log_format);
     let result = if args.sandbox {
         serve_sandbox(&args).await
     } else {

@@ -19,7 +19,7 @@ use crate::grpc::{Credentials, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
 use crate::idempotency::InMemoryStore;
-use crate::kie::KieClient;
+use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::video_generation_server::VideoGenerationServer;
@@ -76,7 +76,15 @@ impl Application {
             hub: hub.clone(),
             metrics: metrics.clone(),
             credentials: Credentials {
-                gateway: settings.upstream.api_key.clone(),
+                gateway: settings
+                    .upstream
+                    .api_key
+                    .clone()
+                    .map(|key| {
+                        Credential::new(key, KeySource::Gateway)
+                            .context("KIE_API_KEY has characters an HTTP header cannot carry")
+                    })
+                    .transpose()?,
                 passthrough: settings.upstream.key_passthrough,
             },
             watch: settings.watch,

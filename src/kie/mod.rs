@@ -29,6 +29,21 @@ pub const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"
 pub struct Credential {
     pub key: ApiKey,
     pub source: KeySource,
+    /// `Bearer <key>`, made once; marked sensitive so that it never prints.
+    authorization: HeaderValue,
+}
+
+impl Credential {
+    /// `None` when the key has characters a header cannot carry.
+    pub fn new(key: ApiKey, source: KeySource) -> Option<Self> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
+        authorization.set_sensitive(true);
+        Some(Self {
+            key,
+            source,
+            authorization,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -51,6 +66,9 @@ impl KieClient {
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
+            // An API call is answered, not redirected: a 3xx is an answer to
+            // classify, and a POST must never be replayed elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         // Parsed once here rather than per call.
         let create_url = settings.base_url.join("api/v1/jobs/createTask")?;
@@ -164,17 +182,6 @@ impl KieClient {
         deadline: Option<Duration>,
     ) -> Result<Answer, UpstreamError> {
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", credential.key.expose()))
-            .map_err(|_| UpstreamError {
-                endpoint,
-                key_source: credential.source,
-                retry_after: None,
-                kind: UpstreamErrorKind::Code {
-                    code: 401,
-                    msg: "the API key has characters a header cannot carry".into(),
-                },
-            })?;
-        auth.set_sensitive(true);
         let fail = |kind| UpstreamError {
             endpoint,
             key_source: credential.source,
@@ -182,7 +189,7 @@ impl KieClient {
             kind,
         };
         let response = request
-            .header(AUTHORIZATION, auth)
+            .header(AUTHORIZATION, credential.authorization.clone())
             .timeout(timeout)
             .send()
             .await
@@ -209,57 +216,81 @@ impl KieClient {
     }
 }
 
-/// An answer whose code was 200.
+/// An answer whose code was 200, read once.
 struct Answer {
     body: bytes::Bytes,
+    /// Where `data` sits in `body`, unless absent or null.
+    data: Option<std::ops::Range<usize>>,
+    /// kie.ai's `msg`, kept only when there is no `data` to explain.
+    reason: String,
 }
 
 impl Answer {
     /// Classifies an answer: the JSON `code` when the body is JSON, the HTTP
     /// status otherwise.
     fn read(status: StatusCode, body: bytes::Bytes) -> Result<Self, UpstreamErrorKind> {
-        match serde_json::from_slice::<Envelope>(&body) {
-            Ok(Envelope {
-                code: Some(200), ..
-            }) => Ok(Self { body }),
+        let (data, reason) = match serde_json::from_slice::<Envelope>(&body) {
+            Ok(
+                env @ Envelope {
+                    code: Some(200), ..
+                },
+            ) => {
+                // A borrowed slice of `body`: its offset is its place.
+                let data = env.data().map(|raw| {
+                    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+                    start..start + raw.get().len()
+                });
+                let reason = if data.is_none() {
+                    env.reason()
+                } else {
+                    String::new()
+                };
+                (data, reason)
+            }
             Ok(
                 env @ Envelope {
                     code: Some(code), ..
                 },
-            ) => Err(UpstreamErrorKind::Code {
-                code,
-                msg: env.reason(),
-            }),
+            ) => {
+                return Err(UpstreamErrorKind::Code {
+                    code,
+                    msg: env.reason(),
+                });
+            }
             // No usable JSON code: fall back on the HTTP status.
-            _ if status.is_success() => Err(UpstreamErrorKind::BadResponse {
-                detail: format!(
-                    "HTTP {} with {} bytes that are not kie.ai's JSON",
-                    status.as_u16(),
-                    body.len()
-                ),
-            }),
-            _ if matches!(status.as_u16(), 502..=504) => Err(UpstreamErrorKind::Unavailable {
-                detail: format!("HTTP {status} from a proxy in front of kie.ai"),
-            }),
-            _ => Err(UpstreamErrorKind::Code {
-                code: i64::from(status.as_u16()),
-                msg: status.canonical_reason().unwrap_or("no JSON body").into(),
-            }),
-        }
-    }
-
-    /// The envelope; `read` checked that it parses.
-    fn envelope(&self) -> Option<Envelope<'_>> {
-        serde_json::from_slice(&self.body).ok()
+            _ if status.is_success() => {
+                return Err(UpstreamErrorKind::BadResponse {
+                    detail: format!(
+                        "HTTP {} with {} bytes that are not kie.ai's JSON",
+                        status.as_u16(),
+                        body.len()
+                    ),
+                });
+            }
+            _ if matches!(status.as_u16(), 502..=504) => {
+                return Err(UpstreamErrorKind::Unavailable {
+                    detail: format!("HTTP {status} from a proxy in front of kie.ai"),
+                });
+            }
+            _ => {
+                return Err(UpstreamErrorKind::Code {
+                    code: i64::from(status.as_u16()),
+                    msg: status.canonical_reason().unwrap_or("no JSON body").into(),
+                });
+            }
+        };
+        Ok(Self { body, data, reason })
     }
 
     /// `data` as raw JSON, unless absent or null.
     fn data(&self) -> Option<&str> {
-        self.envelope()?.data().map(|raw| raw.get())
+        let range = self.data.clone()?;
+        // `read` took the range from a &str of this very body.
+        std::str::from_utf8(&self.body[range]).ok()
     }
 
     fn reason(&self) -> String {
-        self.envelope().map(|e| e.reason()).unwrap_or_default()
+        self.reason.clone()
     }
 }
 

@@ -49,7 +49,8 @@ impl Drop for Gateway {
 
 pub async fn spawn_gateway(settings: Settings) -> Gateway {
     if std::env::var_os("TEST_LOG").is_some() {
-        hailuo_gateway::telemetry::init(Default::default());
+        // The first test's writer serves the whole test binary.
+        std::mem::forget(hailuo_gateway::telemetry::init(Default::default()));
     }
     let app = Application::build(settings).await.expect("build app");
     let grpc_addr = app.grpc_addr();

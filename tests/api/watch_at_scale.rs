@@ -143,7 +143,9 @@ async fn watched_lifetime(watchers: usize) -> (usize, Vec<Vec<TaskState>>) {
 async fn a_thousand_watchers_of_one_task_cost_the_reads_of_one_and_all_see_every_state() {
     let (one_reads, one_states) = watched_lifetime(1).await;
     let (many_reads, many_states) = watched_lifetime(1000).await;
-    eprintln!("recordInfo reads over the lifetime: 1 watcher {one_reads}, 1000 watchers {many_reads}");
+    eprintln!(
+        "recordInfo reads over the lifetime: 1 watcher {one_reads}, 1000 watchers {many_reads}"
+    );
 
     let every_state = [
         TaskState::Waiting,
