@@ -257,6 +257,7 @@ async fn with_callbacks_a_watcher_learns_of_completion_within_100ms_of_the_callb
     .await;
     let done = stream.message().await.expect("ok").expect("final");
     let latency = arrived.elapsed();
+    eprintln!("callback to watcher: {latency:?}");
 
     assert_eq!(status, 200);
     assert_eq!(state_of(&done.task), TaskState::Succeeded);
