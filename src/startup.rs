@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -167,7 +168,11 @@ impl Application {
                 TcpListenerStream::new(self.grpc_listener),
                 self.shutdown.clone().cancelled_owned(),
             );
-        let http = axum::serve(self.http_listener, crate::http::router(self.http_state))
+        // Small answers must not wait for a delayed ACK (Nagle).
+        let http_listener = self.http_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(http_listener, crate::http::router(self.http_state))
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let grpc = tokio::spawn(grpc);

@@ -67,8 +67,9 @@ async fn gauge(gateway: &Gateway, name: &str) -> f64 {
 }
 
 async fn reqwest_get(url: &str) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::get(url)
+    http_client()
+        .get(url)
+        .send()
         .await
         .expect("GET")
         .text()
@@ -184,14 +185,23 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Building a reqwest client loads the platform's TLS roots (tens of ms):
+/// done once, before any clock starts.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    })
+}
+
 async fn post_callback(
     app: &TestApp,
     body: serde_json::Value,
     timestamp: u64,
     signature: &str,
 ) -> u16 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    http_client()
         .post(app.http_url("/callbacks/kie"))
         .header("content-type", "application/json")
         .header("x-webhook-timestamp", timestamp.to_string())
@@ -245,6 +255,7 @@ async fn with_callbacks_a_watcher_learns_of_completion_within_100ms_of_the_callb
     let task = Phased::new("t_cb");
     let mut stream = watch_generating_task(&mut app, &task).await;
     task.set("success");
+    http_client();
 
     let ts = now_secs();
     let arrived = Instant::now();
