@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
 use crate::metrics::code_name;
@@ -382,10 +382,10 @@ fn render_status(status: &Status) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use tonic::Code;
 
     use tonic_types::{ErrorDetails, FieldViolation};
 
