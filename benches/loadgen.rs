@@ -420,44 +420,40 @@ impl Direct {
 
     /// The bare path of a CreateTask: one POST, its JSON parsed.
     async fn create(&self, body: Bytes) -> anyhow::Result<String> {
-        let answer = self
+        let request = self
             .http
             .post(self.create_url.clone())
-            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        let answer: KieAnswer<CreatedData> = serde_json::from_slice(&answer)?;
-        match answer {
-            KieAnswer {
-                code: 200,
-                data: Some(data),
-            } => Ok(data.task_id),
-            KieAnswer { code, .. } => bail!("createTask answered code {code}"),
-        }
+            .body(body);
+        let data: CreatedData = self.kie(request, "createTask").await?;
+        Ok(data.task_id)
     }
 
     async fn state(&self, task_id: &str) -> anyhow::Result<String> {
         let mut url = self.record_url.clone();
         url.query_pairs_mut().append_pair("taskId", task_id);
-        let answer = self
-            .http
-            .get(url)
+        let data: RecordData = self.kie(self.http.get(url), "recordInfo").await?;
+        Ok(data.state)
+    }
+
+    /// Sends a kie.ai request with the key; `data` of a code-200 answer.
+    async fn kie<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: &str,
+    ) -> anyhow::Result<T> {
+        let answer = request
             .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .send()
             .await?
             .bytes()
             .await?;
-        let answer: KieAnswer<RecordData> = serde_json::from_slice(&answer)?;
-        match answer {
+        match serde_json::from_slice::<KieAnswer<T>>(&answer)? {
             KieAnswer {
                 code: 200,
                 data: Some(data),
-            } => Ok(data.state),
-            KieAnswer { code, .. } => bail!("recordInfo answered code {code}"),
+            } => Ok(data),
+            KieAnswer { code, .. } => bail!("{endpoint} answered code {code}"),
         }
     }
 

@@ -7,8 +7,11 @@ use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, post};
 
-use crate::config::ApiKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiKey, Settings};
 use crate::hub::TaskHub;
+use crate::kie::KieClient;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -16,6 +19,29 @@ pub struct HttpState {
     pub hub: TaskHub,
     pub metrics: Arc<Metrics>,
     pub hmac_key: Option<ApiKey>,
+}
+
+impl HttpState {
+    /// A state whose hub has no reachable upstream: for driving the router
+    /// on its own (property tests, fuzzing), where a callback only ever
+    /// wakes pollers that do not exist. Call it inside a tokio runtime.
+    pub fn detached(hmac_key: Option<ApiKey>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        // Port 9 (discard): nothing answers there, and nothing is sent.
+        let settings = Settings::local("http://127.0.0.1:9/".parse()?, None);
+        let kie = KieClient::new(&settings.upstream, metrics.clone())?;
+        let hub = TaskHub::new(
+            kie,
+            settings.watch,
+            metrics.clone(),
+            CancellationToken::new(),
+        );
+        Ok(Self {
+            hub,
+            metrics,
+            hmac_key,
+        })
+    }
 }
 
 pub fn router(state: HttpState) -> Router {

@@ -312,7 +312,6 @@ async fn poll(
                 if is_terminal(task.state()) {
                     inner.finished.insert(key.clone(), task.clone());
                     publish(&channel, task);
-                    inner.retire(&key, &channel, true);
                     break;
                 }
                 // kie.ai calls back only when a task ends: once it is
@@ -343,7 +342,6 @@ async fn poll(
                     GatewayError::Upstream(e)
                 };
                 channel.send_replace(Observation::Failed(error));
-                inner.retire(&key, &channel, true);
                 break;
             }
         };
@@ -359,8 +357,9 @@ async fn poll(
             () = inner.shutdown.cancelled() => break,
         }
     }
-    // Whatever the way out, the poller is gone from the map (a no-op when it
-    // already retired).
+    // Whatever the way out (the task ended, failed, lost its watchers, or
+    // the gateway stops), the poller leaves the map; watchers that joined in
+    // the meantime still see the last value.
     inner.retire(&key, &channel, true);
     inner.metrics.active_pollers.dec();
 }
