@@ -1,0 +1,85 @@
+//! The plan of a run: sizes and durations, `full` or `smoke`.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Smoke,
+}
+
+/// Sizes and durations of one run.
+pub struct Plan {
+    pub mode: Mode,
+    pub reps: usize,
+    pub warmup: Duration,
+    pub phase: Duration,
+    pub concurrency: Vec<usize>,
+    /// Streams opened at once on one connection.
+    pub burst: usize,
+    /// Streams held open in all.
+    pub capacity: usize,
+    pub hold: Duration,
+    pub fanout: usize,
+    pub fanout_connections: usize,
+    pub economy_watchers: Vec<usize>,
+    /// Time scale of the economy scenario: simulator state timings, the
+    /// gateway's poll cadence and the clients' 3 s interval are all
+    /// multiplied by it, so the ratios do not depend on it.
+    pub scale: f64,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Self {
+            mode: Mode::Full,
+            reps: 3,
+            warmup: Duration::from_secs(1),
+            phase: Duration::from_secs(4),
+            concurrency: vec![1, 16, 64],
+            burst: 10_000,
+            capacity: 100_000,
+            hold: Duration::from_secs(5),
+            fanout: 10_000,
+            fanout_connections: 10,
+            economy_watchers: vec![1, 10_000],
+            scale: 1.0,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            mode: Mode::Smoke,
+            reps: 1,
+            warmup: Duration::from_millis(200),
+            phase: Duration::from_millis(500),
+            concurrency: vec![1, 8],
+            burst: 500,
+            capacity: 1_000,
+            hold: Duration::from_millis(500),
+            fanout: 200,
+            fanout_connections: 2,
+            economy_watchers: vec![1, 50],
+            scale: 0.1,
+        }
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.scale)
+    }
+
+    /// What a task's states last in the simulator (1 s / 1 s / 3 s at
+    /// scale 1, the simulator's defaults).
+    pub fn sim_timings(&self) -> [Duration; 3] {
+        [
+            self.scaled(Duration::from_secs(1)),
+            self.scaled(Duration::from_secs(1)),
+            self.scaled(Duration::from_secs(3)),
+        ]
+    }
+
+    /// How often a client without the gateway polls recordInfo.
+    pub fn client_interval(&self) -> Duration {
+        self.scaled(Duration::from_secs(3))
+    }
+}

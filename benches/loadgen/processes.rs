@@ -1,0 +1,236 @@
+//! The child processes of a run (simulator, gateway), their CPU time and
+//! RSS, and the machine's load.
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::plan::Plan;
+use crate::{API_KEY, bin};
+
+/// A child process of this tool, killed when dropped.
+pub struct Proc {
+    child: Child,
+    pid: u32,
+}
+
+impl Proc {
+    /// Spawns a child that prints one line to stdout once it is ready, and
+    /// waits for that line.
+    pub async fn start(command: &mut Command, what: &str) -> anyhow::Result<(Self, String)> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn the {what}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .with_context(|| format!("{what} stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .with_context(|| format!("{what} did not start in 20 s"))??
+            .with_context(|| format!("{what} exited before it was ready"))?;
+        let pid = child.id().with_context(|| format!("{what} pid"))?;
+        Ok((Self { child, pid }, line))
+    }
+
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        cpu_of(&self.pid.to_string())
+    }
+
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib = line
+            .split_whitespace()
+            .nth(1)
+            .context("empty VmRSS line")?
+            .parse()?;
+        Ok(kib)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// utime + stime of a process (`self` or a pid), from `/proc/<pid>/stat`.
+pub fn cpu_of(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let after = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(Duration::from_secs_f64(
+        (utime + stime) as f64 / clock_ticks() as f64,
+    ))
+}
+
+pub fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Simulator {
+    pub proc: Proc,
+    pub url: String,
+}
+
+pub async fn start_simulator(plan: &Plan) -> anyhow::Result<Simulator> {
+    let [waiting, queuing, generating] = plan.sim_timings();
+    let mut command = Command::new(bin());
+    command
+        .arg("simulate")
+        .args(["--listen", "127.0.0.1:0", "--latency", "0ms"])
+        // Every createTask costs credits; the benchmark creates millions.
+        .args(["--credits", "1000000000000000"])
+        .args(["--waiting", &format!("{}ms", waiting.as_millis())])
+        .args(["--queuing", &format!("{}ms", queuing.as_millis())])
+        .args(["--generating", &format!("{}ms", generating.as_millis())])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    let (proc, line) = Proc::start(&mut command, "simulator").await?;
+    let url = line
+        .strip_prefix("kie.ai simulator listening on ")
+        .context("unexpected simulator banner")?
+        .trim()
+        .to_owned();
+    Ok(Simulator { proc, url })
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub grpc_url: String,
+    pub http_url: String,
+}
+
+pub struct GatewayOptions {
+    callbacks: bool,
+    /// Poll cadence and safety poll, scaled like the simulator.
+    scale: f64,
+}
+
+impl GatewayOptions {
+    /// Polling only, at the gateway's own cadence.
+    pub const POLLING: Self = Self {
+        callbacks: false,
+        scale: 1.0,
+    };
+    /// Callbacks on (to its own `/callbacks/kie`), at its own cadence.
+    pub const CALLBACKS: Self = Self {
+        callbacks: true,
+        scale: 1.0,
+    };
+
+    /// The same with the poll cadence and safety poll scaled by `scale`.
+    pub fn scaled(self, scale: f64) -> Self {
+        Self { scale, ..self }
+    }
+}
+
+pub async fn start_gateway(
+    sim: &Simulator,
+    options: GatewayOptions,
+    logs: &Path,
+) -> anyhow::Result<Gateway> {
+    let grpc_port = free_port()?;
+    let http_port = free_port()?;
+    let http_url = format!("http://127.0.0.1:{http_port}");
+    let log_path = logs.join(format!("gateway-{grpc_port}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let scaled = |secs: f64| format!("{}ms", (secs * 1000.0 * options.scale).round() as u64);
+    let mut command = Command::new(bin());
+    command
+        .env_clear()
+        .env("KIE_API_KEY", API_KEY)
+        .env("KIE_BASE_URL", &sim.url)
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        // Benchmarks create far more than kie.ai's 20 tasks per 10 s.
+        .env("KIE_CREATE_LIMIT", "0")
+        // Idle streams stay idle.
+        .env("GATEWAY_WATCH_HEARTBEAT", "1h")
+        .env("GATEWAY_POLL_FAST", scaled(2.0))
+        .env("GATEWAY_POLL_FAST_UNTIL", scaled(30.0))
+        .env("GATEWAY_POLL_MEDIUM", scaled(5.0))
+        .env("GATEWAY_POLL_MEDIUM_UNTIL", scaled(120.0))
+        .env("GATEWAY_POLL_SLOW", scaled(15.0))
+        .env("GATEWAY_CALLBACK_SAFETY_POLL", scaled(30.0))
+        .env("GATEWAY_SHUTDOWN_GRACE", "1s");
+    // Extra settings for experiments, e.g. `TOKIO_WORKER_THREADS=1`.
+    if let Ok(extra) = std::env::var("LOADGEN_GATEWAY_ENV") {
+        for pair in extra.split(',').filter(|p| !p.is_empty()) {
+            if let Some((name, value)) = pair.split_once('=') {
+                command.env(name, value);
+            }
+        }
+    }
+    if options.callbacks {
+        command.env(
+            "GATEWAY_PUBLIC_CALLBACK_URL",
+            format!("{http_url}/callbacks/kie"),
+        );
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn the gateway")?;
+    let pid = child.id().context("gateway pid")?;
+    let proc = Proc { child, pid };
+    // For profiling: `perf record -g -p PID`.
+    eprintln!("  (gateway pid {pid}, log {})", log_path.display());
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("gateway ready") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "gateway not ready in 20 s; its log ({}):\n{text}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Gateway {
+        proc,
+        grpc_url: format!("http://127.0.0.1:{grpc_port}"),
+        http_url,
+    })
+}

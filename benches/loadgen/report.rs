@@ -1,0 +1,404 @@
+//! BENCHMARKS.md: the targets met or missed, the machine, and one table per
+//! scenario, followed by the hand-written notes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::figures::{Figures, mmm};
+use crate::plan::Plan;
+use crate::processes::clock_ticks;
+use crate::unary::Route;
+use crate::{STATE_CHANGES, STREAMS_PER_CONNECTION, bin};
+
+pub struct Target {
+    pub what: &'static str,
+    pub figure: String,
+    pub met: bool,
+}
+
+pub fn targets(plan: &Plan, f: &Figures) -> Vec<Target> {
+    let mut out = Vec::new();
+    let c16 = plan
+        .concurrency
+        .iter()
+        .copied()
+        .find(|c| *c >= 16)
+        .unwrap_or(1);
+    let cpu = f.median(&format!("unary/gateway/c{c16}/cpu_gateway"));
+    out.push(Target {
+        what: "gateway CPU per CreateTask at concurrency 16 ≤ 30 µs",
+        figure: format!(
+            "{cpu:.1} µs (median of {})",
+            f.get(&format!("unary/gateway/c{c16}/cpu_gateway")).len()
+        ),
+        met: cpu <= 30.0,
+    });
+    let added = f.median("unary/added/c1/p50");
+    out.push(Target {
+        what: "added latency at concurrency 1 (p50, gateway − direct) ≤ 100 µs",
+        figure: format!("{added:.1} µs"),
+        met: added <= 100.0,
+    });
+    let rss = mmm(f.get("capacity/all/rss_mib")).2;
+    let dropped: f64 = f.get("capacity/all/dropped").iter().sum::<f64>()
+        + f.get("capacity/all/failed").iter().sum::<f64>();
+    let opened = mmm(f.get("capacity/all/opened")).0;
+    out.push(Target {
+        what: "100,000 idle WatchTask streams in ≤ 1 GiB RSS, none dropped",
+        figure: format!(
+            "{} streams: worst gateway RSS {rss:.0} MiB, {dropped} failed or dropped",
+            plan.capacity
+        ),
+        met: rss <= 1024.0 && dropped == 0.0 && opened >= plan.capacity as f64,
+    });
+    let burst_bad: f64 = f.get("capacity/burst/failed").iter().sum::<f64>()
+        + f.get("capacity/burst/dropped").iter().sum::<f64>();
+    let burst_opened = mmm(f.get("capacity/burst/opened")).0;
+    out.push(Target {
+        what: "a burst of 10,000 new streams on one connection survives",
+        figure: format!(
+            "{} streams at once: fewest opened {burst_opened}, {burst_bad} failed or dropped",
+            plan.burst
+        ),
+        met: burst_bad == 0.0 && burst_opened >= plan.burst as f64,
+    });
+    let p99 = mmm(f.get("fanout/p99")).1;
+    let delivered = mmm(f.get("fanout/delivered")).0;
+    out.push(Target {
+        what: "10,000 watchers of one task notified within p99 ≤ 50 ms",
+        figure: format!("p99 {p99:.1} ms (median), fewest delivered {delivered}"),
+        met: p99 <= 50.0 && delivered >= plan.fanout as f64,
+    });
+    let big = plan.economy_watchers.iter().copied().max().unwrap_or(1);
+    for mode in ["polling", "callbacks"] {
+        let one = f.get(&format!("economy/{mode}/1"));
+        let many = f.get(&format!("economy/{mode}/{big}"));
+        let same = one.iter().zip(many).all(|(a, b)| a == b);
+        out.push(Target {
+            what: if mode == "polling" {
+                "reads for 10,000 watchers = reads for 1 watcher (polling only)"
+            } else {
+                "reads for 10,000 watchers = reads for 1 watcher (callbacks)"
+            },
+            figure: format!("1 watcher: {one:?}; {big} watchers: {many:?} (per repetition)"),
+            met: same,
+        });
+    }
+    let cb_max = f
+        .values
+        .iter()
+        .filter(|(k, _)| k.starts_with("economy/callbacks/"))
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0, f64::max);
+    out.push(Target {
+        what: "with callbacks, reads per task ≤ state changes + 2 (= 5)",
+        figure: format!("worst {cb_max} reads per task"),
+        met: cb_max <= (STATE_CHANGES + 2) as f64,
+    });
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.1} GiB", kib / 1024.0 / 1024.0)
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {kernel}")
+}
+
+fn shell(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> String {
+    let mut md = String::new();
+    let commit = shell("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !shell("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let loads = |key: &str| {
+        f.get(key)
+            .iter()
+            .map(|l| format!("{l:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "What the gateway costs per call, how far it scales, and what it saves upstream, \
+         measured against the bare paths in the same run. Written by the load tool \
+         (`benches/loadgen/`); do not edit by hand, run it again:\n"
+    );
+    let _ = writeln!(md, "```sh\ncargo bench --bench loadgen -- full\n```\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(md, "| machine | {} |", machine());
+    let _ = writeln!(
+        md,
+        "| date | {} |",
+        shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        md,
+        "| commit | `{commit}`{} |",
+        if dirty {
+            " with uncommitted changes"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| command | `cargo bench --bench loadgen -- full` ({:.0} s) |",
+        took.as_secs_f64()
+    );
+    let _ = writeln!(md, "| binary under test | `{}` |", bin());
+    let _ = writeln!(
+        md,
+        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}) |",
+        loads("load/unary"),
+        loads("load/capacity"),
+        loads("load/fanout"),
+        loads("load/economy")
+    );
+    let _ = writeln!(
+        md,
+        "| repetitions | {}, interleaved; every figure is **min / median / max** over them |\n",
+        plan.reps
+    );
+    let _ = writeln!(
+        md,
+        "Everything runs on this machine over loopback: the standalone simulator \
+         (`hailuo-gateway simulate --latency 0ms`), the gateway (release build, logging one \
+         line per RPC to a file as in production, `KIE_CREATE_LIMIT=0`), and this tool. They \
+         share the cores, so the load tool's own CPU is part of every figure's noise; the \
+         machine is shared with other work too (see the load averages).\n"
+    );
+
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | figure | met? |\n|---|---|---|");
+    for t in targets(plan, f) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            t.what,
+            t.figure,
+            if t.met { "**met**" } else { "**missed**" }
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## 1. Unary overhead: CreateTask through the gateway vs the same createTask POST direct\n"
+    );
+    let _ = writeln!(
+        md,
+        "Closed loop, {:?} warm-up then {:?} measured per phase, the three paths rotated \
+         within each repetition. `gateway`: one HTTP/2 connection from a tonic client to the \
+         gateway. `bare`: the same client to a bare forwarder in its own process (this tool's \
+         `forwarder` mode: tonic server defaults, receive, POST upstream with a pooled reqwest \
+         client, parse, answer; no validation, errors, metrics or logs): the issue's reference \
+         \"bare forwarder\" rebuilt in the same run, so the gateway's CPU can be judged against \
+         it under the same noise. `direct`: a pooled reqwest client POSTing the byte-identical \
+         JSON body to the simulator and parsing the answer with serde. CPU is \
+         utime + stime from `/proc/<pid>/stat` (tick {} ms) over the measured phase, divided \
+         by the calls made. Latencies in µs.\n",
+        plan.warmup,
+        plan.phase,
+        1000 / clock_ticks().max(1)
+    );
+    let _ = writeln!(
+        md,
+        "| path | conc. | requests/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/call | bare forwarder CPU µs/call | simulator CPU µs/call | load tool CPU µs/call | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for &c in &plan.concurrency {
+        for route in Route::ALL {
+            let k = |w: &str| format!("unary/{}/c{c}/{w}", route.name());
+            let _ = writeln!(
+                md,
+                "| {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                route.name(),
+                f.show(&k("rps"), 0),
+                f.show(&k("p50"), 0),
+                f.show(&k("p99"), 0),
+                f.show(&k("p999"), 0),
+                f.show(&k("cpu_gateway"), 1),
+                f.show(&k("cpu_bare"), 1),
+                f.show(&k("cpu_sim"), 1),
+                f.show(&k("cpu_loadgen"), 1),
+                f.get(&k("errors")).iter().sum::<f64>(),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| conc. | added latency p50, gateway − direct µs | added latency p50, bare forwarder − direct µs | gateway CPU per call µs | bare forwarder CPU per call µs | gateway CPU / bare forwarder CPU |\n|---|---|---|---|---|---|"
+    );
+    for &c in &plan.concurrency {
+        let _ = writeln!(
+            md,
+            "| {c} | {} | {} | {} | {} | {} |",
+            f.show(&format!("unary/added/c{c}/p50"), 0),
+            f.show(&format!("unary/bare_added/c{c}/p50"), 0),
+            f.show(&format!("unary/gateway/c{c}/cpu_gateway"), 1),
+            f.show(&format!("unary/bare/c{c}/cpu_bare"), 1),
+            f.show(&format!("unary/cpu_ratio/c{c}"), 2),
+        );
+    }
+
+    let _ = writeln!(md, "\n## 2. Watch capacity: idle WatchTask streams\n");
+    let _ = writeln!(
+        md,
+        "A `[sim:never]` task (stays generating), heartbeat 1 h so streams stay idle. \
+         First a burst of {} streams opened at once on **one** connection, then the rest up to \
+         {} in bursts of {} per further connection. Each stream's first message is awaited; \
+         then all are held {:?} and every stream that ends or breaks counts as dropped. RSS \
+         per stream = (gateway VmRSS with the streams − VmRSS with one stream) / streams.\n",
+        plan.burst,
+        plan.capacity,
+        STREAMS_PER_CONNECTION.min(plan.burst),
+        plan.hold
+    );
+    let _ = writeln!(md, "| figure | min / median / max |\n|---|---|");
+    for (label, key, digits) in [
+        (
+            "burst: streams opened (one connection)",
+            "capacity/burst/opened",
+            0,
+        ),
+        ("burst: failed to open", "capacity/burst/failed", 0),
+        ("burst: dropped while held", "capacity/burst/dropped", 0),
+        ("burst: seconds to open all", "capacity/burst/open_secs", 2),
+        (
+            "burst: gateway KiB per stream",
+            "capacity/burst/kib_per_stream",
+            2,
+        ),
+        ("all: streams opened", "capacity/all/opened", 0),
+        ("all: failed to open", "capacity/all/failed", 0),
+        ("all: dropped while held", "capacity/all/dropped", 0),
+        (
+            "all: gateway's active_watchers gauge",
+            "capacity/all/gateway_watchers",
+            0,
+        ),
+        ("all: seconds to open the rest", "capacity/all/open_secs", 2),
+        (
+            "gateway RSS before (one stream), MiB",
+            "capacity/base_rss_mib",
+            1,
+        ),
+        ("all: gateway RSS, MiB", "capacity/all/rss_mib", 1),
+        (
+            "all: gateway KiB per stream",
+            "capacity/all/kib_per_stream",
+            2,
+        ),
+    ] {
+        let _ = writeln!(md, "| {label} | {} |", f.show(key, digits));
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## 3. Fan-out: {} watchers of one task\n",
+        plan.fanout
+    );
+    let _ = writeln!(
+        md,
+        "A `[sim:manual]` task created through a gateway with callbacks on \
+         (`GATEWAY_PUBLIC_CALLBACK_URL` = its own `/callbacks/kie`); {} watchers over {} \
+         connections all hold GENERATING; then the tool calls the simulator's \
+         `POST /sim/tasks/{{id}}/complete` (which fires the callback at once) and measures, on \
+         its own clock, from just before that call until each watcher receives SUCCEEDED. The \
+         path is: callback → gateway wakes the task's poller → one recordInfo read → one \
+         watch-channel update → {} stream writes.\n",
+        plan.fanout, plan.fanout_connections, plan.fanout
+    );
+    let _ = writeln!(md, "| figure | min / median / max |\n|---|---|");
+    for (label, key, digits) in [
+        ("watchers that got SUCCEEDED", "fanout/delivered", 0),
+        ("p50 ms", "fanout/p50", 1),
+        ("p99 ms", "fanout/p99", 1),
+        ("max ms", "fanout/max", 1),
+    ] {
+        let _ = writeln!(md, "| {label} | {} |", f.show(key, digits));
+    }
+
+    let [w, q, g] = plan.sim_timings();
+    let _ = writeln!(
+        md,
+        "\n## 4. Upstream economy: recordInfo reads per task lifetime\n"
+    );
+    let _ = writeln!(
+        md,
+        "One task (waiting {w:?}, queuing {q:?}, generating {g:?}: {STATE_CHANGES} state \
+         changes), counted with the simulator's `/sim/counts` (reset before each scenario). \
+         Through the gateway: N WatchTask streams opened as the task is created, held until \
+         SUCCEEDED; the gateway polls at its default cadence (2 s while the task is young), \
+         with callbacks on it polls until GENERATING and then relies on the callback (30 s \
+         safety poll). Without the gateway: N clients each polling recordInfo every {:?}, their \
+         phases spread evenly over one interval, until the task ends. Nothing is scaled: the \
+         simulated task is shorter than a real one, which makes both sides read less; a real \
+         task of minutes multiplies the clients' reads by its length, while the gateway with \
+         callbacks reads the same few times.\n",
+        plan.client_interval()
+    );
+    let _ = writeln!(
+        md,
+        "| watchers | gateway, polling only | gateway, callbacks | without the gateway (clients polling every {:?}) | ratio without / with gateway (polling) | ratio without / with gateway (callbacks) |",
+        plan.client_interval()
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for &n in &plan.economy_watchers {
+        let ratio = |mode: &str| {
+            let direct = f.get(&format!("economy/direct/{n}"));
+            let via = f.get(&format!("economy/{mode}/{n}"));
+            let ratios: Vec<f64> = direct.iter().zip(via).map(|(d, v)| d / v).collect();
+            let (a, b, c) = mmm(&ratios);
+            format!("{a:.1} / **{b:.1}** / {c:.1}")
+        };
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} |",
+            f.show(&format!("economy/polling/{n}"), 0),
+            f.show(&format!("economy/callbacks/{n}"), 0),
+            f.show(&format!("economy/direct/{n}"), 0),
+            ratio("polling"),
+            ratio("callbacks"),
+        );
+    }
+    // The analysis is written by people, kept beside the tool and carried
+    // into every new report.
+    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS-notes.md");
+    if let Ok(text) = std::fs::read_to_string(notes) {
+        let _ = writeln!(md, "\n{}", text.trim_end());
+    }
+    md
+}

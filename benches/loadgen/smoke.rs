@@ -1,0 +1,72 @@
+//! What `smoke` asserts: every scenario ran and its figures make sense.
+
+use crate::figures::Figures;
+use crate::plan::Plan;
+use crate::unary::Route;
+
+pub fn smoke_checks(plan: &Plan, f: &Figures) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            failures.push(what);
+        }
+    };
+    for &c in &plan.concurrency {
+        for route in Route::ALL {
+            let k = |w: &str| format!("unary/{}/c{c}/{w}", route.name());
+            check(
+                f.get(&k("rps")).iter().all(|r| *r > 0.0),
+                format!("{} c{c}: no requests completed", route.name()),
+            );
+            check(
+                f.get(&k("errors")).iter().all(|e| *e == 0.0),
+                format!("{} c{c}: errors", route.name()),
+            );
+        }
+        check(
+            f.get(&format!("unary/gateway/c{c}/cpu_gateway"))
+                .iter()
+                .all(|c| c.is_finite()),
+            format!("c{c}: gateway CPU not measured"),
+        );
+    }
+    let all =
+        |key: &str, want: f64| f.get(key).iter().all(|v| *v == want) && !f.get(key).is_empty();
+    check(
+        all("capacity/burst/opened", plan.burst as f64),
+        "not every burst stream opened".into(),
+    );
+    check(
+        all("capacity/burst/dropped", 0.0),
+        "burst streams dropped".into(),
+    );
+    check(
+        all("capacity/all/opened", plan.capacity as f64),
+        "not every stream opened".into(),
+    );
+    check(all("capacity/all/dropped", 0.0), "streams dropped".into());
+    check(
+        all("capacity/all/gateway_watchers", plan.capacity as f64),
+        "the gateway's active_watchers gauge disagrees".into(),
+    );
+    check(
+        all("fanout/delivered", plan.fanout as f64),
+        "fan-out did not reach every watcher".into(),
+    );
+    let big = plan.economy_watchers.iter().copied().max().unwrap_or(1);
+    for mode in ["polling", "callbacks"] {
+        let one = f.get(&format!("economy/{mode}/1"));
+        let many = f.get(&format!("economy/{mode}/{big}"));
+        // Timing may shift one read either way on a busy machine.
+        check(
+            !one.is_empty() && one.iter().zip(many).all(|(a, b)| (a - b).abs() <= 1.0),
+            format!("{mode}: {big} watchers read {many:?}, 1 watcher {one:?}"),
+        );
+        let direct = f.get(&format!("economy/direct/{big}"));
+        check(
+            direct.iter().zip(many).all(|(d, g)| d > g),
+            format!("{mode}: the gateway read no less than {big} polling clients"),
+        );
+    }
+    failures
+}
