@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -31,7 +31,12 @@ fn answer(status: StatusCode, msg: &str) -> Answer {
     (status, Json(json!({"code": status.as_u16(), "msg": msg})))
 }
 
-pub async fn receive(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Answer {
+pub async fn receive(
+    State(state): State<HttpState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     let metrics = &state.metrics;
     metrics.callbacks_received.inc();
     let reject = |status: StatusCode, reason: &'static str, msg: &str| {
@@ -74,8 +79,19 @@ pub async fn receive(State(state): State<HttpState>, headers: HeaderMap, body: B
     metrics.callbacks_accepted.inc();
     let woken = state.hub.wake(&task_id);
     tracing::info!(%task_id, woken, "callback accepted");
+    // A create attempt whose answer was lost learns its task this way.
+    if let Some(token) = attempt_token(query.as_deref()) {
+        state.attempts.callback(&token, &task_id);
+    }
     // Unknown tasks are answered 200 too: kie.ai must not retry them.
     answer(StatusCode::OK, "success")
+}
+
+/// The create attempt's token in the callback URL's query, if any.
+fn attempt_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == crate::attempts::TOKEN_PARAM)
+        .map(|(_, token)| token.into_owned())
 }
 
 /// kie.ai's id of the task: `data.taskId`, `data.task_id` (other kie.ai

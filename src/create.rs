@@ -1,86 +1,239 @@
 //! Creating tasks: once per request_id, with this gateway's callback URL
-//! when the caller has none.
+//! when the caller has none, and never twice for one that may exist.
+//!
+//! Each attempt runs on its own task and belongs to the gateway, not to the
+//! caller: once sent, it waits for kie.ai's answer up to the upstream
+//! timeout whether or not the caller is still there, because only that
+//! answer says whether a video is being paid for. A caller whose deadline
+//! ends first is told the outcome is unknown; with a request_id its retry
+//! waits for the same attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::GatewayError;
+use crate::attempts::{Attempts, Ticket};
+use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::hub::TaskHub;
-use crate::idempotency::{IdempotencyKey, IdempotencyStore, Reservation, fingerprint, scope_of};
-use crate::kie::{Credential, KieClient};
+use crate::idempotency::{
+    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
+};
+use crate::kie::{CreateOutcome, Credential, KieClient, UpstreamError};
+use crate::metrics::{CreateTally, Metrics};
 use crate::task::{CreateTaskInput, TaskId};
 
 pub struct Creator {
     pub kie: KieClient,
     pub hub: TaskHub,
     pub idempotency: Arc<dyn IdempotencyStore>,
-    /// Sent as `callBackUrl` when the caller gives none.
-    pub public_callback_url: Option<String>,
+    /// Callback URLs per attempt, to learn the task of a lost answer.
+    pub attempts: Arc<Attempts>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One attempt's inputs, moved onto its own task.
+struct Attempt {
+    credential: Credential,
+    input: CreateTaskInput,
+    /// Bounds the wait for the gateway's own limits, not kie.ai's answer.
+    admit_by: Option<Duration>,
+    lease: Option<Lease>,
+    /// The call's x-request-id, for log lines.
+    call_id: String,
 }
 
 impl Creator {
     /// Creates the task; a repeat of a request_id with the same parameters
-    /// gets the first task id, with no second upstream call.
+    /// gets the first task id, with no second upstream call. `deadline` is
+    /// the caller's; `call_id` its x-request-id.
     pub async fn create(
         self: &Arc<Self>,
         credential: Credential,
         input: CreateTaskInput,
         deadline: Option<Duration>,
+        call_id: &str,
     ) -> Result<String, GatewayError> {
-        let Some(request_id) = input.request_id.clone() else {
-            return self.create_upstream(&credential, &input, deadline).await;
+        let request_id = input.request_id.clone();
+        let attempt = Attempt {
+            credential,
+            input,
+            admit_by: deadline,
+            lease: None,
+            call_id: call_id.to_owned(),
+        };
+        let work = self.clone().reserve_and_run(attempt);
+        let Some(deadline) = deadline else {
+            return work.await;
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or_else(|_elapsed| {
+                Err(GatewayError::CreateOutcomeUnknown(OutcomeUnknown {
+                    prospect: if request_id.is_some() {
+                        Prospect::Answer
+                    } else {
+                        Prospect::NoRequestId
+                    },
+                    request_id,
+                    cause: "kie.ai had not answered when the call's deadline ended".into(),
+                    timed_out: true,
+                }))
+            })
+    }
+
+    async fn reserve_and_run(
+        self: Arc<Self>,
+        mut attempt: Attempt,
+    ) -> Result<String, GatewayError> {
+        let Some(request_id) = attempt.input.request_id.clone() else {
+            return self.spawn(attempt).await;
         };
         let key = IdempotencyKey {
-            scope: scope_of(credential.key.expose()),
+            scope: scope_of(attempt.credential.key.expose()),
             request_id,
         };
         let reservation = self
             .idempotency
             .clone()
-            .reserve(key.clone(), fingerprint(&input))
+            .reserve(key.clone(), fingerprint(&attempt.input))
             .await;
-        let lease = match reservation {
-            Reservation::Reserved(lease) => lease,
-            Reservation::Known(task_id) => return Ok(task_id),
-            Reservation::Failed(e) => return Err(e),
-            Reservation::Mismatch => {
-                return Err(GatewayError::IdempotencyKeyReused {
-                    request_id: key.request_id,
-                });
+        match reservation {
+            Reservation::Reserved(lease) => {
+                attempt.lease = Some(lease);
+                self.spawn(attempt).await
             }
-        };
-        // The attempt runs on its own: if the caller leaves, the task kie.ai
-        // creates is still recorded, and a retry with this request_id gets
-        // it instead of a second one.
-        let this = self.clone();
-        let attempt = tokio::spawn(async move {
-            let created = this.create_upstream(&credential, &input, deadline).await;
-            lease.settle(created.as_deref());
-            created
-        });
-        attempt
+            Reservation::Known(task_id) => Ok(task_id),
+            Reservation::Failed(e) => Err(e),
+            Reservation::Unknown(unknown) => Err(GatewayError::CreateOutcomeUnknown(unknown)),
+            Reservation::Mismatch => Err(GatewayError::IdempotencyKeyReused {
+                request_id: key.request_id,
+            }),
+        }
+    }
+
+    /// Runs the attempt on its own task: the caller leaving (or its
+    /// deadline ending) does not cut it.
+    async fn spawn(self: Arc<Self>, attempt: Attempt) -> Result<String, GatewayError> {
+        tokio::spawn(async move { self.run(attempt).await })
             .await
             .unwrap_or(Err(GatewayError::Internal("the create attempt panicked")))
     }
 
-    async fn create_upstream(
-        &self,
-        credential: &Credential,
-        input: &CreateTaskInput,
-        deadline: Option<Duration>,
-    ) -> Result<String, GatewayError> {
-        let ours = input.callback_url.is_none() && self.public_callback_url.is_some();
-        let call_back_url = input
-            .callback_url
-            .as_deref()
-            .or(self.public_callback_url.as_deref());
-        let task_id = self
+    async fn run(&self, attempt: Attempt) -> Result<String, GatewayError> {
+        let Attempt {
+            credential,
+            input,
+            admit_by,
+            lease,
+            call_id,
+        } = attempt;
+        // Our own callback URL carries a token that can name the task
+        // should the answer be lost; a caller's URL is left as it is.
+        let ticket = match input.callback_url {
+            Some(_) => None,
+            None => self.attempts.begin(
+                lease.as_ref().map(|l| l.key().clone()),
+                &credential,
+                &call_id,
+            ),
+        };
+        let call_back_url = match &ticket {
+            Some(ticket) => Some(ticket.url.as_str()),
+            None => input.callback_url.as_deref(),
+        };
+        let error = match self
             .kie
-            .create_task(credential, input, call_back_url, deadline)
-            .await?;
-        if ours && let Ok(id) = TaskId::parse(task_id.clone()) {
-            self.hub.expect_callback(id);
+            .create_task(&credential, &input, call_back_url, admit_by)
+            .await
+        {
+            Ok(task_id) => return Ok(self.created(task_id, ticket.as_ref(), lease)),
+            Err(error) => error,
+        };
+        match error.create_outcome() {
+            CreateOutcome::NotCreated => {
+                self.metrics.create_attempt(CreateTally::NotCreated);
+                if let Some(ticket) = &ticket {
+                    self.attempts.answered(ticket);
+                }
+                let error = GatewayError::Upstream(error);
+                if let Some(lease) = lease {
+                    lease.settle(Settlement::NotCreated(&error));
+                }
+                Err(error)
+            }
+            CreateOutcome::MaybeCreated => {
+                self.metrics.create_attempt(CreateTally::MaybeCreated);
+                self.maybe_created(&error, &input, ticket, lease, &call_id)
+            }
         }
-        Ok(task_id)
+    }
+
+    fn created(&self, task_id: String, ticket: Option<&Ticket>, lease: Option<Lease>) -> String {
+        self.metrics.create_attempt(CreateTally::Created);
+        if let Some(ticket) = ticket {
+            self.attempts.answered(ticket);
+            // kie.ai will call back when it ends: poll it only as a safety
+            // net.
+            if let Ok(id) = TaskId::parse(task_id.clone()) {
+                self.hub.expect_callback(id);
+            }
+        }
+        if let Some(lease) = lease {
+            lease.settle(Settlement::Created(&task_id));
+        }
+        task_id
+    }
+
+    /// The request went out and no readable answer came back: the key (if
+    /// any) stays bound, never to create again, until the task is learned.
+    fn maybe_created(
+        &self,
+        error: &UpstreamError,
+        input: &CreateTaskInput,
+        ticket: Option<Ticket>,
+        lease: Option<Lease>,
+        call_id: &str,
+    ) -> Result<String, GatewayError> {
+        // kie.ai's callback may already have named the task.
+        if let Some(task_id) = ticket.as_ref().and_then(|t| self.attempts.take_learned(t)) {
+            self.metrics.create_attempt(CreateTally::ResolvedLater);
+            tracing::warn!(
+                request_id = call_id,
+                create_request_id = input.request_id.as_deref(),
+                task_id,
+                %error,
+                "createTask answer lost, but kie.ai's callback had already named the task"
+            );
+            if let Some(lease) = lease {
+                lease.settle(Settlement::Created(&task_id));
+            }
+            return Ok(task_id);
+        }
+        let prospect = match (&input.request_id, &ticket) {
+            (None, _) => Prospect::NoRequestId,
+            (Some(_), Some(_)) => Prospect::Callback,
+            (Some(_), None) => Prospect::Never,
+        };
+        let unknown = OutcomeUnknown {
+            request_id: input.request_id.clone(),
+            cause: error.to_string(),
+            timed_out: error.is_timeout(),
+            prospect,
+        };
+        tracing::warn!(
+            request_id = call_id,
+            create_request_id = input.request_id.as_deref(),
+            %error,
+            learnable = ticket.is_some(),
+            "createTask outcome unknown: kie.ai may have made a task"
+        );
+        if let Some(lease) = lease {
+            lease.settle(Settlement::Unknown(&unknown));
+        }
+        // After the key is settled as unknown, so that a callback from now
+        // on finds it waiting.
+        if let Some(ticket) = ticket {
+            self.attempts.lost(ticket);
+        }
+        Err(GatewayError::CreateOutcomeUnknown(unknown))
     }
 }

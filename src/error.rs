@@ -19,6 +19,9 @@ pub const GATEWAY_DOMAIN: &str = "hailuo-gateway";
 const RATE_LIMIT_RETRY: Duration = Duration::from_secs(10);
 const MAINTENANCE_RETRY: Duration = Duration::from_secs(30);
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+/// kie.ai calls back when a task ends, minutes after it was created: a
+/// retry sooner than this only finds the same answer.
+const CALLBACK_RETRY: Duration = Duration::from_secs(5);
 
 /// One bad field of a request, named as in the proto.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +56,49 @@ pub enum GatewayError {
     WatchExpired,
     /// A request_id came back with different parameters.
     IdempotencyKeyReused { request_id: String },
+    /// A createTask may have made a task whose id the gateway does not know.
+    CreateOutcomeUnknown(OutcomeUnknown),
     /// A bug: the attempt died without an answer.
     Internal(&'static str),
+}
+
+/// A createTask that was sent and got no answer that can be read: kie.ai
+/// may have made (and charged) the task.
+#[derive(Clone, Debug)]
+pub struct OutcomeUnknown {
+    /// The caller's request_id, when it sent one.
+    pub request_id: Option<String>,
+    /// What went wrong, for the message (never the key).
+    pub cause: String,
+    /// A timeout (the gateway's, a proxy's 504, the caller's deadline).
+    pub timed_out: bool,
+    pub prospect: Prospect,
+}
+
+/// Whether, and how, the gateway may still learn the task id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prospect {
+    /// No request_id: nothing ties a retry to this attempt.
+    NoRequestId,
+    /// The caller's deadline ended while the gateway still waits for
+    /// kie.ai's answer.
+    Answer,
+    /// kie.ai's callback to the gateway will name the task.
+    Callback,
+    /// The gateway cannot learn it: the task calls back to the caller's own
+    /// callback_url, or the gateway has no public callback URL.
+    Never,
+}
+
+impl Prospect {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRequestId => "none",
+            Self::Answer => "answer",
+            Self::Callback => "callback",
+            Self::Never => "never",
+        }
+    }
 }
 
 impl From<UpstreamError> for GatewayError {
@@ -82,6 +126,7 @@ impl GatewayError {
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
+            Self::CreateOutcomeUnknown(_) => Severity::Transient,
             Self::Upstream(e) => match classify(e).code {
                 Code::Internal | Code::Unknown => Severity::Operator,
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
@@ -151,6 +196,7 @@ impl GatewayError {
                     details,
                 )
             }
+            Self::CreateOutcomeUnknown(unknown) => unknown.to_status(),
             Self::Internal(what) => {
                 details.set_error_info("INTERNAL_ERROR", GATEWAY_DOMAIN, HashMap::new());
                 Status::with_error_details(
@@ -194,6 +240,73 @@ impl GatewayError {
     }
 }
 
+impl OutcomeUnknown {
+    /// The code tells the caller whether a retry can help, and none is
+    /// UNAVAILABLE unless a retry is safe (the same request_id): meshes
+    /// retry UNAVAILABLE on their own.
+    fn to_status(&self) -> Status {
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::from([
+            ("endpoint".to_string(), "createTask".to_string()),
+            ("cause".to_string(), self.cause.clone()),
+            ("awaiting".to_string(), self.prospect.as_str().to_string()),
+        ]);
+        if let Some(id) = &self.request_id {
+            metadata.insert("request_id".into(), id.clone());
+        }
+        details.set_error_info(CREATE_OUTCOME_UNKNOWN, UPSTREAM_DOMAIN, metadata);
+        let cause = &self.cause;
+        let (code, message) = match (&self.request_id, self.prospect) {
+            (None, _) => (
+                if self.timed_out {
+                    Code::DeadlineExceeded
+                } else {
+                    Code::Unknown
+                },
+                format!(
+                    "kie.ai may have created the task, but no answer came back ({cause}): \
+                     calling again may create and charge a second video; \
+                     set request_id to make retries safe"
+                ),
+            ),
+            (Some(id), Prospect::Answer) => (
+                Code::DeadlineExceeded,
+                format!(
+                    "the deadline ended before kie.ai answered the create for request_id {id:?} \
+                     ({cause}); the gateway still waits for that answer: call again with the \
+                     same request_id to get the task (it never creates a second one)"
+                ),
+            ),
+            (Some(id), Prospect::Callback | Prospect::NoRequestId) => {
+                details.set_retry_info(Some(CALLBACK_RETRY));
+                (
+                    Code::Unavailable,
+                    format!(
+                        "kie.ai may have created the task for request_id {id:?}, but its \
+                         answer was lost ({cause}); the gateway will learn the task id from \
+                         kie.ai's callback: retry with the same request_id (safe: it never \
+                         creates a second task)"
+                    ),
+                )
+            }
+            (Some(id), Prospect::Never) => (
+                Code::FailedPrecondition,
+                format!(
+                    "kie.ai may have created the task for request_id {id:?}, but its answer \
+                     was lost ({cause}) and the gateway cannot learn the task id (kie.ai calls \
+                     back to the caller's callback_url, or the gateway has none of its own); \
+                     this request_id keeps this answer, and a new request_id may pay for a \
+                     second video"
+                ),
+            ),
+        };
+        Status::with_error_details(code, message, details)
+    }
+}
+
+/// ErrorInfo reason of a create that may have made a task.
+pub const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
+
 fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
     let mut m = HashMap::with_capacity(3);
     m.insert("endpoint".into(), e.endpoint.to_string());
@@ -206,8 +319,13 @@ fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
             m.insert("kie_code".into(), code.to_string());
             m.insert("kie_msg".into(), msg.clone());
         }
-        UpstreamErrorKind::Unavailable { detail } | UpstreamErrorKind::BadResponse { detail } => {
+        UpstreamErrorKind::Unreachable { detail }
+        | UpstreamErrorKind::ConnectionLost { detail }
+        | UpstreamErrorKind::BadResponse { detail } => {
             m.insert("detail".into(), detail.clone());
+        }
+        UpstreamErrorKind::HttpStatus { status } => {
+            m.insert("http_status".into(), status.to_string());
         }
         UpstreamErrorKind::Shed { reason } => {
             m.insert("limit".into(), (*reason).into());
@@ -255,12 +373,34 @@ pub fn classify(e: &UpstreamError) -> Mapped {
             None,
             format!("task not found (kie.ai {code}: {msg})"),
         ),
-        UpstreamErrorKind::Unavailable { detail } => m(
+        UpstreamErrorKind::Unreachable { detail } => m(
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE",
             Some(UNAVAILABLE_RETRY),
             format!("kie.ai is unreachable: {detail}"),
         ),
+        // For a read, which is safe to repeat; a createTask that ends this
+        // way never gets here (see `CreateOutcome`).
+        UpstreamErrorKind::ConnectionLost { detail } => m(
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            Some(UNAVAILABLE_RETRY),
+            format!("the connection to kie.ai was lost: {detail}"),
+        ),
+        UpstreamErrorKind::HttpStatus { status } if (502..=504).contains(status) => m(
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            Some(UNAVAILABLE_RETRY),
+            format!("kie.ai is unavailable: HTTP {status} from a proxy in front of it"),
+        ),
+        UpstreamErrorKind::HttpStatus { status } => {
+            let reason = axum::http::StatusCode::from_u16(*status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("no reason");
+            let said = format!("(HTTP {status} {reason}, not kie.ai's JSON)");
+            by_code(i64::from(*status), said, e.key_source)
+        }
         UpstreamErrorKind::Timeout => m(
             Code::DeadlineExceeded,
             "UPSTREAM_TIMEOUT",
@@ -274,82 +414,92 @@ pub fn classify(e: &UpstreamError) -> Mapped {
             format!("kie.ai sent an answer the gateway cannot read: {detail}"),
         ),
         UpstreamErrorKind::Code { code, msg } => {
-            let said = format!("(kie.ai {code}: {msg})");
-            match code {
-                401 => match e.key_source {
-                    KeySource::Gateway => m(
-                        Code::Internal,
-                        "UPSTREAM_UNAUTHENTICATED",
-                        None,
-                        format!(
-                            "kie.ai refused the gateway's API key {said}; the gateway's operator must fix KIE_API_KEY"
-                        ),
-                    ),
-                    KeySource::Caller => m(
-                        Code::Unauthenticated,
-                        "UPSTREAM_UNAUTHENTICATED",
-                        None,
-                        format!(
-                            "kie.ai refused the API key from the authorization metadata {said}"
-                        ),
-                    ),
-                },
-                402 => m(
-                    Code::FailedPrecondition,
-                    "INSUFFICIENT_CREDITS",
-                    None,
-                    format!("not enough kie.ai credits {said}"),
-                ),
-                404 => m(
-                    Code::NotFound,
-                    "TASK_NOT_FOUND",
-                    None,
-                    format!("not found {said}"),
-                ),
-                422 => m(
-                    Code::InvalidArgument,
-                    "UPSTREAM_VALIDATION_FAILED",
-                    None,
-                    format!("kie.ai rejected the request {said}"),
-                ),
-                429 | 433 => m(
-                    Code::ResourceExhausted,
-                    "UPSTREAM_RATE_LIMITED",
-                    Some(RATE_LIMIT_RETRY),
-                    format!("kie.ai rate limit reached {said}"),
-                ),
-                455 => m(
-                    Code::Unavailable,
-                    "UPSTREAM_MAINTENANCE",
-                    Some(MAINTENANCE_RETRY),
-                    format!("kie.ai is under maintenance {said}"),
-                ),
-                500 => m(
-                    Code::Internal,
-                    "UPSTREAM_INTERNAL_ERROR",
-                    None,
-                    format!("kie.ai had an internal error {said}"),
-                ),
-                501 => m(
-                    Code::Internal,
-                    "GENERATION_FAILED",
-                    None,
-                    format!("kie.ai could not generate {said}"),
-                ),
-                505 => m(
-                    Code::Unimplemented,
-                    "FEATURE_DISABLED",
-                    None,
-                    format!("kie.ai has this feature disabled {said}"),
-                ),
-                _ => m(
-                    Code::Unknown,
-                    "UPSTREAM_UNKNOWN_CODE",
-                    None,
-                    format!("kie.ai answered an unexpected code {said}"),
-                ),
-            }
+            by_code(*code, format!("(kie.ai {code}: {msg})"), e.key_source)
         }
+    }
+}
+
+/// The table of kie.ai's codes; `said` quotes what kie.ai (or the HTTP
+/// status) said.
+fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
+    let m = |code, reason, retry, message: String| Mapped {
+        code,
+        reason,
+        domain: UPSTREAM_DOMAIN,
+        retry,
+        message,
+    };
+    match code {
+        401 => match key_source {
+            KeySource::Gateway => m(
+                Code::Internal,
+                "UPSTREAM_UNAUTHENTICATED",
+                None,
+                format!(
+                    "kie.ai refused the gateway's API key {said}; the gateway's operator must fix KIE_API_KEY"
+                ),
+            ),
+            KeySource::Caller => m(
+                Code::Unauthenticated,
+                "UPSTREAM_UNAUTHENTICATED",
+                None,
+                format!("kie.ai refused the API key from the authorization metadata {said}"),
+            ),
+        },
+        402 => m(
+            Code::FailedPrecondition,
+            "INSUFFICIENT_CREDITS",
+            None,
+            format!("not enough kie.ai credits {said}"),
+        ),
+        404 => m(
+            Code::NotFound,
+            "TASK_NOT_FOUND",
+            None,
+            format!("not found {said}"),
+        ),
+        422 => m(
+            Code::InvalidArgument,
+            "UPSTREAM_VALIDATION_FAILED",
+            None,
+            format!("kie.ai rejected the request {said}"),
+        ),
+        429 | 433 => m(
+            Code::ResourceExhausted,
+            "UPSTREAM_RATE_LIMITED",
+            Some(RATE_LIMIT_RETRY),
+            format!("kie.ai rate limit reached {said}"),
+        ),
+        455 => m(
+            Code::Unavailable,
+            "UPSTREAM_MAINTENANCE",
+            Some(MAINTENANCE_RETRY),
+            format!("kie.ai is under maintenance {said}"),
+        ),
+        500 => m(
+            Code::Internal,
+            "UPSTREAM_INTERNAL_ERROR",
+            None,
+            format!("kie.ai had an internal error {said}"),
+        ),
+        501 => m(
+            Code::Internal,
+            "GENERATION_FAILED",
+            None,
+            format!("kie.ai could not generate {said}"),
+        ),
+        505 => m(
+            Code::Unimplemented,
+            "FEATURE_DISABLED",
+            None,
+            format!("kie.ai has this feature disabled {said}"),
+        ),
+        _ => m(
+            Code::Unknown,
+            "UPSTREAM_UNKNOWN_CODE",
+            None,
+            format!("kie.ai answered an unexpected code {said}"),
+        ),
     }
 }
 

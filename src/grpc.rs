@@ -75,7 +75,10 @@ impl VideoGeneration for VideoGenerationService {
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
             let credential = self.credentials.for_call(&metadata)?;
-            self.creator.create(credential, input, call.deadline).await
+            let call_id = call.request_id.to_str().unwrap_or_default();
+            self.creator
+                .create(credential, input, call.deadline, call_id)
+                .await
         }
         .await;
         match result {

@@ -9,14 +9,18 @@ use axum::routing::{get, post};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::Attempts;
 use crate::config::{ApiKey, Settings};
 use crate::hub::TaskHub;
+use crate::idempotency::InMemoryStore;
 use crate::kie::KieClient;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub hub: TaskHub,
+    /// Create attempts a callback may name the task of.
+    pub attempts: Arc<Attempts>,
     pub metrics: Arc<Metrics>,
     pub hmac_key: Option<ApiKey>,
 }
@@ -30,6 +34,14 @@ impl HttpState {
         // Port 9 (discard): nothing answers there, and nothing is sent.
         let settings = Settings::local("http://127.0.0.1:9/".parse()?, None);
         let kie = KieClient::new(&settings.upstream, metrics.clone())?;
+        let attempts = Attempts::new(
+            kie.clone(),
+            InMemoryStore::new(settings.idempotency),
+            metrics.clone(),
+            None,
+            settings.idempotency.ttl,
+            settings.idempotency.max_keys,
+        );
         let hub = TaskHub::new(
             kie,
             settings.watch,
@@ -38,6 +50,7 @@ impl HttpState {
         );
         Ok(Self {
             hub,
+            attempts,
             metrics,
             hmac_key,
         })

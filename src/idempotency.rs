@@ -1,21 +1,24 @@
 //! CreateTask idempotency: a `request_id` seen again with the same
 //! parameters returns the first task instead of buying a second video, also
-//! when the duplicates arrive together (they wait for the one attempt). A
-//! failed attempt is not remembered. The store is a small trait so that a
-//! shared store can replace the in-memory one when the gateway runs as
-//! several replicas.
+//! when the duplicates arrive together (they wait for the one attempt). An
+//! attempt that certainly made no task frees the key; one that may have made
+//! a task (its answer was lost) binds the key for the TTL, until the task id
+//! is learned, and never lets it create again. The store is a small trait so
+//! that a shared store can replace the in-memory one when the gateway runs
+//! as several replicas.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::IdempotencySettings;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::task::CreateTaskInput;
 
 /// A digest of every parameter that shapes the upstream request.
@@ -37,6 +40,8 @@ pub enum Reservation {
     Known(String),
     /// The concurrent attempt this caller waited for failed like this.
     Failed(GatewayError),
+    /// An earlier attempt may have made a task whose id is not known (yet).
+    Unknown(OutcomeUnknown),
     /// The key was used with different parameters.
     Mismatch,
 }
@@ -48,34 +53,63 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// waits while another attempt with the same key is in flight.
     fn reserve(self: Arc<Self>, key: IdempotencyKey, fingerprint: Fingerprint) -> Reserve<'static>;
 
-    /// Records the outcome of a reserved attempt: a task id is remembered
-    /// until the TTL, a failure frees the key; waiters learn either.
-    fn settle(&self, key: &IdempotencyKey, outcome: Result<&str, &GatewayError>);
+    /// Records the outcome of a reserved attempt; waiters learn it.
+    fn settle(&self, key: &IdempotencyKey, settlement: Settlement<'_>);
 
-    /// The attempt ended without an outcome (it panicked): free the key so
-    /// that a waiter can try.
-    fn abandon(&self, key: &IdempotencyKey);
+    /// The task id of an attempt whose outcome was unknown has been learned
+    /// (from kie.ai's callback): later retries get it. Whether the key was
+    /// waiting for it.
+    fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool;
 }
 
-/// The right, and duty, to settle one attempt. Dropped unsettled, it
-/// abandons the key.
+/// The right, and duty, to settle one attempt. Dropped unsettled (the
+/// attempt panicked or was cut), it settles the key as unknown for good: the
+/// request may have been sent, so the key must never create again.
 pub struct Lease {
     store: Arc<dyn IdempotencyStore>,
     key: IdempotencyKey,
     settled: bool,
 }
 
+/// How a reserved attempt ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Settlement<'a> {
+    /// kie.ai made this task: remembered until the TTL.
+    Created(&'a str),
+    /// Certainly no task: the key is free again.
+    NotCreated(&'a GatewayError),
+    /// Maybe a task: the key stays bound for the TTL and never creates
+    /// again.
+    Unknown(&'a OutcomeUnknown),
+}
+
+/// How long after a lost answer the gateway still expects kie.ai's callback
+/// to name the task (kie.ai advises giving up on a task after 10-15 minutes;
+/// its callback comes when the task ends). Later, a retry is told that
+/// waiting no longer helps; a callback that still comes resolves the key.
+pub const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
+
 impl Lease {
-    pub fn settle(mut self, outcome: Result<&str, &GatewayError>) {
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    pub fn settle(mut self, settlement: Settlement<'_>) {
         self.settled = true;
-        self.store.settle(&self.key, outcome);
+        self.store.settle(&self.key, settlement);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.settled {
-            self.store.abandon(&self.key);
+            let unknown = OutcomeUnknown {
+                request_id: Some(self.key.request_id.clone()),
+                cause: "the gateway's create attempt ended without kie.ai's answer".into(),
+                timed_out: false,
+                prospect: Prospect::Never,
+            };
+            self.store.settle(&self.key, Settlement::Unknown(&unknown));
         }
     }
 }
@@ -121,6 +155,18 @@ type Outcome = Option<Result<String, GatewayError>>;
 enum State {
     InFlight(watch::Sender<Outcome>),
     Done(String),
+    Unknown {
+        unknown: OutcomeUnknown,
+        /// While the callback may still name the task.
+        learnable_until: Option<Instant>,
+    },
+}
+
+impl State {
+    /// Held until the TTL, and never forgotten to make room.
+    fn is_settled(&self) -> bool {
+        !matches!(self, Self::InFlight(_))
+    }
 }
 
 struct Entry {
@@ -175,6 +221,8 @@ impl Inner {
                 .entries
                 .get(&key)
                 .is_some_and(|e| e.since == since && matches!(e.state, State::Done(_)));
+            // An unknown outcome is never evicted early: forgetting it could
+            // buy a second video.
             if stale {
                 self.entries.remove(&key);
             }
@@ -190,8 +238,7 @@ impl IdempotencyStore for InMemoryStore {
                     let mut inner = self.inner();
                     let now = Instant::now();
                     let expired = inner.entries.get(&key).is_some_and(|e| {
-                        matches!(e.state, State::Done(_))
-                            && now.duration_since(e.since) >= self.settings.ttl
+                        e.state.is_settled() && now.duration_since(e.since) >= self.settings.ttl
                     });
                     if expired {
                         inner.entries.remove(&key);
@@ -202,6 +249,20 @@ impl IdempotencyStore for InMemoryStore {
                             state: State::Done(task_id),
                             ..
                         }) => return Reservation::Known(task_id.clone()),
+                        Some(Entry {
+                            state:
+                                State::Unknown {
+                                    unknown,
+                                    learnable_until,
+                                },
+                            ..
+                        }) => {
+                            let mut unknown = unknown.clone();
+                            if learnable_until.is_none_or(|until| now >= until) {
+                                unknown.prospect = Prospect::Never;
+                            }
+                            return Reservation::Unknown(unknown);
+                        }
                         Some(Entry {
                             state: State::InFlight(outcome),
                             ..
@@ -237,7 +298,7 @@ impl IdempotencyStore for InMemoryStore {
         })
     }
 
-    fn settle(&self, key: &IdempotencyKey, outcome: Result<&str, &GatewayError>) {
+    fn settle(&self, key: &IdempotencyKey, settlement: Settlement<'_>) {
         let mut inner = self.inner();
         let Some(entry) = inner.entries.get_mut(key) else {
             return;
@@ -245,31 +306,49 @@ impl IdempotencyStore for InMemoryStore {
         let State::InFlight(waiters) = &entry.state else {
             return;
         };
-        match outcome {
-            Ok(task_id) => {
+        let now = Instant::now();
+        match settlement {
+            Settlement::Created(task_id) => {
                 waiters.send_replace(Some(Ok(task_id.to_string())));
                 entry.state = State::Done(task_id.to_string());
-                entry.since = Instant::now();
-                let since = entry.since;
-                inner.order.push_back((key.clone(), since));
-                inner.evict(self.settings.max_keys);
             }
-            Err(e) => {
+            Settlement::NotCreated(e) => {
                 waiters.send_replace(Some(Err(e.clone())));
                 inner.entries.remove(key);
+                return;
+            }
+            Settlement::Unknown(unknown) => {
+                waiters.send_replace(Some(Err(GatewayError::CreateOutcomeUnknown(
+                    unknown.clone(),
+                ))));
+                let learnable_until =
+                    (unknown.prospect == Prospect::Callback).then(|| now + CALLBACK_WAIT);
+                entry.state = State::Unknown {
+                    unknown: unknown.clone(),
+                    learnable_until,
+                };
             }
         }
+        entry.since = now;
+        inner.order.push_back((key.clone(), now));
+        inner.evict(self.settings.max_keys);
     }
 
-    fn abandon(&self, key: &IdempotencyKey) {
+    fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool {
         let mut inner = self.inner();
-        if matches!(
-            inner.entries.get(key).map(|e| &e.state),
-            Some(State::InFlight(_))
-        ) {
-            // Dropping the sender wakes the waiters to try again.
-            inner.entries.remove(key);
+        let Some(entry) = inner.entries.get_mut(key) else {
+            return false;
+        };
+        if !matches!(entry.state, State::Unknown { .. }) {
+            return false;
         }
+        // Remembered for the TTL from when the task became known.
+        let now = Instant::now();
+        entry.state = State::Done(task_id.to_string());
+        entry.since = now;
+        inner.order.push_back((key.clone(), now));
+        inner.evict(self.settings.max_keys);
+        true
     }
 }
 
@@ -299,7 +378,7 @@ mod tests {
         let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
             panic!("first use reserves");
         };
-        lease.settle(Ok("task-1"));
+        lease.settle(Settlement::Created("task-1"));
         assert!(
             matches!(store.clone().reserve(key("a"), [1; 32]).await, Reservation::Known(t) if t == "task-1")
         );
@@ -315,19 +394,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failure_is_not_remembered_and_an_abandoned_key_is_free() {
+    async fn a_failure_is_not_remembered_and_an_abandoned_key_is_bound_for_good() {
         let store = store(60);
         let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
             panic!("reserves");
         };
-        lease.settle(Err(&GatewayError::ShuttingDown));
+        lease.settle(Settlement::NotCreated(&GatewayError::ShuttingDown));
         let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
             panic!("free again after a failure");
         };
+        // An attempt that dies unsettled may have sent its request.
         drop(lease);
         assert!(matches!(
             store.clone().reserve(key("a"), [1; 32]).await,
-            Reservation::Reserved(_)
+            Reservation::Unknown(u) if u.prospect == Prospect::Never
         ));
     }
 
@@ -338,12 +418,92 @@ mod tests {
             let Reservation::Reserved(lease) = store.clone().reserve(key(id), [1; 32]).await else {
                 panic!("reserves");
             };
-            lease.settle(Ok(id));
+            lease.settle(Settlement::Created(id));
         }
         assert_eq!(store.len(), 3);
         assert!(matches!(
             store.clone().reserve(key("a"), [1; 32]).await,
             Reservation::Reserved(_)
+        ));
+    }
+
+    fn unknown(prospect: Prospect) -> OutcomeUnknown {
+        OutcomeUnknown {
+            request_id: Some("a".into()),
+            cause: "connection lost".into(),
+            timed_out: false,
+            prospect,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_outcome_binds_the_key_for_the_ttl_and_is_never_evicted() {
+        let store = store(60);
+        let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
+            panic!("reserves");
+        };
+        lease.settle(Settlement::Unknown(&unknown(Prospect::Never)));
+        // Three more keys than the store holds: "a" must stay.
+        for id in ["b", "c", "d", "e"] {
+            let Reservation::Reserved(lease) = store.clone().reserve(key(id), [1; 32]).await else {
+                panic!("reserves");
+            };
+            lease.settle(Settlement::Created(id));
+        }
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            store.clone().reserve(key("a"), [1; 32]).await,
+            Reservation::Unknown(u) if u.prospect == Prospect::Never
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(
+            store.clone().reserve(key("a"), [1; 32]).await,
+            Reservation::Reserved(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_outcome_awaits_the_callback_then_resolves_to_the_task() {
+        let store = InMemoryStore::new(IdempotencySettings {
+            ttl: CALLBACK_WAIT * 2,
+            max_keys: 3,
+        });
+        let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
+            panic!("reserves");
+        };
+        lease.settle(Settlement::Unknown(&unknown(Prospect::Callback)));
+        assert!(matches!(
+            store.clone().reserve(key("a"), [1; 32]).await,
+            Reservation::Unknown(u) if u.prospect == Prospect::Callback
+        ));
+        assert!(!store.resolve(&key("other"), "t"));
+        tokio::time::advance(CALLBACK_WAIT).await;
+        assert!(matches!(
+            store.clone().reserve(key("a"), [1; 32]).await,
+            Reservation::Unknown(u) if u.prospect == Prospect::Never
+        ));
+        // A late callback still resolves it.
+        assert!(store.resolve(&key("a"), "task-late"));
+        assert!(matches!(
+            store.clone().reserve(key("a"), [1; 32]).await,
+            Reservation::Known(t) if t == "task-late"
+        ));
+        assert!(!store.resolve(&key("a"), "task-late"), "only once");
+    }
+
+    #[tokio::test]
+    async fn waiters_on_an_attempt_that_ends_unknown_learn_it() {
+        let store = store(60);
+        let Reservation::Reserved(lease) = store.clone().reserve(key("a"), [1; 32]).await else {
+            panic!("reserves");
+        };
+        let waiter = tokio::spawn(store.clone().reserve(key("a"), [1; 32]));
+        tokio::task::yield_now().await;
+        lease.settle(Settlement::Unknown(&unknown(Prospect::Callback)));
+        let seen = waiter.await.expect("waiter");
+        assert!(matches!(
+            seen,
+            Reservation::Failed(GatewayError::CreateOutcomeUnknown(_))
         ));
     }
 

@@ -2,6 +2,7 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
+pub mod attempts;
 pub mod budget;
 pub mod cache;
 pub mod callbacks;

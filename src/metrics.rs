@@ -36,6 +36,35 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What became of a createTask attempt, for the `creates` counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateTally {
+    /// kie.ai answered with the task id.
+    Created,
+    /// Certainly no task (kie.ai said no, nothing was sent, the gateway shed it).
+    NotCreated,
+    /// Sent, and no readable answer: kie.ai may have made a task.
+    MaybeCreated,
+    /// A maybe-created attempt whose task id was learned afterwards.
+    ResolvedLater,
+}
+
+impl CreateTally {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::NotCreated => "not_created",
+            Self::MaybeCreated => "maybe_created",
+            Self::ResolvedLater => "resolved_later",
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -56,6 +85,7 @@ pub struct Metrics {
     pub read_budget_waiting: Gauge,
     read_budget_wait: Histogram,
     pub cache_hits: Counter,
+    creates: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,7 +171,14 @@ impl Metrics {
             "finished tasks answered from the cache",
             cache_hits.clone(),
         );
+        let creates = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "creates",
+            "createTask attempts by outcome (created, not_created, maybe_created, resolved_later)",
+            creates.clone(),
+        );
         Self {
+            creates,
             registry,
             rpcs,
             rpc_latency,
@@ -189,6 +226,14 @@ impl Metrics {
     pub fn callback_rejected(&self, reason: &'static str) {
         self.callbacks_rejected
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn create_attempt(&self, tally: CreateTally) {
+        self.creates
+            .get_or_create(&OutcomeLabels {
+                outcome: tally.as_str(),
+            })
             .inc();
     }
 

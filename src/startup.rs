@@ -14,12 +14,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
 use crate::grpc::{Credentials, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
-use crate::idempotency::InMemoryStore;
+use crate::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
@@ -66,11 +67,21 @@ impl Application {
             metrics.clone(),
             shutdown.clone(),
         );
+        let idempotency: Arc<dyn IdempotencyStore> = InMemoryStore::new(settings.idempotency);
+        let attempts = Attempts::new(
+            kie.clone(),
+            idempotency.clone(),
+            metrics.clone(),
+            callback_url(&settings, &http_listener)?,
+            settings.idempotency.ttl,
+            settings.idempotency.max_keys,
+        );
         let creator = Arc::new(Creator {
             kie,
             hub: hub.clone(),
-            idempotency: InMemoryStore::new(settings.idempotency),
-            public_callback_url: callback_url(&settings, &http_listener)?,
+            idempotency,
+            attempts: attempts.clone(),
+            metrics: metrics.clone(),
         });
         let service = VideoGenerationService {
             creator,
@@ -93,6 +104,7 @@ impl Application {
         };
         let http_state = HttpState {
             hub: hub.clone(),
+            attempts,
             metrics: metrics.clone(),
             hmac_key: settings.callbacks.hmac_key.clone(),
         };
@@ -209,14 +221,12 @@ impl Application {
 }
 
 /// The `callBackUrl` sent with tasks created without the caller's own.
-fn callback_url(settings: &Settings, http: &TcpListener) -> anyhow::Result<Option<String>> {
+fn callback_url(settings: &Settings, http: &TcpListener) -> anyhow::Result<Option<url::Url>> {
     if settings.callbacks.to_self {
         let port = http.local_addr()?.port();
-        return Ok(Some(format!("http://127.0.0.1:{port}/callbacks/kie")));
+        return Ok(Some(
+            format!("http://127.0.0.1:{port}/callbacks/kie").parse()?,
+        ));
     }
-    Ok(settings
-        .callbacks
-        .public_url
-        .as_ref()
-        .map(|u| u.to_string()))
+    Ok(settings.callbacks.public_url.clone())
 }

@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-pub use error::{Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
+pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 
 use crate::config::{ApiKey, UpstreamSettings};
 use crate::metrics::Metrics;
@@ -84,23 +84,40 @@ impl KieClient {
     }
 
     /// Starts a generation; returns kie.ai's task id. Never retried: a retry
-    /// could buy a second video.
+    /// could buy a second video. `admit_by` bounds only the wait for the
+    /// gateway's own limits (nothing is sent if it passes); once sent, the
+    /// call waits for kie.ai's answer up to the upstream timeout, whatever
+    /// the caller's deadline, since only that answer says whether a task
+    /// exists.
     pub async fn create_task(
         &self,
         credential: &Credential,
         input: &CreateTaskInput,
         call_back_url: Option<&str>,
-        deadline: Option<Duration>,
+        admit_by: Option<Duration>,
     ) -> Result<String, UpstreamError> {
         let endpoint = Endpoint::CreateTask;
-        let body = serde_json::to_vec(&CreateTaskBody::new(input, call_back_url))
-            .map_err(|e| bad_response(endpoint, credential, e.to_string()))?;
+        // Serialising borrowed strings and bools cannot fail; were it to, the
+        // request was never sent, and the gateway's shedding says as much.
+        let body =
+            serde_json::to_vec(&CreateTaskBody::new(input, call_back_url)).map_err(|_| {
+                UpstreamError {
+                    endpoint,
+                    key_source: credential.source,
+                    retry_after: None,
+                    kind: UpstreamErrorKind::Shed {
+                        reason: "request body could not be encoded",
+                    },
+                }
+            })?;
         let request = self
             .http
             .request(Method::POST, self.create_url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
-        let answer = self.send(endpoint, credential, request, deadline).await?;
+        let answer = self
+            .send(endpoint, credential, request, admit_by, None)
+            .await?;
         let data = answer
             .data()
             .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?;
@@ -118,12 +135,27 @@ impl KieClient {
         task_id: &TaskId,
         deadline: Option<Duration>,
     ) -> Result<pb::Task, UpstreamError> {
+        let record = self.record(credential, task_id, deadline).await?;
+        Ok(record.into_task(task_id.as_str()))
+    }
+
+    /// recordInfo's `data` as kie.ai sent it, `param` (the create request
+    /// it echoes) included.
+    pub async fn record(
+        &self,
+        credential: &Credential,
+        task_id: &TaskId,
+        deadline: Option<Duration>,
+    ) -> Result<Record, UpstreamError> {
         let endpoint = Endpoint::RecordInfo;
         let mut url = self.record_url.clone();
         url.query_pairs_mut()
             .append_pair("taskId", task_id.as_str());
         let request = self.http.request(Method::GET, url);
-        let answer = match self.send(endpoint, credential, request, deadline).await {
+        let answer = match self
+            .send(endpoint, credential, request, deadline, deadline)
+            .await
+        {
             // kie.ai answers an unknown task with 422 "recordInfo is null"
             // live, 404 in its docs.
             Err(UpstreamError {
@@ -137,22 +169,24 @@ impl KieClient {
         let Some(data) = answer.data() else {
             return Err(not_found(credential, 200, answer.reason()));
         };
-        let record: Record = serde_json::from_str(data)
-            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
-        Ok(record.into_task(task_id.as_str()))
+        serde_json::from_str(data)
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))
     }
 
+    /// One call: admitted by the gate within `admit_by`, then answered
+    /// within `deadline` (both capped by the upstream timeout).
     async fn send(
         &self,
         endpoint: Endpoint,
         credential: &Credential,
         request: reqwest::RequestBuilder,
+        admit_by: Option<Duration>,
         deadline: Option<Duration>,
     ) -> Result<Answer, UpstreamError> {
         let started = Instant::now();
         let _permit = self
             .gate
-            .admit(endpoint, deadline)
+            .admit(endpoint, admit_by)
             .await
             .map_err(|shed| UpstreamError {
                 endpoint,
@@ -267,15 +301,9 @@ impl Answer {
                     ),
                 });
             }
-            _ if matches!(status.as_u16(), 502..=504) => {
-                return Err(UpstreamErrorKind::Unavailable {
-                    detail: format!("HTTP {status} from a proxy in front of kie.ai"),
-                });
-            }
             _ => {
-                return Err(UpstreamErrorKind::Code {
-                    code: i64::from(status.as_u16()),
-                    msg: status.canonical_reason().unwrap_or("no JSON body").into(),
+                return Err(UpstreamErrorKind::HttpStatus {
+                    status: status.as_u16(),
                 });
             }
         };
@@ -294,10 +322,10 @@ impl Answer {
     }
 }
 
+/// Whether the request left the gateway decides what a failure means for a
+/// createTask: a connect error (refused, connect timeout, TLS) sent nothing;
+/// anything later may have reached kie.ai.
 fn transport_failure(e: &reqwest::Error) -> UpstreamErrorKind {
-    if e.is_timeout() {
-        return UpstreamErrorKind::Timeout;
-    }
     // The innermost cause says what happened ("connection refused",
     // "connection reset"); the URL adds nothing for the caller.
     let mut detail = e.to_string();
@@ -306,7 +334,13 @@ fn transport_failure(e: &reqwest::Error) -> UpstreamErrorKind {
         detail = cause.to_string();
         source = cause.source();
     }
-    UpstreamErrorKind::Unavailable { detail }
+    if e.is_connect() {
+        UpstreamErrorKind::Unreachable { detail }
+    } else if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else {
+        UpstreamErrorKind::ConnectionLost { detail }
+    }
 }
 
 fn bad_response(endpoint: Endpoint, credential: &Credential, detail: String) -> UpstreamError {

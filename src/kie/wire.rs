@@ -95,6 +95,9 @@ pub struct Record {
     pub state: Option<String>,
     /// A JSON *string* holding `{"resultUrls":[…]}`; an object is accepted too.
     pub result_json: Option<serde_json::Value>,
+    /// The createTask body kie.ai echoes, as a JSON *string* (an object is
+    /// accepted too).
+    pub param: Option<serde_json::Value>,
     #[serde(deserialize_with = "lenient_string")]
     pub fail_code: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
@@ -116,6 +119,15 @@ struct ResultJson {
 }
 
 impl Record {
+    /// The `callBackUrl` the task was created with, from `param`.
+    pub fn call_back_url(&self) -> Option<String> {
+        let param = match self.param.as_ref()? {
+            serde_json::Value::String(text) => serde_json::from_str(text).ok()?,
+            other => other.clone(),
+        };
+        param.get("callBackUrl")?.as_str().map(str::to_owned)
+    }
+
     /// The Task a caller sees. `fallback_id` fills in a missing `taskId`.
     pub fn into_task(self, fallback_id: &str) -> pb::Task {
         let state = self
@@ -210,6 +222,23 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_call_back_url_is_read_from_param_as_a_string_or_an_object() {
+        let as_string: Record = serde_json::from_str(
+            r#"{"param":"{\"model\":\"m\",\"callBackUrl\":\"https://g/cb?attempt=a1\"}"}"#,
+        )
+        .expect("record");
+        assert_eq!(
+            as_string.call_back_url().as_deref(),
+            Some("https://g/cb?attempt=a1")
+        );
+        let as_object: Record =
+            serde_json::from_str(r#"{"param":{"callBackUrl":"https://g/cb"}}"#).expect("record");
+        assert_eq!(as_object.call_back_url().as_deref(), Some("https://g/cb"));
+        let without: Record = serde_json::from_str(r#"{"param":"not json"}"#).expect("record");
+        assert_eq!(without.call_back_url(), None);
+    }
 
     #[test]
     fn reads_a_realistic_success_record() {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::handle::{InsufficientCredits, Lookup, SimHandle};
-use super::scenarios::{Scenario, message_for};
+use super::scenarios::{CreateFault, Scenario, message_for};
 use super::tasks::{self, cost};
 use super::validate;
 
@@ -84,11 +84,26 @@ pub async fn create_task(
         Err(msg) => return kie_error(422, &msg),
     };
     let price = cost(&request.duration, &request.resolution);
-    match sim.create_task(&body, request.callback_url, scenario, price) {
-        Ok(task_id) => kie(200, "success", json!({ "taskId": task_id })),
-        Err(InsufficientCredits) => kie_error(402, message_for(402)),
+    let task_id = match sim.create_task(&body, request.callback_url, scenario, price) {
+        Ok(task_id) => task_id,
+        Err(InsufficientCredits) => return kie_error(402, message_for(402)),
+    };
+    let mut answer = kie(200, "success", json!({ "taskId": task_id }));
+    // The task exists (and is charged) whatever happens to the answer.
+    match scenario.create_fault {
+        None => {}
+        Some(CreateFault::Slow) => tokio::time::sleep(sim.config().slow_create).await,
+        Some(CreateFault::Drop) => {
+            answer.extensions_mut().insert(DropInsteadOfAnswer);
+        }
     }
+    answer
 }
+
+/// Marks an answer the server must not send: it closes the connection
+/// instead.
+#[derive(Clone, Copy, Debug)]
+pub struct DropInsteadOfAnswer;
 
 /// `GET /api/v1/jobs/recordInfo?taskId=ID`.
 pub async fn record_info(

@@ -22,6 +22,8 @@ pub struct SimulatorConfig {
     pub callback_retries: u32,
     /// Wait before the first redelivery; doubles on each further one.
     pub callback_backoff: Duration,
+    /// How late a `[sim:slow-create]` task's createTask answer comes.
+    pub slow_create: Duration,
 }
 
 impl Default for SimulatorConfig {
@@ -34,6 +36,7 @@ impl Default for SimulatorConfig {
             faults: Faults::default(),
             callback_retries: 3,
             callback_backoff: Duration::from_millis(200),
+            slow_create: Duration::from_secs(5),
         }
     }
 }
@@ -49,6 +52,7 @@ impl fmt::Debug for SimulatorConfig {
             .field("faults", &self.faults)
             .field("callback_retries", &self.callback_retries)
             .field("callback_backoff", &self.callback_backoff)
+            .field("slow_create", &self.slow_create)
             .finish()
     }
 }
@@ -143,6 +147,9 @@ pub struct SimulateArgs {
     /// First redelivery delay, doubled each time.
     #[arg(long, env = "SIM_CALLBACK_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
     pub callback_backoff: Duration,
+    /// How late a `[sim:slow-create]` task's createTask answer comes.
+    #[arg(long, env = "SIM_SLOW_CREATE", default_value = "5s", value_parser = parse_duration)]
+    pub slow_create: Duration,
 }
 
 impl SimulateArgs {
@@ -164,6 +171,7 @@ impl SimulateArgs {
             },
             callback_retries: self.callback_retries,
             callback_backoff: self.callback_backoff,
+            slow_create: self.slow_create,
         }
     }
 }

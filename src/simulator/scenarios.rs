@@ -10,6 +10,8 @@
 //! | `[sim:callback-dup]` | the end-of-task callback is delivered twice (kie.ai may call back more than once) |
 //! | `[sim:callback-lost]` | no callback is sent at all (kie.ai callbacks can be lost: keep polling) |
 //! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code (429 with `Retry-After: 3`), then reads recover |
+//! | `[sim:slow-create]` | createTask makes the task, then answers only after the configured `slow_create` delay (5 s by default) |
+//! | `[sim:drop-create]` | createTask makes the task, then closes the connection without answering |
 //!
 //! Markers combine (`[sim:slow][sim:fail]`); an unknown marker is rejected with
 //! 422 so a typo cannot silently run the happy path. Code markers win over
@@ -40,6 +42,16 @@ pub enum CallbackMode {
     Lost,
 }
 
+/// What goes wrong with a createTask answer after the task is made: the
+/// faults that leave a caller not knowing whether it paid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateFault {
+    /// The answer comes after `SimulatorConfig::slow_create`.
+    Slow,
+    /// The connection is closed with no answer at all.
+    Drop,
+}
+
 /// Everything the markers of one prompt ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Scenario {
@@ -51,6 +63,7 @@ pub struct Scenario {
     /// The first `POLL_FAULT_READS` recordInfo reads answer this code.
     pub poll_fault: Option<u16>,
     pub callback: CallbackMode,
+    pub create_fault: Option<CreateFault>,
 }
 
 impl Scenario {
@@ -76,6 +89,8 @@ impl Scenario {
                 "poll-429" => scenario.poll_fault = Some(429),
                 "callback-dup" => scenario.callback = CallbackMode::Duplicate,
                 "callback-lost" => scenario.callback = CallbackMode::Lost,
+                "slow-create" => scenario.create_fault = Some(CreateFault::Slow),
+                "drop-create" => scenario.create_fault = Some(CreateFault::Drop),
                 other => {
                     return Err(format!(
                         "input.prompt has an unknown simulator marker [sim:{other}]"
@@ -124,7 +139,16 @@ mod tests {
                 slow: true,
                 poll_fault: Some(429),
                 callback: CallbackMode::Once,
+                create_fault: None,
             })
+        );
+        assert_eq!(
+            Scenario::parse("[sim:drop-create]").map(|s| s.create_fault),
+            Ok(Some(CreateFault::Drop))
+        );
+        assert_eq!(
+            Scenario::parse("[sim:slow-create]").map(|s| s.create_fault),
+            Ok(Some(CreateFault::Slow))
         );
         assert_eq!(
             Scenario::parse("[sim:505]").map(|s| s.reject),

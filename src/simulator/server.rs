@@ -144,7 +144,17 @@ async fn handle(
         Some(Fault::Html502) => Ok(faults::html_502()),
         Some(Fault::Error500) => Ok(faults::error_500()),
         Some(Fault::NoUserAgent) => Ok(faults::no_user_agent()),
-        None => Ok(route(app, Request::from_parts(parts, Body::from(bytes))).await),
+        None => {
+            let response = route(app, Request::from_parts(parts, Body::from(bytes))).await;
+            if response
+                .extensions()
+                .get::<api::DropInsteadOfAnswer>()
+                .is_some()
+            {
+                return Err(DropConnection);
+            }
+            Ok(response)
+        }
     }
 }
 

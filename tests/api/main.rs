@@ -4,6 +4,7 @@
 mod binary;
 mod helpers;
 
+mod create_outcome;
 mod create_task;
 mod get_task;
 mod reliability;

@@ -183,14 +183,48 @@ async fn silent_upstream() -> (String, tokio::sync::oneshot::Receiver<Instant>) 
 }
 
 #[tokio::test]
-async fn an_upstream_slower_than_the_deadline_is_deadline_exceeded_and_the_request_is_dropped() {
+async fn a_create_outlives_the_callers_deadline_until_the_upstream_timeout() {
+    // The caller gives up at 1 s; the attempt is the gateway's and waits
+    // for kie.ai's answer up to the upstream timeout (here 2 s), since only
+    // that answer says whether a video is being paid for.
     let (url, closed) = silent_upstream().await;
-    let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
+    let mut app = spawn_app_with(|s| {
+        s.upstream.base_url = url.parse().expect("url");
+        s.upstream.timeout = Duration::from_secs(2);
+    })
+    .await;
     let mut request = tonic::Request::new(valid_request());
     request.set_timeout(Duration::from_secs(1));
 
     let started = Instant::now();
     let status = app.client.create_task(request).await.expect_err("too slow");
+
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert!(started.elapsed() < Duration::from_millis(1300));
+    let hung_up = tokio::time::timeout(Duration::from_secs(4), closed)
+        .await
+        .expect("the gateway drops the upstream request at its own timeout")
+        .expect("closed");
+    let held = hung_up.duration_since(started);
+    assert!(
+        held >= Duration::from_millis(1900) && held < Duration::from_millis(2600),
+        "held {held:?}"
+    );
+    assert_eq!(app.hub.active_pollers(), 0);
+}
+
+#[tokio::test]
+async fn a_read_past_the_callers_deadline_is_deadline_exceeded_and_the_request_is_dropped() {
+    let (url, closed) = silent_upstream().await;
+    let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
+    let mut request = tonic::Request::new(hailuo_gateway::pb::GetTaskRequest {
+        task_id: "t1".into(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+
+    let started = Instant::now();
+    let status = app.client.get_task(request).await.expect_err("too slow");
 
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(error_info(&status).reason, "UPSTREAM_TIMEOUT");
@@ -199,11 +233,11 @@ async fn an_upstream_slower_than_the_deadline_is_deadline_exceeded_and_the_reque
         .expect("the gateway drops the upstream request")
         .expect("closed");
     assert!(hung_up.duration_since(started) < Duration::from_millis(1300));
-    assert_eq!(app.hub.active_pollers(), 0);
 }
 
 #[tokio::test]
-async fn a_connection_closed_without_an_answer_is_unavailable() {
+async fn a_connection_closed_without_an_answer_is_unavailable_for_a_read_and_unknown_for_a_create()
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -222,7 +256,16 @@ async fn a_connection_closed_without_an_answer_is_unavailable() {
         .create_task(valid_request())
         .await
         .expect_err("reset");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
 
+    let status = app
+        .client
+        .get_task(hailuo_gateway::pb::GetTaskRequest {
+            task_id: "t1".into(),
+        })
+        .await
+        .expect_err("reset");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
 }

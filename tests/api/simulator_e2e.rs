@@ -463,18 +463,114 @@ async fn error_rate_fault(mode: Mode) {
     assert_eq!(error_info(&status).reason, "UPSTREAM_INTERNAL_ERROR");
 }
 
-in_both_modes!(dropped_connections_are_unavailable, drop_fault);
+in_both_modes!(a_dropped_connection_leaves_a_create_unknown, drop_fault);
 async fn drop_fault(mode: Mode) {
     let mut e2e = E2e::start(mode, &["--drop-rate", "1"]).await;
     let status = e2e.create("a cat").await.expect_err("dropped");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert_eq!(retry_delay(&status), None);
 }
 
-in_both_modes!(a_proxys_html_502_is_unavailable, html_502_fault);
+in_both_modes!(a_proxys_html_502_leaves_a_create_unknown, html_502_fault);
 async fn html_502_fault(mode: Mode) {
     let mut e2e = E2e::start(mode, &["--html-502-rate", "1"]).await;
     let status = e2e.create("a cat").await.expect_err("502");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert_eq!(retry_delay(&status), None);
+}
+
+impl E2e {
+    /// CreateTask with a request_id, under a caller deadline.
+    async fn create_once(
+        &mut self,
+        prompt: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<String, tonic::Status> {
+        let mut request = tonic::Request::new(CreateTaskRequest {
+            prompt: prompt.into(),
+            request_id: request_id.into(),
+            ..valid_request()
+        });
+        request.set_timeout(timeout);
+        Ok(self
+            .gateway
+            .client
+            .create_task(request)
+            .await?
+            .into_inner()
+            .task_id)
+    }
+
+    async fn created_upstream(&self) -> u64 {
+        self.sim_counts().await["createTask"]
+            .as_u64()
+            .expect("count")
+    }
+}
+
+in_both_modes!(
+    a_slow_create_answer_is_waited_for_and_the_retry_gets_the_same_task,
+    slow_create
+);
+async fn slow_create(mode: Mode) {
+    let mut e2e = E2e::start(mode, &["--slow-create", "1500ms"]).await;
+    let prompt = "a cat [sim:slow-create]";
+    let status = e2e
+        .create_once(prompt, "r-slow", Duration::from_millis(400))
+        .await
+        .expect_err("the deadline ends before kie.ai answers");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+
+    let task_id = e2e
+        .create_once(prompt, "r-slow", Duration::from_secs(10))
+        .await
+        .expect("the retry waits for the same attempt");
+    assert_eq!(e2e.created_upstream().await, 1, "one paid video");
+    assert_eq!(e2e.state(&task_id).await, TaskState::Succeeded);
+}
+
+in_both_modes!(
+    a_dropped_create_answer_is_never_repaid_and_the_callback_names_the_task,
+    drop_create
+);
+async fn drop_create(mode: Mode) {
+    let mut e2e = E2e::start(mode, &[]).await;
+    let prompt = "a cat [sim:drop-create]";
+    let first = e2e
+        .create_once(prompt, "r-drop", Duration::from_secs(10))
+        .await
+        .expect_err("no answer");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    assert_eq!(error_info(&first).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert!(retry_delay(&first).is_some());
+
+    // A client's ordinary retry loop: never a second create; the task id as
+    // soon as kie.ai's callback (after ~1.1 s of task life) names it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let task_id = loop {
+        match e2e
+            .create_once(prompt, "r-drop", Duration::from_secs(10))
+            .await
+        {
+            Ok(task_id) => break task_id,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(tokio::time::Instant::now() < deadline, "never learned");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(e2e.created_upstream().await, 1, "one paid video");
+    assert_eq!(e2e.state(&task_id).await, TaskState::Succeeded);
+
+    // Without a request_id the caller is told plainly, and nothing retries.
+    let status = e2e.create(prompt).await.expect_err("no answer");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert_eq!(retry_delay(&status), None);
+    assert_eq!(e2e.created_upstream().await, 2);
 }

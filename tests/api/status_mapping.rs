@@ -107,13 +107,24 @@ async fn retry_info_uses_the_upstream_retry_after() {
 }
 
 #[tokio::test]
-async fn a_proxys_html_502_503_or_504_is_unavailable() {
+async fn a_proxys_html_502_503_or_504_is_unavailable_for_a_read() {
     for http in [502, 503, 504] {
-        let answer = ResponseTemplate::new(http).set_body_raw(
-            "<html><body><h1>502 Bad Gateway</h1></body></html>",
-            "text/html",
-        );
-        let status = create_with_upstream(answer).await;
+        let mut app = spawn_app().await;
+        mount_record(
+            &app,
+            Sequence::new(vec![ResponseTemplate::new(http).set_body_raw(
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                "text/html",
+            )]),
+        )
+        .await;
+        let status = app
+            .client
+            .get_task(GetTaskRequest {
+                task_id: "t1".into(),
+            })
+            .await
+            .expect_err("proxy page");
         assert_eq!(status.code(), Code::Unavailable, "HTTP {http}");
         assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
         assert!(retry_delay(&status).is_some());
@@ -121,20 +132,59 @@ async fn a_proxys_html_502_503_or_504_is_unavailable() {
 }
 
 #[tokio::test]
-async fn an_unparseable_success_body_is_internal() {
+async fn a_proxys_5xx_page_leaves_a_create_unknown() {
+    for (http, code) in [(502, Code::Unknown), (504, Code::DeadlineExceeded)] {
+        let answer = ResponseTemplate::new(http).set_body_raw(
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            "text/html",
+        );
+        let status = create_with_upstream(answer).await;
+        assert_eq!(status.code(), code, "HTTP {http}");
+        assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+        assert_eq!(retry_delay(&status), None);
+    }
+}
+
+#[tokio::test]
+async fn an_unparseable_success_body_leaves_a_create_unknown() {
     for body in [
         "{not json",
         "[]",
         r#"{"code":200,"msg":"success","data":{"nothing":1}}"#,
     ] {
         let status = create_with_upstream(ResponseTemplate::new(200).set_body_string(body)).await;
-        assert_eq!(status.code(), Code::Internal, "{body}");
+        assert_eq!(status.code(), Code::Unknown, "{body}");
         assert_eq!(
             error_info(&status).reason,
-            "UPSTREAM_BAD_RESPONSE",
+            "CREATE_OUTCOME_UNKNOWN",
+            "{body}"
+        );
+        assert!(
+            error_info(&status).metadata["cause"].contains("unreadable answer"),
             "{body}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_unparseable_record_is_internal() {
+    let mut app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::new(vec![
+            ResponseTemplate::new(200).set_body_string("{not json"),
+        ]),
+    )
+    .await;
+    let status = app
+        .client
+        .get_task(GetTaskRequest {
+            task_id: "t1".into(),
+        })
+        .await
+        .expect_err("unreadable");
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(error_info(&status).reason, "UPSTREAM_BAD_RESPONSE");
 }
 
 #[tokio::test]
@@ -159,6 +209,8 @@ async fn an_unreachable_upstream_is_unavailable() {
     let info = error_info(&status);
     assert_eq!(info.reason, "UPSTREAM_UNAVAILABLE");
     assert_eq!(info.domain, "kie.ai");
+    // Nothing was sent: a retry is safe, and says when.
+    assert!(retry_delay(&status).is_some());
 }
 
 #[tokio::test]
@@ -179,8 +231,10 @@ async fn an_upstream_slower_than_the_callers_deadline_is_deadline_exceeded() {
 
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
-    // The gateway's own answer (with details) beats the caller's timer.
-    assert_eq!(error_info(&status).reason, "UPSTREAM_TIMEOUT");
+    // The gateway's own answer (with details) beats the caller's timer, and
+    // says the task may exist.
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert_eq!(retry_delay(&status), None);
 }
 
 #[tokio::test]

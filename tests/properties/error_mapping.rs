@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use hailuo_gateway::error::{GatewayError, classify};
-use hailuo_gateway::kie::{Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
+use hailuo_gateway::error::{GatewayError, OutcomeUnknown, Prospect, classify};
+use hailuo_gateway::kie::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 use proptest::prelude::*;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -46,7 +46,10 @@ fn upstream_error() -> impl Strategy<Value = UpstreamError> {
     let kind = prop_oneof![
         4 => (code, message_text()).prop_map(|(code, msg)| UpstreamErrorKind::Code { code, msg }),
         1 => (any::<i64>(), message_text()).prop_map(|(code, msg)| UpstreamErrorKind::TaskNotFound { code, msg }),
-        1 => message_text().prop_map(|detail| UpstreamErrorKind::Unavailable { detail }),
+        1 => message_text().prop_map(|detail| UpstreamErrorKind::Unreachable { detail }),
+        1 => message_text().prop_map(|detail| UpstreamErrorKind::ConnectionLost { detail }),
+        1 => prop_oneof![300u16..600, Just(502u16), Just(504u16)]
+            .prop_map(|status| UpstreamErrorKind::HttpStatus { status }),
         1 => Just(UpstreamErrorKind::Timeout),
         1 => message_text().prop_map(|detail| UpstreamErrorKind::BadResponse { detail }),
         1 => prop::sample::select(vec!["create_rate", "queue_full", "no_slot_in_time"])
@@ -102,9 +105,17 @@ proptest! {
                 prop_assert_eq!(info.metadata.get("kie_msg"), Some(msg));
                 (Code::NotFound, "TASK_NOT_FOUND", None)
             }
-            UpstreamErrorKind::Unavailable { detail } => {
+            UpstreamErrorKind::Unreachable { detail } | UpstreamErrorKind::ConnectionLost { detail } => {
                 prop_assert_eq!(info.metadata.get("detail"), Some(detail));
                 (Code::Unavailable, "UPSTREAM_UNAVAILABLE", Some(1))
+            }
+            UpstreamErrorKind::HttpStatus { status } => {
+                prop_assert_eq!(info.metadata.get("http_status"), Some(&status.to_string()));
+                if (502..=504).contains(status) {
+                    (Code::Unavailable, "UPSTREAM_UNAVAILABLE", Some(1))
+                } else {
+                    expected_mapping(i64::from(*status), e.key_source)
+                }
             }
             UpstreamErrorKind::Timeout => (Code::DeadlineExceeded, "UPSTREAM_TIMEOUT", None),
             UpstreamErrorKind::BadResponse { detail } => {
@@ -133,6 +144,26 @@ proptest! {
         // Whatever kie.ai said, the status can be written as gRPC headers.
         prop_assert!(status.add_header(&mut HeaderMap::new()).is_ok());
         let _ = GatewayError::Upstream(e.clone()).severity();
+    }
+
+    #[test]
+    fn a_create_that_may_have_made_a_task_is_never_answered_with_a_retryable_code(e in upstream_error()) {
+        prop_assume!(e.create_outcome() == CreateOutcome::MaybeCreated);
+        let unknown = OutcomeUnknown {
+            request_id: None,
+            cause: e.to_string(),
+            timed_out: e.is_timeout(),
+            prospect: Prospect::NoRequestId,
+        };
+        let status = GatewayError::CreateOutcomeUnknown(unknown).to_status();
+        let want = if e.is_timeout() { Code::DeadlineExceeded } else { Code::Unknown };
+        prop_assert_eq!(status.code(), want);
+        let details = status.get_error_details();
+        prop_assert!(details.retry_info().is_none(), "no RetryInfo: a repeat may pay twice");
+        let info = details.error_info().expect("ErrorInfo");
+        prop_assert_eq!(info.reason.as_str(), "CREATE_OUTCOME_UNKNOWN");
+        prop_assert!(status.message().contains("request_id"));
+        prop_assert!(status.add_header(&mut HeaderMap::new()).is_ok());
     }
 
     #[test]

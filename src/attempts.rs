@@ -1,0 +1,277 @@
+//! Create attempts whose answer may be lost, and how kie.ai's callback
+//! names their task.
+//!
+//! When the gateway's own callback URL is used, each createTask carries a
+//! fresh random token in its `callBackUrl` (`?attempt=<token>`). Should the
+//! answer be lost (a reset, a timeout after sending), kie.ai still calls
+//! back when the task ends, to that URL: the token ties the callback to the
+//! attempt, and so to its `request_id`. The token says nothing about the
+//! caller or the key, and a callback is never trusted as it is: the task is
+//! re-read from kie.ai, whose `param` must echo this very URL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use url::Url;
+
+use crate::idempotency::{IdempotencyKey, IdempotencyStore};
+use crate::kie::{Credential, KieClient, UpstreamError};
+use crate::metrics::{CreateTally, Metrics};
+use crate::task::TaskId;
+
+/// The query parameter of the callback URL that carries the token.
+pub const TOKEN_PARAM: &str = "attempt";
+/// Re-reads of a task named by a callback, before giving up on it.
+const VERIFY_READS: u32 = 3;
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One attempt's callback URL, while its outcome may still be needed.
+#[derive(Debug)]
+pub struct Ticket {
+    token: String,
+    /// The `callBackUrl` to send, token included.
+    pub url: String,
+}
+
+struct Entry {
+    key: Option<IdempotencyKey>,
+    /// The call's x-request-id, for the log line that names the task.
+    call_id: String,
+    credential: Credential,
+    url: String,
+    state: State,
+    since: Instant,
+}
+
+enum State {
+    /// The attempt waits for kie.ai's answer; a callback that comes first
+    /// leaves the task id here for it.
+    InFlight { learned: Option<String> },
+    /// The answer was lost: the callback settles the key.
+    Lost,
+}
+
+/// Where a learned task id goes.
+struct Learned {
+    key: Option<IdempotencyKey>,
+    call_id: String,
+}
+
+pub struct Attempts {
+    kie: KieClient,
+    idempotency: Arc<dyn IdempotencyStore>,
+    metrics: Arc<Metrics>,
+    /// The gateway's `POST /callbacks/kie`, reachable by kie.ai; without it
+    /// a lost answer can never be learned.
+    public_url: Option<Url>,
+    /// Lost attempts are kept this long (the idempotency TTL) and at most
+    /// this many.
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Attempts {
+    pub fn new(
+        kie: KieClient,
+        idempotency: Arc<dyn IdempotencyStore>,
+        metrics: Arc<Metrics>,
+        public_url: Option<Url>,
+        ttl: Duration,
+        capacity: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            kie,
+            idempotency,
+            metrics,
+            public_url,
+            ttl,
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A callback URL with a fresh token for an attempt about to be sent,
+    /// or `None` when the gateway has no public callback URL (or holds as
+    /// many lost attempts as it may: the attempt then goes without one).
+    pub fn begin(
+        &self,
+        key: Option<IdempotencyKey>,
+        credential: &Credential,
+        call_id: &str,
+    ) -> Option<Ticket> {
+        let mut url = self.public_url.clone()?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        url.query_pairs_mut().append_pair(TOKEN_PARAM, &token);
+        let url = url.to_string();
+        let mut entries = self.entries();
+        if entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            entries.retain(|_, e| e.since.elapsed() < ttl);
+            if entries.len() >= self.capacity {
+                return None;
+            }
+        }
+        entries.insert(
+            token.clone(),
+            Entry {
+                key,
+                call_id: call_id.to_owned(),
+                credential: credential.clone(),
+                url: url.clone(),
+                state: State::InFlight { learned: None },
+                since: Instant::now(),
+            },
+        );
+        Some(Ticket { token, url })
+    }
+
+    /// kie.ai answered (with a task or a refusal): the token is done.
+    pub fn answered(&self, ticket: &Ticket) {
+        self.entries().remove(&ticket.token);
+    }
+
+    /// The task id a callback delivered while the attempt still waited for
+    /// its answer, if any; the token is then done.
+    pub fn take_learned(&self, ticket: &Ticket) -> Option<String> {
+        let mut entries = self.entries();
+        let learned = match &entries.get(&ticket.token)?.state {
+            State::InFlight { learned } => learned.clone()?,
+            State::Lost => return None,
+        };
+        entries.remove(&ticket.token);
+        Some(learned)
+    }
+
+    /// The answer is lost, and the key (if any) is already settled as
+    /// unknown: from now on the callback resolves it. A callback that came
+    /// in between resolves it at once.
+    pub fn lost(&self, ticket: Ticket) {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(&ticket.token) else {
+            return;
+        };
+        match &entry.state {
+            State::InFlight {
+                learned: Some(task_id),
+            } => {
+                let task_id = task_id.clone();
+                let learned = Learned {
+                    key: entry.key.clone(),
+                    call_id: entry.call_id.clone(),
+                };
+                entries.remove(&ticket.token);
+                drop(entries);
+                self.resolve(learned, &task_id);
+            }
+            _ => {
+                entry.state = State::Lost;
+                entry.since = Instant::now();
+            }
+        }
+    }
+
+    /// kie.ai called back with `token` for `task_id`: if the token is an
+    /// attempt's, re-read the task and, once kie.ai confirms it was created
+    /// with that attempt's URL, record its id. Returns at once.
+    pub fn callback(self: &Arc<Self>, token: &str, task_id: &TaskId) {
+        let Some((credential, url)) = self
+            .entries()
+            .get(token)
+            .map(|e| (e.credential.clone(), e.url.clone()))
+        else {
+            return;
+        };
+        let this = self.clone();
+        let token = token.to_owned();
+        let task_id = task_id.clone();
+        tokio::spawn(async move {
+            match this.created_with(&credential, &task_id, &url).await {
+                Ok(true) => this.learned(&token, &task_id),
+                Ok(false) => tracing::warn!(
+                    %task_id,
+                    "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"
+                ),
+                Err(error) => tracing::warn!(
+                    %task_id,
+                    %error,
+                    "callback's task could not be re-read: its create attempt stays unknown"
+                ),
+            }
+        });
+    }
+
+    /// Whether kie.ai's record of the task echoes `url` as its callBackUrl.
+    async fn created_with(
+        &self,
+        credential: &Credential,
+        task_id: &TaskId,
+        url: &str,
+    ) -> Result<bool, UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .kie
+                .record(credential, task_id, Some(VERIFY_TIMEOUT))
+                .await
+            {
+                Ok(record) => return Ok(record.call_back_url().as_deref() == Some(url)),
+                Err(e) if e.is_transient() && attempt < VERIFY_READS => {
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn learned(&self, token: &str, task_id: &TaskId) {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(token) else {
+            return;
+        };
+        match entry.state {
+            State::InFlight { ref mut learned } => {
+                *learned = Some(task_id.as_str().to_owned());
+            }
+            State::Lost => {
+                let learned = Learned {
+                    key: entry.key.clone(),
+                    call_id: entry.call_id.clone(),
+                };
+                entries.remove(token);
+                drop(entries);
+                self.resolve(learned, task_id.as_str());
+            }
+        }
+    }
+
+    fn resolve(&self, learned: Learned, task_id: &str) {
+        if let Some(key) = &learned.key {
+            self.idempotency.resolve(key, task_id);
+        }
+        self.metrics.create_attempt(CreateTally::ResolvedLater);
+        // `request_id` is the call's x-request-id, as on the RPC's own line.
+        tracing::warn!(
+            request_id = learned.call_id,
+            create_request_id = learned.key.as_ref().map(|k| k.request_id.as_str()),
+            task_id,
+            "createTask outcome resolved: kie.ai's callback named the task"
+        );
+    }
+
+    /// Attempts tracked now (in flight with our callback URL, or lost).
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
