@@ -11,6 +11,7 @@ mod secrets;
 mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
+mod supervision;
 mod validation;
 mod watch_at_scale;
 mod watch_task;
