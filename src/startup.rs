@@ -17,7 +17,7 @@ use tonic::transport::Server;
 
 use crate::config::Settings;
 use crate::create::Creator;
-use crate::grpc::{Credentials, VideoGenerationService};
+use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
 use crate::idempotency::InMemoryStore;
@@ -174,6 +174,7 @@ impl Application {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .layer(RefusalLogLayer::new(self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

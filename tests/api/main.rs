@@ -7,6 +7,7 @@ mod helpers;
 mod create_task;
 mod get_task;
 mod reliability;
+mod rpc_logs;
 mod secrets;
 mod shutdown;
 mod simulator_e2e;
