@@ -1,12 +1,19 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 
 use crate::config::{ApiKey, WatchSettings};
 use crate::create::Creator;
@@ -14,7 +21,7 @@ use crate::error::{GatewayError, Severity};
 use crate::hub::TaskHub;
 use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
-use crate::pb::video_generation_server::VideoGeneration;
+use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
     CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
 };
@@ -70,7 +77,7 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<CreateTaskResponse>, Status> {
-        let call = Call::start("CreateTask", request.metadata());
+        let mut call = Call::start("CreateTask", &request, &self.metrics);
         let (metadata, _, message) = request.into_parts();
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
@@ -83,10 +90,11 @@ impl VideoGeneration for VideoGenerationService {
         .await;
         match result {
             Ok(task_id) => {
-                self.succeeded(&call, &task_id);
-                Ok(call.respond(CreateTaskResponse { task_id }))
+                call.task_id.clone_from(&task_id);
+                call.end(Outcome::Ok);
+                Ok(respond(&call.request_id, CreateTaskResponse { task_id }))
             }
-            Err(e) => Err(self.failed(&call, "", &e)),
+            Err(e) => Err(call.fail(&e)),
         }
     }
 
@@ -94,10 +102,10 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        let call = Call::start("GetTask", request.metadata());
+        let mut call = Call::start("GetTask", &request, &self.metrics);
         let (metadata, _, message) = request.into_parts();
         let raw_id = message.task_id;
-        let shown_id = loggable_id(&raw_id);
+        call.task_id = loggable_id(&raw_id);
         let result = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
@@ -106,11 +114,11 @@ impl VideoGeneration for VideoGenerationService {
         .await;
         match result {
             Ok(task) => {
-                self.succeeded(&call, &shown_id);
+                call.end(Outcome::Ok);
                 let task = Some(Arc::unwrap_or_clone(task));
-                Ok(call.respond(GetTaskResponse { task }))
+                Ok(respond(&call.request_id, GetTaskResponse { task }))
             }
-            Err(e) => Err(self.failed(&call, &shown_id, &e)),
+            Err(e) => Err(call.fail(&e)),
         }
     }
 
@@ -120,10 +128,10 @@ impl VideoGeneration for VideoGenerationService {
         &self,
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let call = Call::start("WatchTask", request.metadata());
+        let mut call = Call::start("WatchTask", &request, &self.metrics);
         let (metadata, _, message) = request.into_parts();
         let raw_id = message.task_id;
-        let shown_id = loggable_id(&raw_id);
+        call.task_id = loggable_id(&raw_id);
         let subscribed = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
@@ -134,25 +142,20 @@ impl VideoGeneration for VideoGenerationService {
         .await;
         let rx = match subscribed {
             Ok(rx) => rx,
-            Err(e) => return Err(self.failed(&call, &shown_id, &e)),
+            Err(e) => return Err(call.fail(&e)),
         };
         let metrics = self.metrics.clone();
         metrics.active_watchers.inc();
         let request_id = call.request_id.clone();
-        let started = call.started;
-        // The RPC's log line is written when the stream ends.
-        let on_end = Box::new(move |code: Code| {
+        // The call lives on in the stream: its log line is written when the
+        // stream ends, with how it ended.
+        let on_end = Box::new(move |end: watch::End<'_>| {
             metrics.active_watchers.dec();
-            let latency = started.elapsed();
-            metrics.rpc("WatchTask", code, latency);
-            tracing::info!(
-                method = "WatchTask",
-                task_id = %shown_id,
-                request_id = request_id.to_str().unwrap_or_default(),
-                code = ?code,
-                latency_ms = latency.as_secs_f64() * 1e3,
-                "rpc"
-            );
+            call.end(match end {
+                watch::End::Finished => Outcome::Ok,
+                watch::End::Failed { error, status } => Outcome::Failed { error, status },
+                watch::End::CallerLeft => Outcome::CallerLeft,
+            });
         });
         let stream = watch::stream(
             rx,
@@ -161,11 +164,30 @@ impl VideoGeneration for VideoGenerationService {
             self.shutdown.clone(),
             on_end,
         );
-        Ok(call.respond(stream))
+        Ok(respond(&request_id, stream))
     }
 }
 
-/// One RPC in flight: what its log line and response metadata need.
+/// How an RPC ended: what its one log line and its metrics say.
+enum Outcome<'a> {
+    Ok,
+    /// The gateway answered `error`, sent as `status`.
+    Failed {
+        error: &'a GatewayError,
+        status: &'a Status,
+    },
+    /// tonic answered `status` before any handler ran: the request could
+    /// not be decoded.
+    Refused(&'a Status),
+    /// The caller left before the answer: it cancelled, or its deadline
+    /// passed and tonic dropped the handler.
+    CallerLeft,
+}
+
+/// One RPC in flight: what its log line and response metadata need. A call
+/// dropped before it was logged (its handler future dropped because the
+/// caller left) logs itself as `CallerLeft`, so every call has a line and
+/// a count.
 struct Call {
     method: &'static str,
     started: Instant,
@@ -174,10 +196,20 @@ struct Call {
     request_id: MetadataValue<Ascii>,
     /// The caller's deadline, which caps upstream calls.
     deadline: Option<Duration>,
+    /// The task id for the log line, once known.
+    task_id: String,
+    metrics: Arc<Metrics>,
+    logged: bool,
 }
 
 impl Call {
-    fn start(method: &'static str, metadata: &MetadataMap) -> Self {
+    fn start<T>(method: &'static str, request: &Request<T>, metrics: &Arc<Metrics>) -> Self {
+        // Tells the refusal layer that this call reached its handler and
+        // will log itself.
+        if let Some(reached) = request.extensions().get::<HandlerReached>() {
+            reached.0.store(true, Ordering::Relaxed);
+        }
+        let metadata = request.metadata();
         let request_id = metadata
             .get(REQUEST_ID)
             .filter(|v| {
@@ -191,16 +223,153 @@ impl Call {
             started: Instant::now(),
             request_id,
             deadline: caller_deadline(metadata),
+            task_id: String::new(),
+            metrics: metrics.clone(),
+            logged: false,
         }
     }
 
-    fn respond<T>(&self, message: T) -> Response<T> {
-        let mut response = Response::new(message);
-        response
+    /// Logs `error` and returns the caller's status, which carries the
+    /// request id.
+    fn fail(&mut self, error: &GatewayError) -> Status {
+        let mut status = error.to_status();
+        self.end(Outcome::Failed {
+            error,
+            status: &status,
+        });
+        status
             .metadata_mut()
             .insert(REQUEST_ID, self.request_id.clone());
-        response
+        status
     }
+
+    /// The call's one log line and its metrics; later calls do nothing.
+    fn end(&mut self, outcome: Outcome<'_>) {
+        if std::mem::replace(&mut self.logged, true) {
+            return;
+        }
+        let outcome = match outcome {
+            // Our own margin ends upstream calls before the caller's
+            // deadline, so a handler dropped after it was dropped by
+            // tonic's deadline timer, not by a cancel.
+            Outcome::CallerLeft if self.deadline.is_some_and(|d| self.started.elapsed() >= d) => {
+                Ended::deadline_passed()
+            }
+            outcome => Ended::from(outcome),
+        };
+        log_rpc(
+            &self.metrics,
+            Line {
+                method: self.method,
+                task_id: &self.task_id,
+                request_id: self.request_id.to_str().unwrap_or_default(),
+                latency: self.started.elapsed(),
+            },
+            &outcome,
+        );
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.end(Outcome::CallerLeft);
+    }
+}
+
+/// What identifies an RPC in its log line.
+struct Line<'a> {
+    method: &'static str,
+    task_id: &'a str,
+    request_id: &'a str,
+    latency: Duration,
+}
+
+/// An outcome reduced to what the log line shows.
+struct Ended<'a> {
+    code: Code,
+    severity: Severity,
+    /// The ErrorInfo reason, when the status has one.
+    reason: Option<String>,
+    error: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Ended<'_> {
+    fn deadline_passed() -> Self {
+        Self {
+            code: Code::Cancelled,
+            severity: Severity::Caller,
+            reason: None,
+            error: Some("the caller's deadline passed before the answer".into()),
+        }
+    }
+}
+
+impl<'a> From<Outcome<'a>> for Ended<'a> {
+    fn from(outcome: Outcome<'a>) -> Self {
+        let from_status = |status: &'a Status, severity| Self {
+            code: status.code(),
+            severity,
+            reason: status.get_details_error_info().map(|info| info.reason),
+            error: Some(status.message().into()),
+        };
+        match outcome {
+            Outcome::Ok => Self {
+                code: Code::Ok,
+                severity: Severity::Caller,
+                reason: None,
+                error: None,
+            },
+            Outcome::Failed { error, status } => from_status(status, error.severity()),
+            // Only a malformed request gets here: the caller's doing.
+            Outcome::Refused(status) => from_status(status, Severity::Caller),
+            Outcome::CallerLeft => Self {
+                code: Code::Cancelled,
+                severity: Severity::Caller,
+                reason: None,
+                error: Some("the caller cancelled the call".into()),
+            },
+        }
+    }
+}
+
+/// The one place an RPC is counted and logged: unary calls, streams when
+/// they end, calls the caller left, and requests tonic refused. The level
+/// says who must act: the caller (info), nobody yet (warn), the operator
+/// (error).
+fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
+    metrics.rpc(line.method, ended.code, line.latency);
+    // `tracing` needs a level known where the event is written: one arm per
+    // level, the same fields in each.
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                method = line.method,
+                task_id = line.task_id,
+                request_id = line.request_id,
+                code = ?ended.code,
+                latency_ms = line.latency.as_secs_f64() * 1e3,
+                reason = ended.reason.as_deref(),
+                // Not `message`: in JSON lines that would replace the
+                // event's own message ("rpc").
+                error = ended.error.as_deref(),
+                "rpc"
+            )
+        };
+    }
+    match ended.severity {
+        Severity::Caller => event!(tracing::Level::INFO),
+        Severity::Transient => event!(tracing::Level::WARN),
+        Severity::Operator => event!(tracing::Level::ERROR),
+    }
+}
+
+fn respond<T>(request_id: &MetadataValue<Ascii>, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    response
+        .metadata_mut()
+        .insert(REQUEST_ID, request_id.clone());
+    response
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -210,71 +379,109 @@ fn new_request_id() -> MetadataValue<Ascii> {
     MetadataValue::try_from(id).expect("hex digits are valid metadata")
 }
 
-impl VideoGenerationService {
-    /// Metrics and the RPC's log line.
-    fn succeeded(&self, call: &Call, task_id: &str) {
-        let latency = call.started.elapsed();
-        self.metrics.rpc(call.method, Code::Ok, latency);
-        tracing::info!(
-            method = call.method,
-            task_id,
-            request_id = call.request_id.to_str().unwrap_or_default(),
-            code = ?Code::Ok,
-            latency_ms = latency.as_secs_f64() * 1e3,
-            "rpc"
-        );
+// === impl RefusalLog ===
+
+/// Set on a request by `RefusalLog`, flipped by the handler when it runs.
+#[derive(Clone, Default)]
+struct HandlerReached(Arc<AtomicBool>);
+
+/// A tower layer for the gRPC server that logs and counts the calls tonic
+/// answers itself before any handler runs (a message it cannot decode, one
+/// above the size limit): the handlers never see those, and tonic reports
+/// them only in the response.
+#[derive(Clone)]
+pub struct RefusalLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RefusalLogLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RefusalLogLayer {
+    type Service = RefusalLog<S>;
+
+    fn layer(&self, inner: S) -> RefusalLog<S> {
+        RefusalLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RefusalLog<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for RefusalLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    /// Metrics and the RPC's log line, at a level that fits who must act on
-    /// it; returns the caller's status.
-    fn failed(&self, call: &Call, task_id: &str, error: &GatewayError) -> Status {
-        let latency = call.started.elapsed();
-        let latency_ms = latency.as_secs_f64() * 1e3;
-        let method = call.method;
-        let request_id = call.request_id.to_str().unwrap_or_default();
-        let mut status = error.to_status();
-        let code = status.code();
-        self.metrics.rpc(method, code, latency);
-        let message = status.message();
-        match error.severity() {
-            Severity::Caller => {
-                tracing::info!(
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Health and reflection calls pass through untouched.
+        let Some(method) = our_method(request.uri().path()) else {
+            return futures_util::future::Either::Left(self.inner.call(request));
+        };
+        let reached = HandlerReached::default();
+        request.extensions_mut().insert(reached.clone());
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(loggable_id)
+            .unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let answered = self.inner.call(request);
+        futures_util::future::Either::Right(Box::pin(async move {
+            let response = answered.await?;
+            if !reached.0.load(Ordering::Relaxed)
+                && let Some(status) = Status::from_header_map(response.headers())
+                && status.code() != Code::Ok
+            {
+                let line = Line {
                     method,
-                    task_id,
-                    request_id,
-                    ?code,
-                    latency_ms,
-                    message,
-                    "rpc"
-                )
+                    task_id: "",
+                    request_id: &request_id,
+                    latency: started.elapsed(),
+                };
+                log_rpc(&metrics, line, &Ended::from(Outcome::Refused(&status)));
             }
-            Severity::Transient => {
-                tracing::warn!(
-                    method,
-                    task_id,
-                    request_id,
-                    ?code,
-                    latency_ms,
-                    message,
-                    "rpc"
-                )
-            }
-            Severity::Operator => {
-                tracing::error!(
-                    method,
-                    task_id,
-                    request_id,
-                    ?code,
-                    latency_ms,
-                    message,
-                    "rpc"
-                )
-            }
-        }
-        status
-            .metadata_mut()
-            .insert(REQUEST_ID, call.request_id.clone());
-        status
+            Ok(response)
+        }))
+    }
+}
+
+/// The method name of a path of this service, as the metrics name it.
+fn our_method(path: &str) -> Option<&'static str> {
+    let service = <VideoGenerationServer<VideoGenerationService> as NamedService>::NAME;
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(service)?
+        .strip_prefix('/')?;
+    match method {
+        "CreateTask" => Some("CreateTask"),
+        "GetTask" => Some("GetTask"),
+        "WatchTask" => Some("WatchTask"),
+        _ => None,
     }
 }
 

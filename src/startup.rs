@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::serve::{Listener, ListenerExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -17,7 +18,7 @@ use tonic::transport::Server;
 use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
-use crate::grpc::{Credentials, VideoGenerationService};
+use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
 use crate::idempotency::{IdempotencyStore, InMemoryStore};
@@ -142,8 +143,24 @@ impl Application {
 
     /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,
     /// open watches end with UNAVAILABLE, in-flight unary calls finish, all
-    /// within the grace period.
+    /// within the grace period. If either server ends first (a serve error,
+    /// a panic), the gateway stops the same way and returns the error.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until_stopped_with(|listener| listener, stop).await
+    }
+
+    /// `run_until_stopped` with the HTTP listener wrapped by `wrap` first:
+    /// an accept loop of one's own (a TLS or PROXY-protocol acceptor), or in
+    /// tests one that fails.
+    pub async fn run_until_stopped_with<L>(
+        self,
+        wrap: impl FnOnce(TcpListener) -> L,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()>
+    where
+        L: Listener<Io = TcpStream>,
+        L::Addr: std::fmt::Debug,
+    {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -169,6 +186,7 @@ impl Application {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .layer(RefusalLogLayer::new(self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -181,43 +199,112 @@ impl Application {
                 self.shutdown.clone().cancelled_owned(),
             );
         // Small answers must not wait for a delayed ACK (Nagle).
-        let http_listener = self.http_listener.tap_io(|tcp| {
+        let http_listener = wrap(self.http_listener).tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
         let http = axum::serve(http_listener, crate::http::router(self.http_state))
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
-        let grpc = tokio::spawn(grpc);
-        let http = tokio::spawn(async move { http.await });
+        let servers = Servers {
+            grpc: Some(tokio::spawn(async move { Ok(grpc.await?) })),
+            http: Some(tokio::spawn(async move { Ok(http.await?) })),
+        };
         tracing::info!(%grpc_addr, %http_addr, "gateway ready");
-
-        stop.await;
-        health_reporter
-            .set_not_serving::<VideoGenerationServer<VideoGenerationService>>()
-            .await;
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        self.shutdown.cancel();
-        let drained = tokio::time::timeout(self.grace, async {
-            let grpc = grpc.await;
-            let http = http.await;
-            (grpc, http)
-        })
-        .await;
-        match drained {
-            Ok((grpc, http)) => {
-                grpc??;
-                http??;
-                tracing::info!("gateway stopped");
-            }
-            Err(_) => tracing::warn!(
-                grace = ?self.grace,
-                "grace period over with calls still open; stopping anyway"
-            ),
-        }
-        Ok(())
+        let not_serving = async {
+            health_reporter
+                .set_not_serving::<VideoGenerationServer<VideoGenerationService>>()
+                .await;
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        };
+        supervise(servers, stop, not_serving, &self.shutdown, self.grace).await
     }
+}
+
+type ServerTask = JoinHandle<anyhow::Result<()>>;
+
+/// The two server tasks; each is taken out once it has ended.
+struct Servers {
+    grpc: Option<ServerTask>,
+    http: Option<ServerTask>,
+}
+
+/// Waits for `stop` or for a server to end, whichever comes first; then
+/// health NOT_SERVING, every server told to stop, and a drain under `grace`.
+/// A server that ended on its own (neither serve function returns before
+/// its shutdown future unless something broke) makes this an error, so the
+/// process exits non-zero instead of running on with a dead listener.
+async fn supervise(
+    mut servers: Servers,
+    stop: impl Future<Output = ()>,
+    not_serving: impl Future<Output = ()>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let early = tokio::select! {
+        () = stop => None,
+        ended = join(&mut servers.grpc) => Some(("gRPC", ended)),
+        ended = join(&mut servers.http) => Some(("HTTP", ended)),
+    };
+    let early = early.map(|(server, ended)| {
+        let why = match ended {
+            Ok(()) => anyhow::anyhow!("it stopped accepting connections"),
+            Err(e) => e,
+        };
+        tracing::error!(
+            server,
+            error = format!("{why:#}"),
+            "a server ended on its own; stopping the gateway"
+        );
+        why.context(format!("the {server} server ended on its own"))
+    });
+    not_serving.await;
+    shutdown.cancel();
+    let drained = tokio::time::timeout(grace, async {
+        let grpc = join(&mut servers.grpc).await;
+        let http = join(&mut servers.http).await;
+        grpc.and(http)
+    })
+    .await;
+    let Ok(drained) = drained else {
+        tracing::warn!(
+            ?grace,
+            "grace period over with calls still open; stopping anyway"
+        );
+        return early.map_or(Ok(()), Err);
+    };
+    if let Some(why) = early {
+        return Err(why);
+    }
+    drained?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// The end of a server task, a panic included; a task already taken has
+/// nothing left to wait for.
+async fn join(task: &mut Option<ServerTask>) -> anyhow::Result<()> {
+    let Some(handle) = task.as_mut() else {
+        return Ok(());
+    };
+    let ended = handle.await;
+    // Taken only once it has ended: a `select!` may drop this future first.
+    *task = None;
+    match ended {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(anyhow::anyhow!("it panicked: {}", panic_message(e))),
+        Err(e) => Err(anyhow::anyhow!("its task was cancelled: {e}")),
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The `callBackUrl` sent with tasks created without the caller's own.
@@ -229,4 +316,43 @@ fn callback_url(settings: &Settings, http: &TcpListener) -> anyhow::Result<Optio
         ));
     }
     Ok(settings.callbacks.public_url.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_returns_before_shutdown_stops_the_other_and_fails_the_run() {
+        let shutdown = CancellationToken::new();
+        let told_to_stop = shutdown.clone();
+        let servers = Servers {
+            // tonic's serve returns `Ok` when its connection stream ends.
+            grpc: Some(tokio::spawn(async { Ok(()) })),
+            http: Some(tokio::spawn(async move {
+                told_to_stop.cancelled().await;
+                Ok(())
+            })),
+        };
+        let not_serving = AtomicBool::new(false);
+
+        let ended = supervise(
+            servers,
+            std::future::pending(),
+            async { not_serving.store(true, Ordering::SeqCst) },
+            &shutdown,
+            Duration::from_secs(5),
+        )
+        .await;
+
+        let error = format!("{:#}", ended.expect_err("an early end is an error"));
+        assert_eq!(
+            error,
+            "the gRPC server ended on its own: it stopped accepting connections"
+        );
+        assert!(not_serving.load(Ordering::SeqCst));
+        assert!(shutdown.is_cancelled(), "the HTTP server was told to stop");
+    }
 }

@@ -9,7 +9,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::GatewayError;
 use crate::hub::Observation;
@@ -19,9 +19,22 @@ use crate::task::is_terminal;
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send + 'static>>;
 
-/// Called once when the stream ends, with the code the caller saw
-/// (`Cancelled` when the caller left first).
-pub type OnEnd = Box<dyn FnOnce(Code) + Send + 'static>;
+/// How a stream ended, for its log line and metrics.
+#[derive(Debug)]
+pub enum End<'a> {
+    /// The task's terminal state was sent.
+    Finished,
+    /// The gateway ended the stream with `error`, sent as `status`.
+    Failed {
+        error: &'a GatewayError,
+        status: &'a Status,
+    },
+    /// The caller left first (cancelled, or its deadline passed).
+    CallerLeft,
+}
+
+/// Called once when the stream ends, with how it ended.
+pub type OnEnd = Box<dyn for<'a> FnOnce(End<'a>) + Send + 'static>;
 
 /// Waits for the first read of the task: an unknown task is refused as the
 /// call's status, before any message.
@@ -61,27 +74,24 @@ impl Watcher {
             let current = self.rx.borrow_and_update().clone();
             match current {
                 Observation::Pending => {}
-                Observation::Failed(e) => {
-                    let status = e.to_status();
-                    return self.finish(Err(status));
-                }
+                Observation::Failed(e) => return self.fail(&e),
                 Observation::Task(task) if Some(task.state) != self.last_state => {
                     self.last_state = Some(task.state);
-                    let message = Ok(message(&task, false));
+                    let message = message(&task, false);
                     if is_terminal(task.state()) {
                         return self.finish(message);
                     }
-                    return Some(message);
+                    return Some(Ok(message));
                 }
                 Observation::Task(_) => {}
             }
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => {
-                    return self.finish(Err(GatewayError::ShuttingDown.to_status()));
+                    return self.fail(&GatewayError::ShuttingDown);
                 }
                 () = &mut self.expires => {
-                    return self.finish(Err(GatewayError::WatchExpired.to_status()));
+                    return self.fail(&GatewayError::WatchExpired);
                 }
                 changed = self.rx.changed() => {
                     if changed.is_err() {
@@ -104,32 +114,39 @@ impl Watcher {
         match last {
             Observation::Task(task) if Some(task.state) != self.last_state => {
                 self.last_state = Some(task.state);
-                self.finish(Ok(message(&task, false)))
+                self.finish(message(&task, false))
             }
-            Observation::Failed(e) => self.finish(Err(e.to_status())),
-            _ => self.finish(Err(GatewayError::ShuttingDown.to_status())),
+            Observation::Failed(e) => self.fail(&e),
+            _ => self.fail(&GatewayError::ShuttingDown),
         }
     }
 
-    fn finish(
-        &mut self,
-        item: Result<WatchTaskResponse, Status>,
-    ) -> Option<Result<WatchTaskResponse, Status>> {
-        let code = match &item {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
+    /// Ends the stream with its terminal message.
+    fn finish(&mut self, last: WatchTaskResponse) -> Option<Result<WatchTaskResponse, Status>> {
         if let Some(on_end) = self.on_end.take() {
-            on_end(code);
+            on_end(End::Finished);
         }
-        Some(item)
+        Some(Ok(last))
+    }
+
+    /// Ends the stream with `error`'s status; the hook gets the error itself
+    /// so that its log line can say how bad it is and why.
+    fn fail(&mut self, error: &GatewayError) -> Option<Result<WatchTaskResponse, Status>> {
+        let status = error.to_status();
+        if let Some(on_end) = self.on_end.take() {
+            on_end(End::Failed {
+                error,
+                status: &status,
+            });
+        }
+        Some(Err(status))
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(Code::Cancelled);
+            on_end(End::CallerLeft);
         }
     }
 }
