@@ -353,7 +353,7 @@ async fn connect(url: &str) -> anyhow::Result<VideoGenerationClient<Channel>> {
 }
 
 fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(hailuo_gateway::http_client::builder()?
         // Like kie.ai's CDN, the simulator refuses requests without one.
         .user_agent("hailuo-loadgen/0.1")
         .tcp_nodelay(true)
@@ -1875,7 +1875,6 @@ fn main() -> ExitCode {
             eprintln!("loadgen forwarder: UPSTREAM_URL PORT");
             return ExitCode::from(2);
         };
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let result = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -1899,7 +1898,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
     raise_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,7 @@ mod get_task;
 mod reliability;
 mod secrets;
 mod shutdown;
+#[cfg(feature = "sandbox")]
 mod simulator_e2e;
 mod status_mapping;
 mod validation;
