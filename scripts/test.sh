@@ -11,6 +11,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== lean build (no simulator: cargo build --no-default-features)"
+cargo build --locked --no-default-features
+cargo clippy --locked --no-default-features -- -D warnings
+
 echo "== clients (grpcurl, Python, Node, examples, command line, buf lint)"
 bash scripts/clients-setup.sh
 cargo build --locked --bin hailuo-gateway --examples

@@ -141,21 +141,31 @@ pub fn verify_signature(
     let signature = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
         .map_err(|_| "bad_signature")?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).map_err(|_| "bad_signature")?;
-    mac.update(task_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.as_bytes());
+    // Over the timestamp exactly as sent: that is the text kie.ai signed.
+    let mac = signature_mac(key.expose(), task_id, timestamp).map_err(|_| "bad_signature")?;
     // verify_slice compares in constant time.
     mac.verify_slice(&signature).map_err(|_| "bad_signature")
 }
 
-/// Signs like kie.ai does (for tests and the simulator's callbacks).
+/// Signs like kie.ai does: the simulator's callbacks and the tests use it.
 pub fn sign(key: &str, task_id: &str, timestamp: u64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes())
+    let mac = signature_mac(key, task_id, &timestamp.to_string())
         .expect("HMAC-SHA256 takes a key of any length");
-    mac.update(format!("{task_id}.{timestamp}").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// HMAC-SHA256(key, taskId + "." + timestamp), shared by both sides so they
+/// cannot drift apart.
+fn signature_mac(
+    key: &str,
+    task_id: &str,
+    timestamp: &str,
+) -> Result<Hmac<Sha256>, hmac::digest::InvalidLength> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes())?;
+    mac.update(task_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -199,6 +209,15 @@ mod tests {
         assert_eq!(
             verify_signature(&key, "t1", &HeaderMap::new(), now),
             Err("missing_timestamp")
+        );
+    }
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // echo -n 'task_hailuo_1.1700000000' | openssl dgst -sha256 -hmac key -binary | base64
+        assert_eq!(
+            sign("key", "task_hailuo_1", 1_700_000_000),
+            "FPKYDvpM6Nx9aQPcH9DyZgEcaCb19pct0tOGhqFr5/k="
         );
     }
 

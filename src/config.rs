@@ -236,6 +236,7 @@ pub struct ServeArgs {
     pub kie_create_window: humantime::Duration,
 
     /// Run against a built-in kie.ai simulator: no key, no credits spent.
+    #[cfg(feature = "sandbox")]
     #[arg(long, env = "GATEWAY_SANDBOX")]
     pub sandbox: bool,
 
@@ -458,9 +459,15 @@ impl ServeArgs {
     /// Settings for live mode: kie.ai at `--kie-base-url`.
     pub fn live_settings(&self) -> Result<Settings, ConfigError> {
         if self.kie_api_key.is_none() && !self.key_passthrough {
-            return Err(ConfigError(
-                "KIE_API_KEY is not set: set it (or --kie-api-key), or run with --sandbox to try the gateway without a kie.ai account".into(),
-            ));
+            // Only a build with the simulator has a --sandbox to suggest.
+            let hint = if cfg!(feature = "sandbox") {
+                ", or run with --sandbox to try the gateway without a kie.ai account"
+            } else {
+                ""
+            };
+            return Err(ConfigError(format!(
+                "KIE_API_KEY is not set: set it (or --kie-api-key){hint}"
+            )));
         }
         Ok(self.settings(self.kie_base_url.clone(), self.kie_api_key.clone()))
     }

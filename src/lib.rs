@@ -12,12 +12,15 @@ pub mod create;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod http_client;
 pub mod hub;
 pub mod idempotency;
 pub mod kie;
 pub mod metrics;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod shutdown;
+#[cfg(feature = "sandbox")]
 pub mod simulator;
 pub mod startup;
 pub mod task;

@@ -1,14 +1,20 @@
 //! The `hailuo-gateway` binary: the gateway (live or `--sandbox`), the
 //! standalone kie.ai simulator, and a command-line client of the gateway.
+//! `--sandbox` and `simulate` exist only with the `sandbox` feature (on by
+//! default).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hailuo_gateway::cli::{self, GenerateArgs, TaskArgs};
 use hailuo_gateway::config::{ServeArgs, Settings};
+#[cfg(feature = "sandbox")]
+use hailuo_gateway::sandbox;
+#[cfg(feature = "sandbox")]
 use hailuo_gateway::simulator::{SimulateArgs, run_standalone};
 use hailuo_gateway::startup::Application;
-use hailuo_gateway::{sandbox, shutdown, telemetry};
+use hailuo_gateway::{shutdown, telemetry};
+#[cfg(feature = "sandbox")]
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -29,6 +35,7 @@ struct Cli {
 enum Command {
     /// Run the kie.ai simulator on its own (for tests, benchmarks and local
     /// development against the REST API).
+    #[cfg(feature = "sandbox")]
     Simulate(SimulateArgs),
     /// Create a video task on a running gateway and print its id; with
     /// --wait, follow it and print its video URLs.
@@ -43,6 +50,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "sandbox")]
         Some(Command::Simulate(args)) => {
             let _logs = telemetry::init(Default::default());
             match run_standalone(args).await {
@@ -62,17 +70,20 @@ async fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let _logs = telemetry::init(args.log_format);
-    let result = if args.sandbox {
-        serve_sandbox(&args).await
-    } else {
-        match args.live_settings() {
-            Ok(settings) => run(settings, None).await,
-            Err(e) => {
-                eprintln!("hailuo-gateway: {e}");
-                return ExitCode::from(2);
-            }
+    #[cfg(feature = "sandbox")]
+    if args.sandbox {
+        return exit_code(serve_sandbox(&args).await);
+    }
+    match args.live_settings() {
+        Ok(settings) => exit_code(run(settings, |_| {}).await),
+        Err(e) => {
+            eprintln!("hailuo-gateway: {e}");
+            ExitCode::from(2)
         }
-    };
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -82,25 +93,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "sandbox")]
 async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
     let simulator_stop = CancellationToken::new();
     let (simulator, settings) = sandbox::start(args, simulator_stop.clone()).await?;
-    let result = run(settings, Some(simulator.base_url())).await;
+    let simulator_url = simulator.base_url();
+    let result = run(settings, |app| {
+        println!(
+            "{}",
+            sandbox::banner(app.grpc_addr(), app.http_addr(), &simulator_url)
+        );
+    })
+    .await;
     // The simulator outlives the gateway's drain, then stops.
     simulator_stop.cancel();
     result
 }
 
-async fn run(settings: Settings, sandbox_url: Option<String>) -> anyhow::Result<()> {
+/// Builds and runs the gateway until a stop signal; `ready` runs once its
+/// listeners are bound.
+async fn run(settings: Settings, ready: impl FnOnce(&Application)) -> anyhow::Result<()> {
     // Listening starts now, before anything can say it is ready.
     let stop = shutdown::signal();
     let app = Application::build(settings).await?;
-    if let Some(url) = sandbox_url {
-        println!(
-            "{}",
-            sandbox::banner(app.grpc_addr(), app.http_addr(), &url)
-        );
-    }
+    ready(&app);
     app.run_until_stopped(async {
         let which = stop.await;
         tracing::info!(signal = which, "stopping: draining calls");

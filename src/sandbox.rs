@@ -71,7 +71,7 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str) -> String
     grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/GetTask
     grpcurl -plaintext -d '{{"prompt": "[sim:402] a cat", "image_url": "https://example.com/cat.png"}}' {g} hailuo.v1.VideoGeneration/CreateTask
 
-  Scenario markers in the prompt ([sim:fail], [sim:429], [sim:slow], ...) are listed in the README.
+  Scenario markers in the prompt ([sim:fail], [sim:429], [sim:slow], ...) are listed in src/simulator/SCENARIOS.md.
 "#,
         http = host(http),
     )

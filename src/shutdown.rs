@@ -18,7 +18,7 @@ pub fn signal() -> impl Future<Output = &'static str> {
                     _ = term.recv() => "SIGTERM",
                 },
                 _ => {
-                    tracing::warn!("cannot listen for SIGTERM; only SIGINT stops the gateway");
+                    tracing::warn!("cannot listen for SIGTERM; only SIGINT stops the process");
                     let _ = tokio::signal::ctrl_c().await;
                     "SIGINT"
                 }

@@ -27,7 +27,7 @@ pub async fn connect(url: &str) -> anyhow::Result<VideoGenerationClient<Channel>
 }
 
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(hailuo_gateway::http_client::builder()?
         // Like kie.ai's CDN, the simulator refuses requests without one.
         .user_agent("hailuo-loadgen/0.1")
         .tcp_nodelay(true)

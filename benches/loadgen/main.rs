@@ -127,7 +127,6 @@ fn main() -> ExitCode {
             eprintln!("loadgen forwarder: UPSTREAM_URL PORT");
             return ExitCode::from(2);
         };
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let result = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -151,7 +150,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
     raise_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

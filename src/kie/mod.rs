@@ -58,10 +58,7 @@ pub struct KieClient {
 
 impl KieClient {
     pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        // reqwest is built without a default TLS crypto provider; pick ring
-        // once per process (an error only means one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()?
             .user_agent(USER_AGENT)
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)

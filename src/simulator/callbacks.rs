@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{CallbackAttempt, SimHandle};
 use super::tasks;
+use crate::callbacks::sign;
 
 /// One end-of-task callback to send.
 #[derive(Clone, Debug)]
@@ -34,15 +32,6 @@ pub fn body(record: Value) -> Value {
         (200, "Playground task completed successfully.")
     };
     json!({ "code": code, "msg": msg, "data": record })
-}
-
-/// base64(HMAC-SHA256(key, taskId + "." + timestamp)).
-pub fn sign(key: &str, task_id: &str, timestamp: u64) -> String {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(format!("{task_id}.{timestamp}").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// Waits until a task ends on its own, then sends its callback (unless a
@@ -169,15 +158,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signature_matches_a_known_vector() {
-        // echo -n 'task_hailuo_1.1700000000' | openssl dgst -sha256 -hmac key -binary | base64
-        assert_eq!(
-            sign("key", "task_hailuo_1", 1_700_000_000),
-            "FPKYDvpM6Nx9aQPcH9DyZgEcaCb19pct0tOGhqFr5/k="
-        );
-    }
 
     #[test]
     fn failed_tasks_are_called_back_with_code_501() {

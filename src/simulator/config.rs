@@ -121,16 +121,16 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIM_CREDITS", default_value_t = 1000)]
     pub credits: u64,
     /// Time a task stays `waiting` (e.g. 250ms, 2s, 1m).
-    #[arg(long, env = "SIM_WAITING", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_WAITING", default_value = "1s", value_parser = humantime::parse_duration)]
     pub waiting: Duration,
     /// Time a task stays `queuing`.
-    #[arg(long, env = "SIM_QUEUING", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_QUEUING", default_value = "1s", value_parser = humantime::parse_duration)]
     pub queuing: Duration,
     /// Time a task stays `generating`.
-    #[arg(long, env = "SIM_GENERATING", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_GENERATING", default_value = "3s", value_parser = humantime::parse_duration)]
     pub generating: Duration,
     /// Latency added to every kie.ai API answer.
-    #[arg(long, env = "SIM_LATENCY", default_value = "0ms", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
     /// Share (0..=1) of kie.ai API requests answered HTTP 500.
     #[arg(long, env = "SIM_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
@@ -145,10 +145,10 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIM_CALLBACK_RETRIES", default_value_t = 3)]
     pub callback_retries: u32,
     /// First redelivery delay, doubled each time.
-    #[arg(long, env = "SIM_CALLBACK_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_CALLBACK_BACKOFF", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub callback_backoff: Duration,
     /// How late a `[sim:slow-create]` task's createTask answer comes.
-    #[arg(long, env = "SIM_SLOW_CREATE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "SIM_SLOW_CREATE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_create: Duration,
 }
 
@@ -185,34 +185,6 @@ impl fmt::Debug for SimulateArgs {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, `500us` or a bare `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a number"))?;
-    let seconds_per_unit = match unit.trim() {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("`{text}`: {e}"))
-}
-
 /// Parses a probability between 0 and 1.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
@@ -230,18 +202,45 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
+    /// The simulator's flags and the gateway's take one duration syntax:
+    /// humantime's, which also reads fractions.
     #[test]
-    fn durations_parse_with_their_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5 fortnights").is_err());
-        assert!(parse_duration("ms").is_err());
+    fn durations_read_the_same_as_the_gateway_flags() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Simulate {
+            #[command(flatten)]
+            args: SimulateArgs,
+        }
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: crate::config::ServeArgs,
+        }
+        let simulator = |text: &str| {
+            Simulate::try_parse_from(["simulate", "--waiting", text]).map(|c| c.args.waiting)
+        };
+        let gateway = |text: &str| {
+            Serve::try_parse_from(["serve", "--poll-fast", text])
+                .map(|c| Duration::from(c.args.poll_fast))
+        };
+        for (text, expected) in [
+            ("250ms", Duration::from_millis(250)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2s", Duration::from_secs(2)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1h", Duration::from_secs(3600)),
+            ("500us", Duration::from_micros(500)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(simulator(text).ok(), Some(expected), "simulate {text}");
+            assert_eq!(gateway(text).ok(), Some(expected), "gateway {text}");
+        }
+        for text in ["5", "5 fortnights", "ms"] {
+            assert!(simulator(text).is_err(), "simulate {text}");
+            assert!(gateway(text).is_err(), "gateway {text}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! - Tasks (`tasks`) move waiting → queuing → generating → success/fail,
 //!   computed from elapsed time; a per-task timer sends the callback
 //!   (`callbacks`) at the moment the task ends.
-//! - Per-request scenarios by prompt marker (`scenarios`, table in
-//!   `SCENARIOS.md`), whole-simulator faults (`faults`).
+//! - Per-request scenarios by prompt marker (`scenarios`), whole-simulator
+//!   faults (`faults`); both are listed below.
 //! - Control and inspection under `/sim/` (`control`), also in-process
 //!   through [`SimHandle`]. Result videos are served from
 //!   `/sim/videos/{task_id}.mp4`.
@@ -19,8 +19,11 @@
 //!
 //! Every instance owns its state: two simulators in one process never share.
 //!
-//! Credits: createTask charges 512P 6 s = 12, 512P 10 s = 20, 768P 6 s = 30,
-//! 768P 10 s = 50 (not refunded on failure); 402 when the balance is short.
+//! Built only with the `sandbox` feature (on by default).
+//!
+// The reference below is also what the README links to: one copy of the
+// scenario table, rendered here by rustdoc.
+#![doc = include_str!("SCENARIOS.md")]
 
 mod api;
 mod callbacks;
@@ -34,24 +37,18 @@ mod tasks;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use rustls_platform_verifier::BuilderVerifierExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use callbacks::sign as sign_callback;
-pub use config::{Faults, SimulateArgs, SimulatorConfig, StateTimings, parse_duration};
-pub use faults::HTML_502_PAGE;
+pub use config::{Faults, SimulateArgs, SimulatorConfig, StateTimings};
 pub use handle::{
-    CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, LOG_LIMIT,
-    RecordedRequest, SimHandle,
+    CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, RecordedRequest,
+    SimHandle,
 };
-pub use scenarios::POLL_FAULT_READS;
-pub use tasks::{DEFAULT_FAIL_CODE, DEFAULT_FAIL_MSG, MODEL, cost};
 
 /// A running simulator.
 pub struct Simulator {
@@ -142,30 +139,25 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// reqwest is built with `rustls-no-provider`: give it ring explicitly rather
-/// than depend on a process-wide default being installed. No proxies: the
-/// callback receivers are usually on loopback.
+/// No proxies: the callback receivers are usually on loopback.
 fn callback_client() -> std::io::Result<reqwest::Client> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_platform_verifier())
+    crate::http_client::builder()
         .map_err(std::io::Error::other)?
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
         .no_proxy()
         .user_agent(concat!("kie-simulator/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(std::io::Error::other)
 }
 
-/// Runs the standalone simulator until ctrl-c or SIGTERM. Prints exactly one
+/// Runs the standalone simulator until SIGINT or SIGTERM. Prints exactly one
 /// line to stdout, `kie.ai simulator listening on http://127.0.0.1:PORT`, for
 /// a parent process to parse.
 pub async fn run_standalone(
     args: SimulateArgs,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Listening starts before the ready line, so a parent that signals as
+    // soon as it reads the line is never lost to the default handler.
+    let stop = crate::shutdown::signal();
     let listener = TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();
     let simulator = Simulator::start(args.config(), listener, shutdown.clone()).await?;
@@ -179,25 +171,10 @@ pub async fn run_standalone(
         )?;
         stdout.flush()?;
     }
-    let signal = shutdown_signal().await?;
+    let signal = stop.await;
     tracing::info!(signal, "kie.ai simulator shutting down");
     shutdown.cancel();
     simulator.stopped().await;
     tracing::debug!("kie.ai simulator stopped");
     Ok(())
-}
-
-#[cfg(unix)]
-async fn shutdown_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT"),
-        _ = terminate.recv() => Ok("SIGTERM"),
-    }
-}
-
-#[cfg(not(unix))]
-async fn shutdown_signal() -> std::io::Result<&'static str> {
-    tokio::signal::ctrl_c().await.map(|()| "ctrl-c")
 }

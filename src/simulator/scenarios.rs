@@ -1,22 +1,6 @@
 //! Per-request scenarios, picked by `[sim:...]` markers in `input.prompt`.
-//!
-//! | marker | effect |
-//! |---|---|
-//! | `[sim:401]` `[sim:402]` `[sim:422]` `[sim:429]` `[sim:455]` `[sim:500]` `[sim:501]` `[sim:505]` | createTask answers that kie.ai code (HTTP 200, code in the JSON body); `[sim:429]` also sends `Retry-After: 3` |
-//! | `[sim:fail]` | the task ends in `fail` (failCode `"500"`, a content-moderation failMsg) |
-//! | `[sim:slow]` | every state lasts 10× the configured timing |
-//! | `[sim:never]` | the task stays `generating` forever |
-//! | `[sim:manual]` | the task stays `generating` until completed through the control API |
-//! | `[sim:callback-dup]` | the end-of-task callback is delivered twice (kie.ai may call back more than once) |
-//! | `[sim:callback-lost]` | no callback is sent at all (kie.ai callbacks can be lost: keep polling) |
-//! | `[sim:poll-500]` `[sim:poll-429]` | the task's first 2 recordInfo reads answer that code (429 with `Retry-After: 3`), then reads recover |
-//! | `[sim:slow-create]` | createTask makes the task, then answers only after the configured `slow_create` delay (5 s by default) |
-//! | `[sim:drop-create]` | createTask makes the task, then closes the connection without answering |
-//!
-//! Markers combine (`[sim:slow][sim:fail]`); an unknown marker is rejected with
-//! 422 so a typo cannot silently run the happy path. Code markers win over
-//! validation: they are checked right after authentication.
-//! Keep `SCENARIOS.md` in step with this table.
+//! The table of markers is in the simulator's module documentation
+//! (`SCENARIOS.md`, the one copy).
 
 /// How many recordInfo reads a `[sim:poll-*]` task answers with its fault.
 pub const POLL_FAULT_READS: u32 = 2;

@@ -67,17 +67,12 @@ fn assert_unknown_without_retry(status: &tonic::Status, code: Code) {
     );
 }
 
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 /// kie.ai's end-of-task callback for `task_id`, to `url` (unsigned: this
 /// gateway has no HMAC key).
 async fn post_callback(url: &str, task_id: &str) -> u16 {
     let body = serde_json::json!({"code": 200, "msg": "success",
         "data": {"taskId": task_id, "state": "success"}});
-    http()
+    http_client()
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -89,7 +84,7 @@ async fn post_callback(url: &str, task_id: &str) -> u16 {
 }
 
 async fn creates_metric(app: &TestApp, outcome: &str) -> u64 {
-    let text = http()
+    let text = http_client()
         .get(app.http_url("/metrics"))
         .send()
         .await

@@ -265,3 +265,11 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A plain reqwest client for posting to the gateway's HTTP listener.
+pub fn http_client() -> reqwest::Client {
+    hailuo_gateway::http_client::builder()
+        .expect("TLS config builds")
+        .build()
+        .expect("client builds")
+}

@@ -11,6 +11,7 @@ mod reliability;
 mod rpc_logs;
 mod secrets;
 mod shutdown;
+#[cfg(feature = "sandbox")]
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;

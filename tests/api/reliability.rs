@@ -400,8 +400,7 @@ async fn a_two_mib_prompt_is_a_clear_invalid_argument() {
 }
 
 async fn post_callback(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> u16 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut request = reqwest::Client::new().post(url).body(body);
+    let mut request = http_client().post(url).body(body);
     for (name, value) in headers {
         request = request.header(*name, value);
     }
@@ -461,8 +460,7 @@ async fn ten_thousand_bad_signature_callbacks_are_refused_and_change_nothing() {
     let body = json!({"code": 200, "data": {"taskId": "t_target", "state": "success",
         "resultJson": "{\"resultUrls\":[\"https://evil.example/x.mp4\"]}"}})
     .to_string();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut senders = Vec::new();
     for _ in 0..8 {
         let (http, url, body, forged) = (http.clone(), url.clone(), body.clone(), forged.clone());

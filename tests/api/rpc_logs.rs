@@ -36,8 +36,9 @@ fn rpc_line(entry: &Value, method: &str) -> bool {
 }
 
 async fn metrics_text(http_url: &str) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::get(format!("{http_url}/metrics"))
+    http_client()
+        .get(format!("{http_url}/metrics"))
+        .send()
         .await
         .expect("metrics")
         .text()

@@ -81,8 +81,7 @@ async fn the_api_key_appears_in_no_log_line_status_or_metric() {
             })
             .await
     ));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let refused = http
         .post(format!("{}/callbacks/kie", gateway.http_url))
         .header("x-webhook-timestamp", "1")

@@ -24,7 +24,12 @@ async fn without_a_key_the_binary_exits_non_zero_naming_the_key_and_the_sandbox(
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("KIE_API_KEY"), "{stderr}");
-    assert!(stderr.contains("--sandbox"), "{stderr}");
+    // A lean build (no `sandbox` feature) has no --sandbox to suggest.
+    assert_eq!(
+        stderr.contains("--sandbox"),
+        cfg!(feature = "sandbox"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -130,11 +130,10 @@ impl E2e {
         settings.callbacks.to_self = true;
         settings.callbacks.hmac_key = Some(ApiKey::new(HMAC_KEY));
         let gateway = spawn_gateway(settings).await;
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             gateway,
             sim_url,
-            http: reqwest::Client::new(),
+            http: http_client(),
             _sim: sim,
         }
     }

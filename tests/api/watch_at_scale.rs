@@ -189,10 +189,7 @@ fn now_secs() -> u64 {
 /// done once, before any clock starts.
 fn http_client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::new()
-    })
+    CLIENT.get_or_init(crate::helpers::http_client)
 }
 
 async fn post_callback(

@@ -124,8 +124,8 @@ async fn partial_rates_fault_some_requests_only() {
 #[tokio::test]
 async fn requests_without_a_user_agent_are_refused_like_the_cdn_does() {
     let sim = spawn_sim(config()).await;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let bare = reqwest::Client::builder()
+    let bare = hailuo_gateway::http_client::builder()
+        .expect("TLS config builds")
         .no_proxy()
         .build()
         .expect("client builds");

@@ -46,10 +46,8 @@ impl Drop for TestSim {
 }
 
 pub fn client() -> reqwest::Client {
-    // reqwest is built without a crypto provider; plain http never uses it,
-    // but the builder insists on one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    hailuo_gateway::http_client::builder()
+        .expect("TLS config builds")
         .no_proxy()
         // kie.ai's CDN (and so the simulator) refuses requests without one.
         .user_agent("simulator-tests/1")
