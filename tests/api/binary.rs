@@ -25,11 +25,17 @@ pub struct RunningGateway {
 /// Starts the binary against `upstream` with these extra environment
 /// variables; waits for its "gateway ready" log line (text or JSON).
 pub async fn start_gateway_with(upstream: &MockServer, env: &[(&str, &str)]) -> RunningGateway {
+    start_gateway_at(&upstream.uri(), env).await
+}
+
+/// Starts the binary against kie.ai at `base_url`, with `TEST_KEY` unless
+/// `env` sets `KIE_API_KEY`.
+pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGateway {
     let mut command = Command::new(BIN);
     command
         .env_clear()
         .env("KIE_API_KEY", TEST_KEY)
-        .env("KIE_BASE_URL", upstream.uri())
+        .env("KIE_BASE_URL", base_url)
         .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
         .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("GATEWAY_POLL_FAST", "50ms")

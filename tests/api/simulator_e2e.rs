@@ -573,3 +573,164 @@ async fn drop_create(mode: Mode) {
     assert_eq!(retry_delay(&status), None);
     assert_eq!(e2e.created_upstream().await, 2);
 }
+
+/// The real gateway binary against a `simulate` process, its own callback
+/// URL public: every "never pay twice" case, counted at the simulator.
+#[tokio::test]
+async fn the_real_binary_never_pays_twice_against_simulate() {
+    use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
+
+    let (_sim, sim_url) = start_simulator(Mode::Process, &["--slow-create", "1500ms"]).await;
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let callback_url = format!("http://{http_addr}/callbacks/kie");
+    let mut gateway = crate::binary::start_gateway_at(
+        &sim_url,
+        &[
+            ("KIE_API_KEY", SIM_KEY),
+            ("KIE_WEBHOOK_HMAC_KEY", HMAC_KEY),
+            ("GATEWAY_HTTP_ADDR", &http_addr),
+            ("GATEWAY_PUBLIC_CALLBACK_URL", &callback_url),
+            ("GATEWAY_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
+        .await
+        .expect("connect");
+    let http = http_client();
+    let creates = || async {
+        let counts: serde_json::Value = http
+            .get(format!("{sim_url}/sim/counts"))
+            .send()
+            .await
+            .expect("counts")
+            .json_body()
+            .await;
+        counts["createTask"].as_u64().expect("count")
+    };
+    let create = |prompt: &str, request_id: &str, timeout: Duration| {
+        let mut request = tonic::Request::new(CreateTaskRequest {
+            prompt: prompt.into(),
+            request_id: request_id.into(),
+            ..valid_request()
+        });
+        request.set_timeout(timeout);
+        request
+    };
+
+    // A deadline shorter than kie.ai's answer: the retry gets that task.
+    let status = client
+        .create_task(create(
+            "[sim:slow-create] a",
+            "r-slow",
+            Duration::from_millis(400),
+        ))
+        .await
+        .expect_err("deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    client
+        .create_task(create(
+            "[sim:slow-create] a",
+            "r-slow",
+            Duration::from_secs(10),
+        ))
+        .await
+        .expect("the same task");
+    assert_eq!(creates().await, 1);
+
+    // A dropped answer: retries never create again; the callback names it.
+    let status = client
+        .create_task(create(
+            "[sim:drop-create] b",
+            "r-drop",
+            Duration::from_secs(10),
+        ))
+        .await
+        .expect_err("dropped");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert!(retry_delay(&status).is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let task_id = loop {
+        match client
+            .create_task(create(
+                "[sim:drop-create] b",
+                "r-drop",
+                Duration::from_secs(10),
+            ))
+            .await
+        {
+            Ok(created) => break created.into_inner().task_id,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(tokio::time::Instant::now() < deadline, "never learned");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(task_id.starts_with("task_hailuo_"), "{task_id}");
+    assert_eq!(creates().await, 2, "one create per request_id");
+
+    // Without request_id: UNKNOWN, no RetryInfo.
+    let status = client
+        .create_task(create("[sim:drop-create] c", "", Duration::from_secs(10)))
+        .await
+        .expect_err("dropped");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+    assert_eq!(retry_delay(&status), None);
+    assert_eq!(creates().await, 3);
+
+    // One warning per maybe-created attempt, and one when its task is known.
+    let mut unknown = 0;
+    let mut resolved = Vec::new();
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_millis(500), gateway.logs.recv()).await
+    {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let message = entry["message"].as_str().unwrap_or_default();
+        if message.starts_with("createTask outcome unknown") {
+            assert_eq!(entry["level"], "WARN", "{line}");
+            unknown += 1;
+        }
+        if message.starts_with("createTask outcome resolved") {
+            resolved.push(entry["task_id"].clone());
+        }
+    }
+    assert_eq!(
+        unknown, 2,
+        "the dropped answers, with and without request_id"
+    );
+    assert!(
+        resolved.contains(&serde_json::json!(task_id)),
+        "{resolved:?}"
+    );
+
+    let metrics = http
+        .get(format!("{}/metrics", gateway.http_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("hailuo_gateway_creates_total{outcome=\"maybe_created\"} 2"));
+}
+
+trait JsonBody {
+    async fn json_body(self) -> serde_json::Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> serde_json::Value {
+        let bytes = self.bytes().await.expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+}

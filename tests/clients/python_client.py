@@ -8,7 +8,9 @@ counts them) and exits 1 if any failed. The checks run concurrently.
 """
 
 import sys
+import time
 import traceback
+import uuid
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -110,11 +112,42 @@ def an_unknown_task_is_not_found(client):
     assert detail(status, error_details_pb2.ErrorInfo).reason == "TASK_NOT_FOUND"
 
 
+def a_lost_create_answer_is_never_paid_twice_and_a_request_id_retry_gets_the_task(client):
+    """[sim:drop-create]: the simulator makes the task, then hangs up."""
+    request_id = f"py-{uuid.uuid4()}"
+    request = pb.CreateTaskRequest(prompt="[sim:drop-create] a cat", image_url=IMAGE, request_id=request_id)
+    status = expect_error(lambda: client.CreateTask(request, timeout=30), grpc.StatusCode.UNAVAILABLE)
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == ("CREATE_OUTCOME_UNKNOWN", "kie.ai"), info
+    assert info.metadata["request_id"] == request_id, info.metadata
+    retry = detail(status, error_details_pb2.RetryInfo)
+    # Retry as a client would, honouring RetryInfo: the task once kie.ai's
+    # callback (at the end of the sandbox task, ~13 s) has named it.
+    deadline = time.monotonic() + 45
+    while True:
+        time.sleep(min(retry.retry_delay.ToSeconds(), 2))
+        try:
+            task_id = client.CreateTask(request, timeout=30).task_id
+            break
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, f"{e.code()} {e.details()}"
+            assert time.monotonic() < deadline, "the task id was never learned"
+    got = client.GetTask(pb.GetTaskRequest(task_id=task_id), timeout=30).task
+    assert got.state == pb.TASK_STATE_SUCCEEDED, pb.TaskState.Name(got.state)
+
+    # Without a request_id the caller is told plainly, with no RetryInfo.
+    plain = pb.CreateTaskRequest(prompt="[sim:drop-create] a dog", image_url=IMAGE)
+    status = expect_error(lambda: client.CreateTask(plain, timeout=30), grpc.StatusCode.UNKNOWN)
+    assert detail(status, error_details_pb2.ErrorInfo).reason == "CREATE_OUTCOME_UNKNOWN"
+    assert not any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details), "RetryInfo"
+
+
 CHECKS = [
     a_task_is_created_watched_to_success_and_its_mp4_downloads,
     an_empty_prompt_is_invalid_argument_with_a_bad_request,
     a_rate_limited_create_is_resource_exhausted_with_a_retry_delay,
     an_unknown_task_is_not_found,
+    a_lost_create_answer_is_never_paid_twice_and_a_request_id_retry_gets_the_task,
 ]
 
 
