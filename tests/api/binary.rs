@@ -8,6 +8,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
 use wiremock::MockServer;
 
+use crate::helpers::Caller;
 use crate::helpers::TEST_KEY;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hailuo-gateway");
@@ -20,6 +21,13 @@ pub struct RunningGateway {
     pub http_url: String,
     /// stderr lines after the ready line.
     pub logs: UnboundedReceiver<String>,
+}
+
+impl RunningGateway {
+    /// A caller connected to this gateway.
+    pub async fn caller(&self) -> Caller {
+        Caller::connect(self.grpc_url.clone(), self.http_url.clone()).await
+    }
 }
 
 /// Starts the binary against `upstream` with these extra environment

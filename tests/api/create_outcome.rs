@@ -14,22 +14,6 @@ use crate::helpers::*;
 
 const REASON: &str = "CREATE_OUTCOME_UNKNOWN";
 
-fn with_request_id(id: &str) -> CreateTaskRequest {
-    CreateTaskRequest {
-        request_id: id.into(),
-        ..valid_request()
-    }
-}
-
-fn with_timeout(
-    request: CreateTaskRequest,
-    timeout: Duration,
-) -> tonic::Request<CreateTaskRequest> {
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(timeout);
-    request
-}
-
 /// An upstream that reads each request and hangs up without answering, as
 /// a connection reset after kie.ai made the task looks to the gateway.
 async fn hanging_up_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
@@ -69,49 +53,28 @@ fn assert_unknown_without_retry(status: &tonic::Status, code: Code) {
 
 /// kie.ai's end-of-task callback for `task_id`, to `url` (unsigned: this
 /// gateway has no HMAC key).
-async fn post_callback(url: &str, task_id: &str) -> u16 {
+async fn post_callback(app: &TestApp, url: &str, task_id: &str) -> u16 {
     let body = serde_json::json!({"code": 200, "msg": "success",
         "data": {"taskId": task_id, "state": "success"}});
-    http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST callback")
-        .status()
-        .as_u16()
+    app.post_callback(url, body.to_string(), &[]).await
 }
 
 async fn creates_metric(app: &TestApp, outcome: &str) -> u64 {
-    let text = http_client()
-        .get(app.http_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let line = format!("hailuo_gateway_creates_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .map_or(0, |v| v.trim().parse().expect("number"))
+    let series = format!("hailuo_gateway_creates_total{{outcome=\"{outcome}\"}}");
+    app.metric(&series).await.unwrap_or(0.0) as u64
 }
 
 #[tokio::test]
 async fn a_callers_deadline_shorter_than_kies_answer_gets_the_same_task_on_retry() {
-    let mut app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(
-            kie_ok(serde_json::json!({"taskId": "t_late"})).set_delay(Duration::from_millis(1500)),
-        )
-        .mount(&app.upstream)
-        .await;
+    let app = spawn_app().await;
+    mount_create(
+        &app,
+        kie_ok(serde_json::json!({"taskId": "t_late"})).set_delay(Duration::from_millis(1500)),
+    )
+    .await;
 
     let first = app
-        .client
-        .create_task(with_timeout(
+        .create(with_timeout(
             with_request_id("r-late"),
             Duration::from_millis(400),
         ))
@@ -130,39 +93,29 @@ async fn a_callers_deadline_shorter_than_kies_answer_gets_the_same_task_on_retry
 
     // The retry comes while the attempt is still in flight and waits for it.
     let retried = app
-        .client
-        .create_task(with_timeout(
+        .create(with_timeout(
             with_request_id("r-late"),
             Duration::from_secs(5),
         ))
         .await
-        .expect("the task kie.ai made")
-        .into_inner();
-    assert_eq!(retried.task_id, "t_late");
+        .expect("the task kie.ai made");
+    assert_eq!(retried, "t_late");
     // And later ones get it at once.
-    let again = app
-        .client
-        .create_task(with_request_id("r-late"))
-        .await
-        .expect("known")
-        .into_inner();
-    assert_eq!(again.task_id, "t_late");
+    let again = app.create(with_request_id("r-late")).await.expect("known");
+    assert_eq!(again, "t_late");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1, "one paid video");
 }
 
 #[tokio::test]
 async fn a_caller_that_left_still_has_its_late_answer_recorded() {
-    let mut app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(
-            kie_ok(serde_json::json!({"taskId": "t_gone"})).set_delay(Duration::from_millis(600)),
-        )
-        .mount(&app.upstream)
-        .await;
+    let app = spawn_app().await;
+    mount_create(
+        &app,
+        kie_ok(serde_json::json!({"taskId": "t_gone"})).set_delay(Duration::from_millis(600)),
+    )
+    .await;
     let _ = app
-        .client
-        .create_task(with_timeout(
+        .create(with_timeout(
             with_request_id("r-gone"),
             Duration::from_millis(200),
         ))
@@ -176,15 +129,13 @@ async fn a_caller_that_left_still_has_its_late_answer_recorded() {
         .await
     );
     let retried = app
-        .client
-        .create_task(with_timeout(
+        .create(with_timeout(
             with_request_id("r-gone"),
             Duration::from_millis(300),
         ))
         .await
-        .expect("known")
-        .into_inner();
-    assert_eq!(retried.task_id, "t_gone");
+        .expect("known");
+    assert_eq!(retried, "t_gone");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1);
 }
 
@@ -192,22 +143,19 @@ async fn a_caller_that_left_still_has_its_late_answer_recorded() {
 async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task() {
     // kie.ai never answers in time: the request went out, the outcome is
     // unknown. The gateway's own callback URL carries the attempt's token.
-    let mut app = spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.upstream.timeout = Duration::from_millis(300);
         s.callbacks.to_self = true;
     })
     .await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(
-            kie_ok(serde_json::json!({"taskId": "t_real"})).set_delay(Duration::from_secs(3)),
-        )
-        .mount(&app.upstream)
-        .await;
+    mount_create(
+        &app,
+        kie_ok(serde_json::json!({"taskId": "t_real"})).set_delay(Duration::from_secs(3)),
+    )
+    .await;
 
     let first = app
-        .client
-        .create_task(with_request_id("r-lost"))
+        .create(with_request_id("r-lost"))
         .await
         .expect_err("no answer");
     assert_eq!(first.code(), Code::Unavailable, "{first:?}");
@@ -226,8 +174,7 @@ async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task()
     // Retries, as a mesh would make them, never reach kie.ai.
     for _ in 0..5 {
         let status = app
-            .client
-            .create_task(with_request_id("r-lost"))
+            .create(with_request_id("r-lost"))
             .await
             .expect_err("still unknown");
         assert_eq!(status.code(), Code::Unavailable);
@@ -258,7 +205,7 @@ async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task()
         })))
         .mount(&app.upstream)
         .await;
-    let posted = post_callback(&callback_url, "t_other").await;
+    let posted = post_callback(&app, &callback_url, "t_other").await;
     assert_eq!(posted, 200);
     assert!(
         wait_for(Duration::from_secs(5), || async {
@@ -267,8 +214,7 @@ async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task()
         .await
     );
     let status = app
-        .client
-        .create_task(with_request_id("r-lost"))
+        .create(with_request_id("r-lost"))
         .await
         .expect_err("a forged callback settles nothing");
     assert_eq!(error_info(&status).reason, REASON);
@@ -284,19 +230,17 @@ async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task()
         })))
         .mount(&app.upstream)
         .await;
-    assert_eq!(post_callback(&callback_url, "t_real").await, 200);
+    assert_eq!(post_callback(&app, &callback_url, "t_real").await, 200);
     // Retried as a client would, until the callback has named the task.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let learned = loop {
-        match app.client.create_task(with_request_id("r-lost")).await {
-            Ok(created) => break created.into_inner().task_id,
-            Err(status) => {
-                assert_eq!(error_info(&status).reason, REASON, "{status:?}");
-                assert!(tokio::time::Instant::now() < deadline, "never learned");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+    let learned = wait_for_some(Duration::from_secs(5), || async {
+        let retried = app.create(with_request_id("r-lost")).await;
+        if let Err(status) = &retried {
+            assert_eq!(error_info(status).reason, REASON, "{status:?}");
         }
-    };
+        retried.ok()
+    })
+    .await
+    .expect("never learned");
     assert_eq!(learned, "t_real");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1, "one paid video");
     assert_eq!(creates_metric(&app, "maybe_created").await, 1);
@@ -306,12 +250,11 @@ async fn a_lost_answer_is_never_created_again_and_kies_callback_names_the_task()
 #[tokio::test]
 async fn without_the_gateways_callback_url_a_lost_answer_is_a_failed_precondition() {
     let (url, requests) = hanging_up_upstream().await;
-    let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
+    let app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
 
     for _ in 0..3 {
         let status = app
-            .client
-            .create_task(with_request_id("r-blind"))
+            .create(with_request_id("r-blind"))
             .await
             .expect_err("unknown for good");
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -330,7 +273,7 @@ async fn without_the_gateways_callback_url_a_lost_answer_is_a_failed_preconditio
         callback_url: "https://caller.example/hook".into(),
         ..with_request_id("r-own")
     };
-    let status = app.client.create_task(own).await.expect_err("unknown");
+    let status = app.create(own).await.expect_err("unknown");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
@@ -338,11 +281,10 @@ async fn without_the_gateways_callback_url_a_lost_answer_is_a_failed_preconditio
 #[tokio::test]
 async fn without_request_id_a_dropped_answer_is_unknown_with_no_retry_info() {
     let (url, requests) = hanging_up_upstream().await;
-    let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
+    let app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
 
     let status = app
-        .client
-        .create_task(valid_request())
+        .create(valid_request())
         .await
         .expect_err("reset after sending");
 
@@ -358,20 +300,16 @@ async fn without_request_id_a_proxys_5xx_page_is_unknown_and_a_504_deadline_exce
         (500, Code::Unknown),
         (504, Code::DeadlineExceeded),
     ] {
-        let mut app = spawn_app().await;
-        Mock::given(method("POST"))
-            .and(path(CREATE_PATH))
-            .respond_with(ResponseTemplate::new(http).set_body_raw(
+        let app = spawn_app().await;
+        mount_create(
+            &app,
+            ResponseTemplate::new(http).set_body_raw(
                 "<html><body><h1>Bad Gateway</h1></body></html>",
                 "text/html",
-            ))
-            .mount(&app.upstream)
-            .await;
-        let status = app
-            .client
-            .create_task(valid_request())
-            .await
-            .expect_err("5xx page");
+            ),
+        )
+        .await;
+        let status = app.create(valid_request()).await.expect_err("5xx page");
         assert_unknown_without_retry(&status, code);
         assert_eq!(app.upstream_count(CREATE_PATH).await, 1);
     }
@@ -379,23 +317,19 @@ async fn without_request_id_a_proxys_5xx_page_is_unknown_and_a_504_deadline_exce
 
 #[tokio::test]
 async fn without_request_id_kies_silence_past_the_upstream_timeout_is_deadline_exceeded() {
-    let mut app = spawn_app_with(|s| s.upstream.timeout = Duration::from_millis(300)).await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(kie_ok(serde_json::json!({"taskId": "t"})).set_delay(Duration::from_secs(3)))
-        .mount(&app.upstream)
-        .await;
-    let status = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect_err("timeout");
+    let app = spawn_app_with(|s| s.upstream.timeout = Duration::from_millis(300)).await;
+    mount_create(
+        &app,
+        kie_ok(serde_json::json!({"taskId": "t"})).set_delay(Duration::from_secs(3)),
+    )
+    .await;
+    let status = app.create(valid_request()).await.expect_err("timeout");
     assert_unknown_without_retry(&status, Code::DeadlineExceeded);
 }
 
 #[tokio::test]
 async fn a_non_json_4xx_from_a_cdn_made_no_task_and_frees_the_request_id() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     Mock::given(method("POST"))
         .and(path(CREATE_PATH))
         .respond_with(ResponseTemplate::new(403).set_body_string("error code: 1010"))
@@ -405,18 +339,15 @@ async fn a_non_json_4xx_from_a_cdn_made_no_task_and_frees_the_request_id() {
     mount_create_ok(&app, "t_second_try").await;
 
     let status = app
-        .client
-        .create_task(with_request_id("r-cdn"))
+        .create(with_request_id("r-cdn"))
         .await
         .expect_err("refused by the CDN");
     assert_ne!(error_info(&status).reason, REASON, "{status:?}");
     let created = app
-        .client
-        .create_task(with_request_id("r-cdn"))
+        .create(with_request_id("r-cdn"))
         .await
-        .expect("nothing was made: the retry creates")
-        .into_inner();
-    assert_eq!(created.task_id, "t_second_try");
+        .expect("nothing was made: the retry creates");
+    assert_eq!(created, "t_second_try");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 2);
 }
 
@@ -426,20 +357,19 @@ async fn a_refused_connection_sent_nothing_and_is_unavailable_with_retry_info() 
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut app = spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.upstream.base_url = format!("http://127.0.0.1:{port}").parse().expect("url");
     })
     .await;
     for request in [valid_request(), with_request_id("r-refused")] {
-        let status = app.client.create_task(request).await.expect_err("refused");
+        let status = app.create(request).await.expect_err("refused");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
         assert!(retry_delay(&status).is_some());
     }
     // Nothing was sent, so the request_id is free for the retry.
     let again = app
-        .client
-        .create_task(with_request_id("r-refused"))
+        .create(with_request_id("r-refused"))
         .await
         .expect_err("still refused");
     assert_eq!(error_info(&again).reason, "UPSTREAM_UNAVAILABLE");

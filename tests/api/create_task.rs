@@ -1,35 +1,27 @@
 use hailuo_gateway::pb::{Resolution, VideoDuration};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
 
 #[tokio::test]
 async fn create_task_returns_kies_task_id() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "task_hailuo_1765185334551").await;
 
-    let response = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect("created");
+    let task_id = app.create(valid_request()).await.expect("created");
 
-    assert_eq!(response.into_inner().task_id, "task_hailuo_1765185334551");
+    assert_eq!(task_id, "task_hailuo_1765185334551");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1);
 }
 
 #[tokio::test]
 async fn create_task_sends_the_documented_body_with_defaults_and_no_empty_optionals() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
 
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
+    app.create(valid_request()).await.expect("created");
 
-    let requests = app.upstream_requests(CREATE_PATH).await;
-    let body: Value = serde_json::from_slice(&requests[0].body).expect("json body");
+    let body = app.first_create_body().await;
     assert_eq!(
         body,
         json!({
@@ -46,7 +38,7 @@ async fn create_task_sends_the_documented_body_with_defaults_and_no_empty_option
 
 #[tokio::test]
 async fn create_task_sends_every_optional_field_the_caller_set() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
     let mut request = valid_request();
     request.end_image_url = "https://example.com/last.webp".into();
@@ -56,10 +48,9 @@ async fn create_task_sends_every_optional_field_the_caller_set() {
     request.callback_url = "https://hooks.example.com/kie".into();
     request.request_id = "order-42".into();
 
-    app.client.create_task(request).await.expect("created");
+    app.create(request).await.expect("created");
 
-    let requests = app.upstream_requests(CREATE_PATH).await;
-    let body: Value = serde_json::from_slice(&requests[0].body).expect("json body");
+    let body = app.first_create_body().await;
     assert_eq!(
         body,
         json!({
@@ -79,13 +70,10 @@ async fn create_task_sends_every_optional_field_the_caller_set() {
 
 #[tokio::test]
 async fn create_task_authenticates_with_bearer_key_user_agent_and_json() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
 
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
+    app.create(valid_request()).await.expect("created");
 
     let request = &app.upstream_requests(CREATE_PATH).await[0];
     let header = |name: &str| {
@@ -107,16 +95,15 @@ async fn create_task_authenticates_with_bearer_key_user_agent_and_json() {
 
 #[tokio::test]
 async fn with_key_passthrough_the_callers_bearer_key_is_used() {
-    let mut app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
+    let app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
     mount_create_ok(&app, "t1").await;
     let mut request = tonic::Request::new(valid_request());
     request
         .metadata_mut()
         .insert("authorization", "Bearer team-a-key".parse().expect("ascii"));
 
-    app.client.create_task(request).await.expect("created");
-    app.client
-        .create_task(valid_request())
+    app.create(request).await.expect("created");
+    app.create(valid_request())
         .await
         .expect("created with the gateway key");
 
@@ -142,14 +129,14 @@ async fn with_key_passthrough_the_callers_bearer_key_is_used() {
 
 #[tokio::test]
 async fn without_key_passthrough_the_callers_key_is_ignored() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
     let mut request = tonic::Request::new(valid_request());
     request
         .metadata_mut()
         .insert("authorization", "Bearer team-a-key".parse().expect("ascii"));
 
-    app.client.create_task(request).await.expect("created");
+    app.create(request).await.expect("created");
 
     let sent = &app.upstream_requests(CREATE_PATH).await[0];
     assert_eq!(

@@ -1,4 +1,4 @@
-use hailuo_gateway::pb::{GetTaskRequest, TaskState};
+use hailuo_gateway::pb::TaskState;
 use serde_json::json;
 use tonic::Code;
 use wiremock::matchers::{method, path, query_param};
@@ -6,15 +6,9 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
-fn get(task_id: &str) -> GetTaskRequest {
-    GetTaskRequest {
-        task_id: task_id.into(),
-    }
-}
-
 #[tokio::test]
 async fn get_task_reads_a_realistic_success_record() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     Mock::given(method("GET"))
         .and(path(RECORD_PATH))
         .and(query_param("taskId", "task_hailuo_1"))
@@ -22,14 +16,7 @@ async fn get_task_reads_a_realistic_success_record() {
         .mount(&app.upstream)
         .await;
 
-    let task = app
-        .client
-        .get_task(get("task_hailuo_1"))
-        .await
-        .expect("task")
-        .into_inner()
-        .task
-        .expect("task");
+    let task = app.get("task_hailuo_1").await.expect("task");
 
     assert_eq!(task.task_id, "task_hailuo_1");
     assert_eq!(task.model, "hailuo/02-image-to-video-standard");
@@ -45,17 +32,10 @@ async fn get_task_reads_a_realistic_success_record() {
 
 #[tokio::test]
 async fn get_task_reads_a_failed_record_as_data_not_an_error() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(&app, Sequence::states("t1", &["fail"])).await;
 
-    let task = app
-        .client
-        .get_task(get("t1"))
-        .await
-        .expect("task")
-        .into_inner()
-        .task
-        .expect("task");
+    let task = app.get("t1").await.expect("task");
 
     assert_eq!(task.state(), TaskState::Failed);
     assert_eq!(task.fail_code, "500");
@@ -65,7 +45,7 @@ async fn get_task_reads_a_failed_record_as_data_not_an_error() {
 
 #[tokio::test]
 async fn get_task_tolerates_message_instead_of_msg_and_unknown_fields() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let body = json!({"code": 200, "message": "success", "extra": [1, 2], "data": {
         "taskId": "t1", "state": "generating", "resultJson": null, "failCode": "",
         "createTime": "1765185334551", "somethingNew": {"a": 1}
@@ -76,14 +56,7 @@ async fn get_task_tolerates_message_instead_of_msg_and_unknown_fields() {
     )
     .await;
 
-    let task = app
-        .client
-        .get_task(get("t1"))
-        .await
-        .expect("task")
-        .into_inner()
-        .task
-        .expect("task");
+    let task = app.get("t1").await.expect("task");
 
     assert_eq!(task.state(), TaskState::Generating);
     assert_eq!(task.fail_code, "");
@@ -99,14 +72,10 @@ async fn an_unknown_task_is_not_found_in_each_way_kie_says_so() {
         kie_ok(serde_json::Value::Null),
     ];
     for answer in answers {
-        let mut app = spawn_app().await;
+        let app = spawn_app().await;
         mount_record(&app, Sequence::new(vec![answer])).await;
 
-        let status = app
-            .client
-            .get_task(get("t_missing"))
-            .await
-            .expect_err("not found");
+        let status = app.get("t_missing").await.expect_err("not found");
 
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         let info = error_info(&status);

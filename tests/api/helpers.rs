@@ -1,41 +1,239 @@
-use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hailuo_gateway::config::{ApiKey, Backoff, PollCadence, Settings};
 use hailuo_gateway::hub::TaskHub;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use hailuo_gateway::pb::{CreateTaskRequest, Task};
+use hailuo_gateway::pb::{GetTaskRequest, TaskState, WatchTaskRequest, WatchTaskResponse};
 use hailuo_gateway::startup::Application;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use tonic::{IntoRequest, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+// === The gateway, as its callers see it ===
 
 pub const TEST_KEY: &str = "test-key-1234567890";
 pub const CREATE_PATH: &str = "/api/v1/jobs/createTask";
 pub const RECORD_PATH: &str = "/api/v1/jobs/recordInfo";
 
-/// A running gateway and a client connected to it.
-pub struct Gateway {
+/// How long a watch may go without a message before a test calls it hung.
+const STREAM_HANG: Duration = Duration::from_secs(15);
+
+/// A caller of one gateway: a client of its gRPC API and the address of its
+/// HTTP listener, with one typed helper for each thing a test does to it.
+pub struct Caller {
     pub client: VideoGenerationClient<Channel>,
-    pub hub: TaskHub,
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    grpc_url: String,
+    http_url: String,
+    http: OnceLock<reqwest::Client>,
 }
 
-impl Gateway {
+impl Caller {
+    /// Connects to the gateway whose listeners are at these `http://` URLs.
+    pub async fn connect(grpc_url: String, http_url: String) -> Self {
+        let client = VideoGenerationClient::connect(grpc_url.clone())
+            .await
+            .expect("connect to gateway");
+        Self {
+            client,
+            grpc_url,
+            http_url,
+            http: OnceLock::new(),
+        }
+    }
+
+    /// A client on a connection of its own.
     pub async fn new_client(&self) -> VideoGenerationClient<Channel> {
-        VideoGenerationClient::connect(format!("http://{}", self.grpc_addr))
+        VideoGenerationClient::connect(self.grpc_url.clone())
             .await
             .expect("connect")
     }
 
+    /// CreateTask: kie.ai's task id, or the status the caller got.
+    pub async fn create(
+        &self,
+        request: impl IntoRequest<CreateTaskRequest>,
+    ) -> Result<String, Status> {
+        let created = self.client.clone().create_task(request).await?;
+        Ok(created.into_inner().task_id)
+    }
+
+    /// GetTask: the task, or the status the caller got.
+    pub async fn get(&self, task_id: &str) -> Result<Task, Status> {
+        let got = self.client.clone().get_task(get_request(task_id)).await?;
+        Ok(got.into_inner().task.expect("a task in the answer"))
+    }
+
+    /// WatchTask of a task the test expects to be watched: its stream.
+    pub async fn watch(&self, task_id: &str) -> Streaming<WatchTaskResponse> {
+        self.try_watch(watch_request(task_id)).await.expect("watch")
+    }
+
+    /// WatchTask: the stream, or the status it was refused with.
+    pub async fn try_watch(
+        &self,
+        request: impl IntoRequest<WatchTaskRequest>,
+    ) -> Result<Streaming<WatchTaskResponse>, Status> {
+        let watching = self.client.clone().watch_task(request).await?;
+        Ok(watching.into_inner())
+    }
+
+    /// `path` on the gateway's HTTP listener.
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http_addr)
+        format!("{}{path}", self.http_url)
+    }
+
+    /// The URL the gateway takes kie.ai's callbacks on.
+    pub fn callback_url(&self) -> String {
+        self.http_url("/callbacks/kie")
+    }
+
+    /// One HTTP client per gateway: building one loads the platform's TLS
+    /// roots (tens of ms), so a test that times a request calls this first.
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(http_client)
+    }
+
+    /// POSTs a kie.ai callback (a JSON `body`) to `url` with `headers`: the
+    /// HTTP status, or 0 when the gateway closed the connection first.
+    pub async fn post_callback(
+        &self,
+        url: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, String)],
+    ) -> u16 {
+        let mut request = self
+            .http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// POSTs `body` to the gateway's callback URL as kie.ai signs it at
+    /// `timestamp`: the HTTP status.
+    pub async fn post_signed_callback(&self, body: &Value, timestamp: u64, signature: &str) -> u16 {
+        let headers = [
+            ("x-webhook-timestamp", timestamp.to_string()),
+            ("x-webhook-signature", signature.to_string()),
+        ];
+        self.post_callback(&self.callback_url(), body.to_string(), &headers)
+            .await
+    }
+
+    /// The gateway's /metrics text.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(self.http_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of one series (`name` or `name{labels}`) in /metrics, if
+    /// the gateway shows it.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().expect("a number"))
+    }
+}
+
+pub fn get_request(task_id: &str) -> GetTaskRequest {
+    GetTaskRequest {
+        task_id: task_id.into(),
+    }
+}
+
+pub fn watch_request(task_id: &str) -> WatchTaskRequest {
+    WatchTaskRequest {
+        task_id: task_id.into(),
+    }
+}
+
+/// `message` under the caller's deadline `timeout`.
+pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// The next message of an open stream.
+pub async fn next_message(stream: &mut Streaming<WatchTaskResponse>) -> WatchTaskResponse {
+    tokio::time::timeout(STREAM_HANG, stream.message())
+        .await
+        .expect("a message in time")
+        .expect("ok")
+        .expect("the stream stays open")
+}
+
+/// Reads the stream to its end: every message (heartbeats too) and how it
+/// ended.
+pub async fn drain(
+    stream: &mut Streaming<WatchTaskResponse>,
+) -> (Vec<WatchTaskResponse>, Result<(), Status>) {
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout(STREAM_HANG, stream.message()).await {
+            Ok(Ok(Some(m))) => messages.push(m),
+            Ok(Ok(None)) => return (messages, Ok(())),
+            Ok(Err(status)) => return (messages, Err(status)),
+            Err(_) => panic!("watch hung after {} messages", messages.len()),
+        }
+    }
+}
+
+/// The states the messages reported, heartbeats left out.
+pub fn states(messages: &[WatchTaskResponse]) -> Vec<TaskState> {
+    messages
+        .iter()
+        .filter(|m| !m.heartbeat)
+        .map(|m| state_of(&m.task))
+        .collect()
+}
+
+/// The task of the last message.
+pub fn last_task(messages: &[WatchTaskResponse]) -> Task {
+    messages
+        .last()
+        .and_then(|m| m.task.clone())
+        .expect("a final message")
+}
+
+/// A running gateway and a caller connected to it.
+pub struct Gateway {
+    pub caller: Caller,
+    pub hub: TaskHub,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Caller {
+        &mut self.caller
     }
 }
 
@@ -60,14 +258,11 @@ pub async fn spawn_gateway(settings: Settings) -> Gateway {
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let client = VideoGenerationClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .expect("connect to gateway");
+    let caller =
+        Caller::connect(format!("http://{grpc_addr}"), format!("http://{http_addr}")).await;
     Gateway {
-        client,
+        caller,
         hub,
-        grpc_addr,
-        http_addr,
         stop: Some(stop),
     }
 }
@@ -106,6 +301,23 @@ impl TestApp {
     pub async fn upstream_count(&self, on_path: &str) -> usize {
         self.upstream_requests(on_path).await.len()
     }
+
+    /// The JSON body of the first createTask kie.ai received.
+    pub async fn first_create_body(&self) -> Value {
+        let sent = &self.upstream_requests(CREATE_PATH).await[0];
+        serde_json::from_slice(&sent.body).expect("json body")
+    }
+}
+
+/// How many requests `upstream` received on `path`.
+pub async fn received(upstream: &MockServer, on_path: &str) -> usize {
+    upstream
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == on_path)
+        .count()
 }
 
 /// Fast cadences so that watch tests take milliseconds.
@@ -146,6 +358,22 @@ pub fn valid_request() -> CreateTaskRequest {
     }
 }
 
+/// A valid request carrying the caller's idempotency key.
+pub fn with_request_id(id: &str) -> CreateTaskRequest {
+    CreateTaskRequest {
+        request_id: id.into(),
+        ..valid_request()
+    }
+}
+
+/// A valid request with this prompt (the simulator reads markers in it).
+pub fn with_prompt(prompt: &str) -> CreateTaskRequest {
+    CreateTaskRequest {
+        prompt: prompt.into(),
+        ..valid_request()
+    }
+}
+
 /// kie.ai's success envelope (HTTP 200).
 pub fn kie_ok(data: Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"code": 200, "msg": "success", "data": data}))
@@ -176,12 +404,16 @@ pub fn record(task_id: &str, state: &str) -> Value {
     })
 }
 
-pub async fn mount_create_ok(app: &TestApp, task_id: &str) {
+pub async fn mount_create(app: &TestApp, responder: impl Respond + 'static) {
     Mock::given(method("POST"))
         .and(path(CREATE_PATH))
-        .respond_with(kie_ok(json!({"taskId": task_id})))
+        .respond_with(responder)
         .mount(&app.upstream)
         .await;
+}
+
+pub async fn mount_create_ok(app: &TestApp, task_id: &str) {
+    mount_create(app, kie_ok(json!({"taskId": task_id}))).await;
 }
 
 /// Answers recordInfo with each response in turn, repeating the last.
@@ -254,22 +486,45 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_for_some(timeout, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `check` until it gives a value or `timeout` passes.
+pub async fn wait_for_some<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if check().await {
-            return true;
+        if let Some(value) = check().await {
+            return Some(value);
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// A plain reqwest client for posting to the gateway's HTTP listener.
+/// A plain reqwest client for the gateway's (or the simulator's) HTTP
+/// listener.
 pub fn http_client() -> reqwest::Client {
     hailuo_gateway::http_client::builder()
         .expect("TLS config builds")
         .build()
         .expect("client builds")
+}
+
+/// The wall clock in Unix seconds, as callback timestamps carry it.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }

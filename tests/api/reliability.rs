@@ -1,32 +1,15 @@
 //! Idempotency, upstream protection, faults and hostile input.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hailuo_gateway::callbacks::sign;
 use hailuo_gateway::config::{ApiKey, PollCadence};
-use hailuo_gateway::pb::{CreateTaskRequest, TaskState, WatchTaskRequest};
+use hailuo_gateway::pb::TaskState;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tonic::Code;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
-
-fn with_request_id(id: &str) -> CreateTaskRequest {
-    CreateTaskRequest {
-        request_id: id.into(),
-        ..valid_request()
-    }
-}
-
-async fn mount_create(app: &TestApp, answer: ResponseTemplate) {
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(answer)
-        .mount(&app.upstream)
-        .await;
-}
 
 #[tokio::test]
 async fn fifty_concurrent_creates_with_one_request_id_make_one_upstream_call() {
@@ -61,25 +44,23 @@ async fn fifty_concurrent_creates_with_one_request_id_make_one_upstream_call() {
 
 #[tokio::test]
 async fn a_repeated_request_id_returns_the_first_task_and_different_parameters_are_refused() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create(&app, kie_ok(json!({"taskId": "t_first"}))).await;
 
     let first = app
-        .client
-        .create_task(with_request_id("order-2"))
+        .create(with_request_id("order-2"))
         .await
         .expect("created");
     let again = app
-        .client
-        .create_task(with_request_id("order-2"))
+        .create(with_request_id("order-2"))
         .await
         .expect("replayed");
     let mut changed = with_request_id("order-2");
     changed.prompt = "a different prompt".into();
-    let refused = app.client.create_task(changed).await.expect_err("reused");
+    let refused = app.create(changed).await.expect_err("reused");
 
-    assert_eq!(first.into_inner().task_id, "t_first");
-    assert_eq!(again.into_inner().task_id, "t_first");
+    assert_eq!(first, "t_first");
+    assert_eq!(again, "t_first");
     assert_eq!(refused.code(), Code::AlreadyExists);
     let info = error_info(&refused);
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
@@ -89,49 +70,41 @@ async fn a_repeated_request_id_returns_the_first_task_and_different_parameters_a
     );
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1);
     // Without a request_id every call is a new task.
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
+    app.create(valid_request()).await.expect("created");
+    app.create(valid_request()).await.expect("created");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 3);
 }
 
 #[tokio::test]
 async fn a_failed_first_attempt_is_not_remembered() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(&app, Sequence::states("unused", &["waiting"])).await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(Sequence::new(vec![
+    mount_create(
+        &app,
+        Sequence::new(vec![
             kie_error(500, "Server internal error"),
             kie_ok(json!({"taskId": "t_second_try"})),
-        ]))
-        .mount(&app.upstream)
-        .await;
+        ]),
+    )
+    .await;
 
     let failed = app
-        .client
-        .create_task(with_request_id("order-3"))
+        .create(with_request_id("order-3"))
         .await
         .expect_err("500");
     let retried = app
-        .client
-        .create_task(with_request_id("order-3"))
+        .create(with_request_id("order-3"))
         .await
         .expect("created");
 
     assert_eq!(failed.code(), Code::Internal);
-    assert_eq!(retried.into_inner().task_id, "t_second_try");
+    assert_eq!(retried, "t_second_try");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 2);
 }
 
 #[tokio::test]
 async fn a_task_created_after_the_caller_left_goes_to_its_retry() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create(
         &app,
         kie_ok(json!({"taskId": "t_orphan"})).set_delay(Duration::from_millis(400)),
@@ -140,16 +113,29 @@ async fn a_task_created_after_the_caller_left_goes_to_its_retry() {
 
     let mut client = app.client.clone();
     let leaving = tokio::spawn(async move { client.create_task(with_request_id("order-4")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            app.upstream_count(CREATE_PATH).await == 1
+        })
+        .await,
+        "the call reached kie.ai"
+    );
     leaving.abort(); // the caller goes away mid-call
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            app.metric(r#"hailuo_gateway_creates_total{outcome="created"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await,
+        "kie.ai's late answer came in"
+    );
 
     let retried = app
-        .client
-        .create_task(with_request_id("order-4"))
+        .create(with_request_id("order-4"))
         .await
         .expect("created");
-    assert_eq!(retried.into_inner().task_id, "t_orphan");
+    assert_eq!(retried, "t_orphan");
     assert_eq!(
         app.upstream_count(CREATE_PATH).await,
         1,
@@ -188,16 +174,15 @@ async fn a_create_outlives_the_callers_deadline_until_the_upstream_timeout() {
     // for kie.ai's answer up to the upstream timeout (here 2 s), since only
     // that answer says whether a video is being paid for.
     let (url, closed) = silent_upstream().await;
-    let mut app = spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.upstream.base_url = url.parse().expect("url");
         s.upstream.timeout = Duration::from_secs(2);
     })
     .await;
-    let mut request = tonic::Request::new(valid_request());
-    request.set_timeout(Duration::from_secs(1));
+    let request = with_timeout(valid_request(), Duration::from_secs(1));
 
     let started = Instant::now();
-    let status = app.client.create_task(request).await.expect_err("too slow");
+    let status = app.create(request).await.expect_err("too slow");
 
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
@@ -218,10 +203,7 @@ async fn a_create_outlives_the_callers_deadline_until_the_upstream_timeout() {
 async fn a_read_past_the_callers_deadline_is_deadline_exceeded_and_the_request_is_dropped() {
     let (url, closed) = silent_upstream().await;
     let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
-    let mut request = tonic::Request::new(hailuo_gateway::pb::GetTaskRequest {
-        task_id: "t1".into(),
-    });
-    request.set_timeout(Duration::from_secs(1));
+    let request = with_timeout(get_request("t1"), Duration::from_secs(1));
 
     let started = Instant::now();
     let status = app.client.get_task(request).await.expect_err("too slow");
@@ -249,23 +231,13 @@ async fn a_connection_closed_without_an_answer_is_unavailable_for_a_read_and_unk
             drop(socket); // hang up mid-exchange
         }
     });
-    let mut app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
+    let app = spawn_app_with(|s| s.upstream.base_url = url.parse().expect("url")).await;
 
-    let status = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect_err("reset");
+    let status = app.create(valid_request()).await.expect_err("reset");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
 
-    let status = app
-        .client
-        .get_task(hailuo_gateway::pb::GetTaskRequest {
-            task_id: "t1".into(),
-        })
-        .await
-        .expect_err("reset");
+    let status = app.get("t1").await.expect_err("reset");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
 }
@@ -307,11 +279,9 @@ async fn creates_beyond_kies_window_are_shed_at_once_when_they_cannot_start_in_t
 
     let mut outcomes = Vec::new();
     for _ in 0..5 {
-        let mut client = app.client.clone();
-        let mut request = tonic::Request::new(valid_request());
-        request.set_timeout(Duration::from_secs(2));
+        let request = with_timeout(valid_request(), Duration::from_secs(2));
         let started = Instant::now();
-        let result = client.create_task(request).await;
+        let result = app.create(request).await;
         outcomes.push((result, started.elapsed()));
     }
 
@@ -356,6 +326,8 @@ async fn a_full_queue_sheds_callers_at_once_and_the_rest_are_served() {
             let started = Instant::now();
             (client.create_task(valid_request()).await, started.elapsed())
         }));
+        // Spaced, not awaited: the calls arrive in order while the first
+        // is still upstream.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut served = 0;
@@ -384,11 +356,11 @@ async fn a_full_queue_sheds_callers_at_once_and_the_rest_are_served() {
 
 #[tokio::test]
 async fn a_two_mib_prompt_is_a_clear_invalid_argument() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let mut request = valid_request();
     request.prompt = "x".repeat(2 * 1024 * 1024);
 
-    let status = app.client.create_task(request).await.expect_err("too long");
+    let status = app.create(request).await.expect_err("too long");
 
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["prompt"]);
@@ -399,68 +371,44 @@ async fn a_two_mib_prompt_is_a_clear_invalid_argument() {
     assert_eq!(app.upstream_count(CREATE_PATH).await, 0);
 }
 
-async fn post_callback(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> u16 {
-    let mut request = http_client().post(url).body(body);
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    request
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_ten_mib_callback_body_is_refused_without_reading_it_all() {
     let app = spawn_app().await;
-    let status = post_callback(
-        &app.http_url("/callbacks/kie"),
-        vec![b'{'; 10 * 1024 * 1024],
-        &[("content-type", "application/json".into())],
-    )
-    .await;
+    let status = app
+        .post_callback(&app.callback_url(), vec![b'{'; 10 * 1024 * 1024], &[])
+        .await;
     // 413, or the connection closed on the sender mid-body (0).
     assert!(status == 413 || status == 0, "got {status}");
-    let ok = post_callback(
-        &app.http_url("/callbacks/kie"),
-        br#"{"data":{"taskId":"t_unknown"}}"#.to_vec(),
-        &[],
-    )
-    .await;
+    let ok = app
+        .post_callback(
+            &app.callback_url(),
+            br#"{"data":{"taskId":"t_unknown"}}"#.to_vec(),
+            &[],
+        )
+        .await;
     assert_eq!(ok, 200, "the listener still serves");
 }
 
 #[tokio::test]
 async fn ten_thousand_bad_signature_callbacks_are_refused_and_change_nothing() {
-    let mut app = spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.callbacks.hmac_key = Some(ApiKey::new("the-real-key"));
         s.watch.cadence = PollCadence::constant(Duration::from_secs(30));
     })
     .await;
     mount_record(&app, Sequence::states("t_target", &["generating"])).await;
-    let mut stream = app
-        .client
-        .watch_task(WatchTaskRequest {
-            task_id: "t_target".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = stream.message().await.expect("ok").expect("first");
+    let mut stream = app.watch("t_target").await;
+    let first = next_message(&mut stream).await;
     assert_eq!(state_of(&first.task), TaskState::Generating);
     let reads = app.upstream_count(RECORD_PATH).await;
 
-    let url = app.http_url("/callbacks/kie");
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let url = app.callback_url();
+    let ts = now_secs();
     let forged = sign("a-guessed-key", "t_target", ts);
     let body = json!({"code": 200, "data": {"taskId": "t_target", "state": "success",
         "resultJson": "{\"resultUrls\":[\"https://evil.example/x.mp4\"]}"}})
     .to_string();
-    let http = http_client();
+    let http = app.http();
     let mut senders = Vec::new();
     for _ in 0..8 {
         let (http, url, body, forged) = (http.clone(), url.clone(), body.clone(), forged.clone());

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
-use hailuo_gateway::pb::{CreateTaskRequest, WatchTaskRequest};
+use hailuo_gateway::pb::CreateTaskRequest;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::Code;
@@ -35,17 +34,6 @@ fn rpc_line(entry: &Value, method: &str) -> bool {
     entry["method"] == method && entry["latency_ms"].is_number()
 }
 
-async fn metrics_text(http_url: &str) -> String {
-    http_client()
-        .get(format!("{http_url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 #[tokio::test]
 async fn a_watch_ended_by_kie_refusing_the_gateways_key_is_logged_at_error_with_reason_and_message()
 {
@@ -67,22 +55,14 @@ async fn a_watch_ended_by_kie_refusing_the_gateways_key_is_logged_at_error_with_
         ],
     )
     .await;
-    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
-        .await
-        .expect("connect");
-    let mut request = tonic::Request::new(WatchTaskRequest {
-        task_id: "t_key".into(),
-    });
+    let caller = gateway.caller().await;
+    let mut request = tonic::Request::new(watch_request("t_key"));
     request
         .metadata_mut()
         .insert("x-request-id", "req-watch-401".parse().expect("ascii"));
 
-    let mut stream = client
-        .watch_task(request)
-        .await
-        .expect("watch")
-        .into_inner();
-    stream.message().await.expect("ok").expect("first message");
+    let mut stream = caller.try_watch(request).await.expect("watch");
+    next_message(&mut stream).await;
     let ended = stream.message().await.expect_err("ends with the refusal");
     assert_eq!(ended.code(), Code::Internal, "{ended:?}");
 
@@ -114,15 +94,11 @@ async fn a_create_task_the_caller_cancelled_is_logged_and_counted() {
         .mount(&upstream)
         .await;
     let mut gateway = start_gateway_with(&upstream, &[("GATEWAY_LOG_FORMAT", "json")]).await;
-    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
-        .await
-        .expect("connect");
+    let caller = gateway.caller().await;
+    let mut client = caller.client.clone();
     let call = tokio::spawn(async move { client.create_task(valid_request()).await });
     let upstream_called = wait_for(Duration::from_secs(5), || async {
-        upstream
-            .received_requests()
-            .await
-            .is_some_and(|r| r.iter().any(|r| r.url.path() == CREATE_PATH))
+        received(&upstream, CREATE_PATH).await > 0
     })
     .await;
     assert!(upstream_called, "the call reached kie.ai");
@@ -133,7 +109,7 @@ async fn a_create_task_the_caller_cancelled_is_logged_and_counted() {
     let entry = log_line(&mut gateway.logs, |e| rpc_line(e, "CreateTask")).await;
     assert_eq!(entry["code"], "Cancelled", "{entry}");
     assert_eq!(entry["level"], "INFO", "the caller's doing: {entry}");
-    let metrics = metrics_text(&gateway.http_url).await;
+    let metrics = caller.metrics().await;
     assert!(
         metrics.contains(r#"hailuo_gateway_rpcs_total{method="CreateTask",code="CANCELLED"} 1"#),
         "{metrics}"
@@ -150,10 +126,7 @@ async fn a_watch_whose_deadline_passes_before_its_first_message_is_counted() {
         ]),
     )
     .await;
-    let mut request = tonic::Request::new(WatchTaskRequest {
-        task_id: "t_slow".into(),
-    });
-    request.set_timeout(Duration::from_millis(300));
+    let request = with_timeout(watch_request("t_slow"), Duration::from_millis(300));
 
     let refused = app
         .new_client()
@@ -168,12 +141,12 @@ async fn a_watch_whose_deadline_passes_before_its_first_message_is_counted() {
     );
 
     let counted = wait_for(Duration::from_secs(5), || async {
-        metrics_text(&app.http_url(""))
+        app.metrics()
             .await
             .contains(r#"hailuo_gateway_rpcs_total{method="WatchTask",code="CANCELLED"} 1"#)
     })
     .await;
-    assert!(counted, "{}", metrics_text(&app.http_url("")).await);
+    assert!(counted, "{}", app.metrics().await);
 }
 
 #[tokio::test]
@@ -193,10 +166,10 @@ async fn a_request_tonic_cannot_decode_is_counted() {
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
 
     let counted = wait_for(Duration::from_secs(5), || async {
-        metrics_text(&app.http_url(""))
+        app.metrics()
             .await
             .contains(r#"hailuo_gateway_rpcs_total{method="CreateTask",code="OUT_OF_RANGE"} 1"#)
     })
     .await;
-    assert!(counted, "{}", metrics_text(&app.http_url("")).await);
+    assert!(counted, "{}", app.metrics().await);
 }

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
-use hailuo_gateway::pb::{GetTaskRequest, WatchTaskRequest};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -46,13 +44,11 @@ async fn the_api_key_appears_in_no_log_line_status_or_metric() {
         ],
     )
     .await;
-    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
-        .await
-        .expect("connect");
+    let mut caller = gateway.caller().await;
     let mut seen = Vec::new();
 
     for _ in 0..5 {
-        match client.create_task(valid_request()).await {
+        match caller.client.create_task(valid_request()).await {
             Ok(r) => seen.push(format!("{:?}", r.metadata())),
             Err(s) => seen.push(format!("{s:?} {:?}", s.metadata())),
         }
@@ -61,29 +57,16 @@ async fn the_api_key_appears_in_no_log_line_status_or_metric() {
     invalid.prompt.clear();
     seen.push(format!(
         "{:?}",
-        client.create_task(invalid).await.expect_err("invalid")
+        caller.create(invalid).await.expect_err("invalid")
     ));
-    let mut watch = client
-        .watch_task(WatchTaskRequest {
-            task_id: "t_ok".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    while let Some(m) = watch.message().await.expect("ok") {
-        seen.push(format!("{m:?}"));
-    }
-    seen.push(format!(
-        "{:?}",
-        client
-            .get_task(GetTaskRequest {
-                task_id: "../x".into()
-            })
-            .await
-    ));
-    let http = http_client();
-    let refused = http
-        .post(format!("{}/callbacks/kie", gateway.http_url))
+    let mut watch = caller.watch("t_ok").await;
+    let (messages, end) = drain(&mut watch).await;
+    end.expect("ok");
+    seen.extend(messages.iter().map(|m| format!("{m:?}")));
+    seen.push(format!("{:?}", caller.get("../x").await));
+    let refused = caller
+        .http()
+        .post(caller.callback_url())
         .header("x-webhook-timestamp", "1")
         .header("x-webhook-signature", "AAAA")
         .body(r#"{"data":{"taskId":"t_ok"}}"#)
@@ -91,15 +74,7 @@ async fn the_api_key_appears_in_no_log_line_status_or_metric() {
         .await
         .expect("callback");
     seen.push(refused.text().await.expect("body"));
-    let metrics = http
-        .get(format!("{}/metrics", gateway.http_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    seen.push(metrics);
+    seen.push(caller.metrics().await);
 
     sigterm(&gateway.child);
     let _ = tokio::time::timeout(Duration::from_secs(7), gateway.child.wait()).await;

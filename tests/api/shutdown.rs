@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hailuo_gateway::pb::WatchTaskRequest;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use serde_json::json;
 use tokio::process::Command;
@@ -67,16 +66,18 @@ async fn sigterm_ends_open_watches_with_unavailable_finishes_unary_calls_and_exi
     assert_eq!(serving.status, 1, "SERVING");
 
     let mut watch = client
-        .watch_task(WatchTaskRequest {
-            task_id: "t1".into(),
-        })
+        .watch_task(watch_request("t1"))
         .await
         .expect("watch")
         .into_inner();
-    watch.message().await.expect("ok").expect("first message");
+    next_message(&mut watch).await;
     let mut unary_client = client.clone();
     let in_flight = tokio::spawn(async move { unary_client.create_task(valid_request()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await; // the call is upstream now
+    let upstream_called = wait_for(Duration::from_secs(5), || async {
+        received(&upstream, CREATE_PATH).await > 0
+    })
+    .await;
+    assert!(upstream_called, "the call is upstream now");
 
     sigterm(&child);
 
@@ -173,13 +174,11 @@ async fn a_thousand_open_watches_all_get_a_status_on_sigterm_and_the_process_exi
         let mut client = clients[i % clients.len()].clone();
         watches.push(tokio::spawn(async move {
             let mut stream = client
-                .watch_task(WatchTaskRequest {
-                    task_id: format!("t{}", i % 50),
-                })
+                .watch_task(watch_request(&format!("t{}", i % 50)))
                 .await
                 .expect("watch")
                 .into_inner();
-            stream.message().await.expect("ok").expect("first message");
+            next_message(&mut stream).await;
             stream
         }));
     }

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use hailuo_gateway::config::{ApiKey, PollCadence};
-use hailuo_gateway::pb::{
-    CreateTaskRequest, GetTaskRequest, TaskState, WatchTaskRequest, WatchTaskResponse,
-};
+use hailuo_gateway::pb::{CreateTaskRequest, TaskState};
 use hailuo_gateway::simulator::{SimulateArgs, Simulator};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 use crate::helpers::*;
 
@@ -113,11 +111,18 @@ async fn start_simulator(mode: Mode, extra: &[&str]) -> (Sim, String) {
     }
 }
 
+/// A gateway in front of a simulator, calling back to itself.
 struct E2e {
     gateway: Gateway,
     sim_url: String,
-    http: reqwest::Client,
     _sim: Sim,
+}
+
+impl std::ops::Deref for E2e {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
 }
 
 impl E2e {
@@ -133,81 +138,68 @@ impl E2e {
         Self {
             gateway,
             sim_url,
-            http: http_client(),
             _sim: sim,
         }
     }
 
-    async fn create(&mut self, prompt: &str) -> Result<String, tonic::Status> {
-        let request = CreateTaskRequest {
-            prompt: prompt.into(),
-            ..valid_request()
-        };
-        Ok(self
-            .gateway
-            .client
-            .create_task(request)
-            .await?
-            .into_inner()
-            .task_id)
-    }
-
-    async fn watch(&mut self, task_id: &str) -> Streaming<WatchTaskResponse> {
-        self.gateway
-            .client
-            .watch_task(WatchTaskRequest {
-                task_id: task_id.into(),
-            })
-            .await
-            .expect("watch")
-            .into_inner()
-    }
-
-    async fn state(&mut self, task_id: &str) -> TaskState {
-        let task = self
-            .gateway
-            .client
-            .get_task(GetTaskRequest {
-                task_id: task_id.into(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .task;
-        state_of(&task)
+    async fn state(&self, task_id: &str) -> TaskState {
+        self.get(task_id).await.expect("get").state()
     }
 
     async fn sim_counts(&self) -> serde_json::Value {
-        self.http
-            .get(format!("{}/sim/counts", self.sim_url))
-            .send()
-            .await
-            .expect("counts")
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).expect("json"))
-            .expect("body")
+        sim_counts(self, &self.sim_url).await
+    }
+
+    async fn created_upstream(&self) -> u64 {
+        created_upstream(self, &self.sim_url).await
     }
 }
 
-/// Every non-heartbeat message until the stream ends, and how it ended.
-async fn drain(
-    stream: &mut Streaming<WatchTaskResponse>,
-) -> (Vec<WatchTaskResponse>, Result<(), tonic::Status>) {
-    let mut messages = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
-            Ok(Ok(Some(m))) if m.heartbeat => {}
-            Ok(Ok(Some(m))) => messages.push(m),
-            Ok(Ok(None)) => return (messages, Ok(())),
-            Ok(Err(status)) => return (messages, Err(status)),
-            Err(_) => panic!("watch hung after {} messages", messages.len()),
+/// The simulator's count of createTask calls, asked over `caller`'s HTTP
+/// client.
+async fn created_upstream(caller: &Caller, sim_url: &str) -> u64 {
+    sim_counts(caller, sim_url).await["createTask"]
+        .as_u64()
+        .expect("count")
+}
+
+/// The simulator's counts of the calls it answered.
+async fn sim_counts(caller: &Caller, sim_url: &str) -> serde_json::Value {
+    let body = caller
+        .http()
+        .get(format!("{sim_url}/sim/counts"))
+        .send()
+        .await
+        .expect("counts")
+        .bytes()
+        .await
+        .expect("body");
+    serde_json::from_slice(&body).expect("json")
+}
+
+/// A client's ordinary retry loop: `request_id` retried, each answer
+/// UNAVAILABLE, until kie.ai's callback has named the task.
+async fn retried_until_learned(caller: &Caller, prompt: &str, request_id: &str) -> String {
+    wait_for_some(Duration::from_secs(15), || async {
+        let retried = caller
+            .create(attempt(prompt, request_id, Duration::from_secs(10)))
+            .await;
+        if let Err(status) = &retried {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         }
-    }
+        retried.ok()
+    })
+    .await
+    .expect("never learned")
 }
 
-fn states(messages: &[WatchTaskResponse]) -> Vec<TaskState> {
-    messages.iter().map(|m| state_of(&m.task)).collect()
+/// A CreateTask with a request_id, under a caller deadline.
+fn attempt(prompt: &str, request_id: &str, timeout: Duration) -> tonic::Request<CreateTaskRequest> {
+    let request = CreateTaskRequest {
+        request_id: request_id.into(),
+        ..with_prompt(prompt)
+    };
+    with_timeout(request, timeout)
 }
 
 /// One test function per mode for each scenario.
@@ -231,11 +223,8 @@ in_both_modes!(
     happy_path
 );
 async fn happy_path(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let task_id = e2e
-        .create("a cat surfing a wave at sunset")
-        .await
-        .expect("created");
+    let e2e = E2e::start(mode, &[]).await;
+    let task_id = e2e.create(valid_request()).await.expect("created");
 
     let mut stream = e2e.watch(&task_id).await;
     let (messages, end) = drain(&mut stream).await;
@@ -250,14 +239,11 @@ async fn happy_path(mode: Mode) {
             TaskState::Succeeded
         ]
     );
-    let done = messages
-        .last()
-        .and_then(|m| m.task.clone())
-        .expect("final task");
+    let done = last_task(&messages);
     assert_eq!(done.task_id, task_id);
     assert!(done.complete_time.is_some() && done.cost_time.is_some());
     let url = done.video_urls.first().expect("a video URL").clone();
-    let video = e2e.http.get(&url).send().await.expect("download");
+    let video = e2e.http().get(&url).send().await.expect("download");
     assert_eq!(video.status(), 200);
     let bytes = video.bytes().await.expect("body");
     assert_eq!(&bytes[4..8], b"ftyp", "an MP4 file");
@@ -272,7 +258,7 @@ async fn happy_path(mode: Mode) {
 
 in_both_modes!(each_upstream_error_code_maps_to_its_status, error_codes);
 async fn error_codes(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
+    let e2e = E2e::start(mode, &[]).await;
     let table = [
         ("[sim:401]", Code::Internal, "UPSTREAM_UNAUTHENTICATED"),
         (
@@ -297,7 +283,7 @@ async fn error_codes(mode: Mode) {
     ];
     for (marker, code, reason) in table {
         let status = e2e
-            .create(&format!("{marker} a cat"))
+            .create(with_prompt(&format!("{marker} a cat")))
             .await
             .expect_err(marker);
         assert_eq!(status.code(), code, "{marker}: {status:?}");
@@ -309,7 +295,10 @@ async fn error_codes(mode: Mode) {
             marker.get(5..8)
         );
     }
-    let limited = e2e.create("[sim:429] a cat").await.expect_err("429");
+    let limited = e2e
+        .create(with_prompt("[sim:429] a cat"))
+        .await
+        .expect_err("429");
     assert_eq!(
         retry_delay(&limited),
         Some(Duration::from_secs(3)),
@@ -327,14 +316,17 @@ in_both_modes!(
     failed_task
 );
 async fn failed_task(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let task_id = e2e.create("[sim:fail] a cat").await.expect("created");
+    let e2e = E2e::start(mode, &[]).await;
+    let task_id = e2e
+        .create(with_prompt("[sim:fail] a cat"))
+        .await
+        .expect("created");
 
     let mut stream = e2e.watch(&task_id).await;
     let (messages, end) = drain(&mut stream).await;
 
     end.expect("a failed task is not an RPC error");
-    let last = messages.last().and_then(|m| m.task.clone()).expect("final");
+    let last = last_task(&messages);
     assert_eq!(last.state(), TaskState::Failed);
     assert_eq!(last.fail_code, "500");
     assert!(
@@ -350,8 +342,11 @@ in_both_modes!(
     slow_task
 );
 async fn slow_task(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let slow = e2e.create("[sim:slow] a cat").await.expect("created");
+    let e2e = E2e::start(mode, &[]).await;
+    let slow = e2e
+        .create(with_prompt("[sim:slow] a cat"))
+        .await
+        .expect("created");
 
     tokio::time::sleep(Duration::from_millis(1300)).await; // a normal task's whole life
 
@@ -363,17 +358,16 @@ in_both_modes!(
     never_task
 );
 async fn never_task(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let task_id = e2e.create("[sim:never] a cat").await.expect("created");
+    let e2e = E2e::start(mode, &[]).await;
+    let task_id = e2e
+        .create(with_prompt("[sim:never] a cat"))
+        .await
+        .expect("created");
 
     let mut stream = e2e.watch(&task_id).await;
     let mut heartbeats_while_generating = 0;
     while heartbeats_while_generating < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("a message in time")
-            .expect("ok")
-            .expect("the stream stays open");
+        let m = next_message(&mut stream).await;
         if m.heartbeat && state_of(&m.task) == TaskState::Generating {
             heartbeats_while_generating += 1;
         }
@@ -387,17 +381,20 @@ in_both_modes!(
     manual_task
 );
 async fn manual_task(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let task_id = e2e.create("[sim:manual] a cat").await.expect("created");
+    let e2e = E2e::start(mode, &[]).await;
+    let task_id = e2e
+        .create(with_prompt("[sim:manual] a cat"))
+        .await
+        .expect("created");
     let mut stream = e2e.watch(&task_id).await;
     let mut seen = Vec::new();
     while seen.last() != Some(&TaskState::Generating) {
-        let m = stream.message().await.expect("ok").expect("open");
+        let m = next_message(&mut stream).await;
         seen.push(state_of(&m.task));
     }
 
     let completed = e2e
-        .http
+        .http()
         .post(format!("{}/sim/tasks/{task_id}/complete", e2e.sim_url))
         .send()
         .await
@@ -414,10 +411,10 @@ in_both_modes!(
     poll_errors
 );
 async fn poll_errors(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
+    let e2e = E2e::start(mode, &[]).await;
     for marker in ["[sim:poll-500]", "[sim:poll-429]"] {
         let task_id = e2e
-            .create(&format!("{marker} a cat"))
+            .create(with_prompt(&format!("{marker} a cat")))
             .await
             .expect("created");
         let mut stream = e2e.watch(&task_id).await;
@@ -433,39 +430,32 @@ async fn poll_errors(mode: Mode) {
 
 in_both_modes!(an_unknown_task_is_not_found, unknown_task);
 async fn unknown_task(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
-    let status = e2e
-        .gateway
-        .client
-        .get_task(GetTaskRequest {
-            task_id: "task_hailuo_404".into(),
-        })
-        .await
-        .expect_err("unknown");
+    let e2e = E2e::start(mode, &[]).await;
+    let status = e2e.get("task_hailuo_404").await.expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(error_info(&status).reason, "TASK_NOT_FOUND");
 }
 
 in_both_modes!(added_latency_slows_calls_but_they_succeed, latency_fault);
 async fn latency_fault(mode: Mode) {
-    let mut e2e = E2e::start(mode, &["--latency", "300ms"]).await;
+    let e2e = E2e::start(mode, &["--latency", "300ms"]).await;
     let started = std::time::Instant::now();
-    e2e.create("a cat").await.expect("created");
+    e2e.create(with_prompt("a cat")).await.expect("created");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 in_both_modes!(server_errors_are_internal, error_rate_fault);
 async fn error_rate_fault(mode: Mode) {
-    let mut e2e = E2e::start(mode, &["--error-rate", "1"]).await;
-    let status = e2e.create("a cat").await.expect_err("500");
+    let e2e = E2e::start(mode, &["--error-rate", "1"]).await;
+    let status = e2e.create(with_prompt("a cat")).await.expect_err("500");
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(error_info(&status).reason, "UPSTREAM_INTERNAL_ERROR");
 }
 
 in_both_modes!(a_dropped_connection_leaves_a_create_unknown, drop_fault);
 async fn drop_fault(mode: Mode) {
-    let mut e2e = E2e::start(mode, &["--drop-rate", "1"]).await;
-    let status = e2e.create("a cat").await.expect_err("dropped");
+    let e2e = E2e::start(mode, &["--drop-rate", "1"]).await;
+    let status = e2e.create(with_prompt("a cat")).await.expect_err("dropped");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
     assert_eq!(retry_delay(&status), None);
@@ -473,41 +463,11 @@ async fn drop_fault(mode: Mode) {
 
 in_both_modes!(a_proxys_html_502_leaves_a_create_unknown, html_502_fault);
 async fn html_502_fault(mode: Mode) {
-    let mut e2e = E2e::start(mode, &["--html-502-rate", "1"]).await;
-    let status = e2e.create("a cat").await.expect_err("502");
+    let e2e = E2e::start(mode, &["--html-502-rate", "1"]).await;
+    let status = e2e.create(with_prompt("a cat")).await.expect_err("502");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
     assert_eq!(retry_delay(&status), None);
-}
-
-impl E2e {
-    /// CreateTask with a request_id, under a caller deadline.
-    async fn create_once(
-        &mut self,
-        prompt: &str,
-        request_id: &str,
-        timeout: Duration,
-    ) -> Result<String, tonic::Status> {
-        let mut request = tonic::Request::new(CreateTaskRequest {
-            prompt: prompt.into(),
-            request_id: request_id.into(),
-            ..valid_request()
-        });
-        request.set_timeout(timeout);
-        Ok(self
-            .gateway
-            .client
-            .create_task(request)
-            .await?
-            .into_inner()
-            .task_id)
-    }
-
-    async fn created_upstream(&self) -> u64 {
-        self.sim_counts().await["createTask"]
-            .as_u64()
-            .expect("count")
-    }
 }
 
 in_both_modes!(
@@ -515,17 +475,17 @@ in_both_modes!(
     slow_create
 );
 async fn slow_create(mode: Mode) {
-    let mut e2e = E2e::start(mode, &["--slow-create", "1500ms"]).await;
+    let e2e = E2e::start(mode, &["--slow-create", "1500ms"]).await;
     let prompt = "a cat [sim:slow-create]";
     let status = e2e
-        .create_once(prompt, "r-slow", Duration::from_millis(400))
+        .create(attempt(prompt, "r-slow", Duration::from_millis(400)))
         .await
         .expect_err("the deadline ends before kie.ai answers");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
 
     let task_id = e2e
-        .create_once(prompt, "r-slow", Duration::from_secs(10))
+        .create(attempt(prompt, "r-slow", Duration::from_secs(10)))
         .await
         .expect("the retry waits for the same attempt");
     assert_eq!(e2e.created_upstream().await, 1, "one paid video");
@@ -537,10 +497,10 @@ in_both_modes!(
     drop_create
 );
 async fn drop_create(mode: Mode) {
-    let mut e2e = E2e::start(mode, &[]).await;
+    let e2e = E2e::start(mode, &[]).await;
     let prompt = "a cat [sim:drop-create]";
     let first = e2e
-        .create_once(prompt, "r-drop", Duration::from_secs(10))
+        .create(attempt(prompt, "r-drop", Duration::from_secs(10)))
         .await
         .expect_err("no answer");
     assert_eq!(first.code(), Code::Unavailable, "{first:?}");
@@ -549,25 +509,15 @@ async fn drop_create(mode: Mode) {
 
     // A client's ordinary retry loop: never a second create; the task id as
     // soon as kie.ai's callback (after ~1.1 s of task life) names it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let task_id = loop {
-        match e2e
-            .create_once(prompt, "r-drop", Duration::from_secs(10))
-            .await
-        {
-            Ok(task_id) => break task_id,
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(tokio::time::Instant::now() < deadline, "never learned");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let task_id = retried_until_learned(&e2e, prompt, "r-drop").await;
     assert_eq!(e2e.created_upstream().await, 1, "one paid video");
     assert_eq!(e2e.state(&task_id).await, TaskState::Succeeded);
 
     // Without a request_id the caller is told plainly, and nothing retries.
-    let status = e2e.create(prompt).await.expect_err("no answer");
+    let status = e2e
+        .create(with_prompt(prompt))
+        .await
+        .expect_err("no answer");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
     assert_eq!(retry_delay(&status), None);
@@ -578,8 +528,6 @@ async fn drop_create(mode: Mode) {
 /// URL public: every "never pay twice" case, counted at the simulator.
 #[tokio::test]
 async fn the_real_binary_never_pays_twice_against_simulate() {
-    use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
-
     let (_sim, sim_url) = start_simulator(Mode::Process, &["--slow-create", "1500ms"]).await;
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -598,33 +546,12 @@ async fn the_real_binary_never_pays_twice_against_simulate() {
         ],
     )
     .await;
-    let mut client = VideoGenerationClient::connect(gateway.grpc_url.clone())
-        .await
-        .expect("connect");
-    let http = http_client();
-    let creates = || async {
-        let counts: serde_json::Value = http
-            .get(format!("{sim_url}/sim/counts"))
-            .send()
-            .await
-            .expect("counts")
-            .json_body()
-            .await;
-        counts["createTask"].as_u64().expect("count")
-    };
-    let create = |prompt: &str, request_id: &str, timeout: Duration| {
-        let mut request = tonic::Request::new(CreateTaskRequest {
-            prompt: prompt.into(),
-            request_id: request_id.into(),
-            ..valid_request()
-        });
-        request.set_timeout(timeout);
-        request
-    };
+    let caller = gateway.caller().await;
+    let creates = || created_upstream(&caller, &sim_url);
 
     // A deadline shorter than kie.ai's answer: the retry gets that task.
-    let status = client
-        .create_task(create(
+    let status = caller
+        .create(attempt(
             "[sim:slow-create] a",
             "r-slow",
             Duration::from_millis(400),
@@ -633,8 +560,8 @@ async fn the_real_binary_never_pays_twice_against_simulate() {
         .expect_err("deadline");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
-    client
-        .create_task(create(
+    caller
+        .create(attempt(
             "[sim:slow-create] a",
             "r-slow",
             Duration::from_secs(10),
@@ -644,8 +571,8 @@ async fn the_real_binary_never_pays_twice_against_simulate() {
     assert_eq!(creates().await, 1);
 
     // A dropped answer: retries never create again; the callback names it.
-    let status = client
-        .create_task(create(
+    let status = caller
+        .create(attempt(
             "[sim:drop-create] b",
             "r-drop",
             Duration::from_secs(10),
@@ -655,30 +582,13 @@ async fn the_real_binary_never_pays_twice_against_simulate() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
     assert!(retry_delay(&status).is_some());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let task_id = loop {
-        match client
-            .create_task(create(
-                "[sim:drop-create] b",
-                "r-drop",
-                Duration::from_secs(10),
-            ))
-            .await
-        {
-            Ok(created) => break created.into_inner().task_id,
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(tokio::time::Instant::now() < deadline, "never learned");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let task_id = retried_until_learned(&caller, "[sim:drop-create] b", "r-drop").await;
     assert!(task_id.starts_with("task_hailuo_"), "{task_id}");
     assert_eq!(creates().await, 2, "one create per request_id");
 
     // Without request_id: UNKNOWN, no RetryInfo.
-    let status = client
-        .create_task(create("[sim:drop-create] c", "", Duration::from_secs(10)))
+    let status = caller
+        .create(attempt("[sim:drop-create] c", "", Duration::from_secs(10)))
         .await
         .expect_err("dropped");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
@@ -713,24 +623,6 @@ async fn the_real_binary_never_pays_twice_against_simulate() {
         "{resolved:?}"
     );
 
-    let metrics = http
-        .get(format!("{}/metrics", gateway.http_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = caller.metrics().await;
     assert!(metrics.contains("hailuo_gateway_creates_total{outcome=\"maybe_created\"} 2"));
-}
-
-trait JsonBody {
-    async fn json_body(self) -> serde_json::Value;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body(self) -> serde_json::Value {
-        let bytes = self.bytes().await.expect("body");
-        serde_json::from_slice(&bytes).expect("json")
-    }
 }

@@ -2,25 +2,15 @@
 
 use std::time::Duration;
 
-use hailuo_gateway::pb::GetTaskRequest;
 use tonic::Code;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
 async fn create_with_upstream(answer: ResponseTemplate) -> tonic::Status {
-    let mut app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(answer)
-        .mount(&app.upstream)
-        .await;
-    let status = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect_err("must fail");
+    let app = spawn_app().await;
+    mount_create(&app, answer).await;
+    let status = app.create(valid_request()).await.expect_err("must fail");
     assert_eq!(
         app.upstream_count(CREATE_PATH).await,
         1,
@@ -109,7 +99,7 @@ async fn retry_info_uses_the_upstream_retry_after() {
 #[tokio::test]
 async fn a_proxys_html_502_503_or_504_is_unavailable_for_a_read() {
     for http in [502, 503, 504] {
-        let mut app = spawn_app().await;
+        let app = spawn_app().await;
         mount_record(
             &app,
             Sequence::new(vec![ResponseTemplate::new(http).set_body_raw(
@@ -118,13 +108,7 @@ async fn a_proxys_html_502_503_or_504_is_unavailable_for_a_read() {
             )]),
         )
         .await;
-        let status = app
-            .client
-            .get_task(GetTaskRequest {
-                task_id: "t1".into(),
-            })
-            .await
-            .expect_err("proxy page");
+        let status = app.get("t1").await.expect_err("proxy page");
         assert_eq!(status.code(), Code::Unavailable, "HTTP {http}");
         assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
         assert!(retry_delay(&status).is_some());
@@ -168,7 +152,7 @@ async fn an_unparseable_success_body_leaves_a_create_unknown() {
 
 #[tokio::test]
 async fn an_unparseable_record_is_internal() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(
         &app,
         Sequence::new(vec![
@@ -176,13 +160,7 @@ async fn an_unparseable_record_is_internal() {
         ]),
     )
     .await;
-    let status = app
-        .client
-        .get_task(GetTaskRequest {
-            task_id: "t1".into(),
-        })
-        .await
-        .expect_err("unreadable");
+    let status = app.get("t1").await.expect_err("unreadable");
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(error_info(&status).reason, "UPSTREAM_BAD_RESPONSE");
 }
@@ -194,16 +172,12 @@ async fn an_unreachable_upstream_is_unavailable() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut app = spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.upstream.base_url = format!("http://127.0.0.1:{port}").parse().expect("url");
     })
     .await;
 
-    let status = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect_err("unreachable");
+    let status = app.create(valid_request()).await.expect_err("unreachable");
 
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = error_info(&status);
@@ -215,19 +189,17 @@ async fn an_unreachable_upstream_is_unavailable() {
 
 #[tokio::test]
 async fn an_upstream_slower_than_the_callers_deadline_is_deadline_exceeded() {
-    let mut app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(
-            kie_ok(serde_json::json!({"taskId": "late"})).set_delay(Duration::from_secs(3)),
-        )
-        .mount(&app.upstream)
-        .await;
+    let app = spawn_app().await;
+    mount_create(
+        &app,
+        kie_ok(serde_json::json!({"taskId": "late"})).set_delay(Duration::from_secs(3)),
+    )
+    .await;
     let mut request = tonic::Request::new(valid_request());
     request.set_timeout(Duration::from_secs(1));
 
     let started = std::time::Instant::now();
-    let status = app.client.create_task(request).await.expect_err("too slow");
+    let status = app.create(request).await.expect_err("too slow");
 
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
@@ -239,7 +211,7 @@ async fn an_upstream_slower_than_the_callers_deadline_is_deadline_exceeded() {
 
 #[tokio::test]
 async fn the_configured_upstream_timeout_applies_without_a_caller_deadline() {
-    let mut app = spawn_app_with(|s| s.upstream.timeout = Duration::from_millis(200)).await;
+    let app = spawn_app_with(|s| s.upstream.timeout = Duration::from_millis(200)).await;
     mount_record(
         &app,
         Sequence::new(vec![
@@ -248,13 +220,7 @@ async fn the_configured_upstream_timeout_applies_without_a_caller_deadline() {
     )
     .await;
 
-    let status = app
-        .client
-        .get_task(GetTaskRequest {
-            task_id: "t1".into(),
-        })
-        .await
-        .expect_err("timeout");
+    let status = app.get("t1").await.expect_err("timeout");
 
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(error_info(&status).reason, "UPSTREAM_TIMEOUT");
@@ -262,23 +228,15 @@ async fn the_configured_upstream_timeout_applies_without_a_caller_deadline() {
 
 #[tokio::test]
 async fn a_refused_key_is_the_callers_problem_only_when_it_is_the_callers_key() {
-    let mut app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
-    Mock::given(method("POST"))
-        .and(path(CREATE_PATH))
-        .respond_with(kie_error(401, "You do not have access permissions"))
-        .mount(&app.upstream)
-        .await;
+    let app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
+    mount_create(&app, kie_error(401, "You do not have access permissions")).await;
 
     let mut request = tonic::Request::new(valid_request());
     request
         .metadata_mut()
         .insert("authorization", "Bearer wrong-key".parse().expect("ascii"));
-    let callers = app.client.create_task(request).await.expect_err("refused");
-    let gateways = app
-        .client
-        .create_task(valid_request())
-        .await
-        .expect_err("refused");
+    let callers = app.create(request).await.expect_err("refused");
+    let gateways = app.create(valid_request()).await.expect_err("refused");
 
     assert_eq!(callers.code(), Code::Unauthenticated);
     assert_eq!(gateways.code(), Code::Internal);
@@ -291,7 +249,7 @@ async fn a_refused_key_is_the_callers_problem_only_when_it_is_the_callers_key() 
 
 #[tokio::test]
 async fn a_malformed_caller_key_is_unauthenticated_before_any_upstream_call() {
-    let mut app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
+    let app = spawn_app_with(|s| s.upstream.key_passthrough = true).await;
     mount_create_ok(&app, "t1").await;
     let mut request = tonic::Request::new(valid_request());
     request.metadata_mut().insert(
@@ -299,7 +257,7 @@ async fn a_malformed_caller_key_is_unauthenticated_before_any_upstream_call() {
         "Basic dXNlcjpwYXNz".parse().expect("ascii"),
     );
 
-    let status = app.client.create_task(request).await.expect_err("refused");
+    let status = app.create(request).await.expect_err("refused");
 
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(error_info(&status).reason, "MISSING_API_KEY");

@@ -1,4 +1,4 @@
-use hailuo_gateway::pb::{CreateTaskRequest, GetTaskRequest, WatchTaskRequest};
+use hailuo_gateway::pb::CreateTaskRequest;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -6,10 +6,10 @@ use crate::helpers::*;
 /// Sends `request` and expects INVALID_ARGUMENT naming exactly `fields`,
 /// with nothing sent upstream.
 async fn assert_rejected(request: CreateTaskRequest, fields: &[&str]) {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
 
-    let status = app.client.create_task(request).await.expect_err("rejected");
+    let status = app.create(request).await.expect_err("rejected");
 
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(bad_fields(&status), fields, "{status:?}");
@@ -20,9 +20,9 @@ async fn assert_rejected(request: CreateTaskRequest, fields: &[&str]) {
 }
 
 async fn assert_accepted(request: CreateTaskRequest) {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
-    app.client.create_task(request).await.expect("accepted");
+    app.create(request).await.expect("accepted");
     assert_eq!(app.upstream_count(CREATE_PATH).await, 1);
 }
 
@@ -131,7 +131,7 @@ async fn every_bad_field_is_named_at_once() {
 
 #[tokio::test]
 async fn task_ids_with_path_or_query_characters_are_rejected_by_get_and_watch() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(&app, Sequence::states("x", &["success"])).await;
     let too_long = "a".repeat(129);
     for bad in [
@@ -144,21 +144,12 @@ async fn task_ids_with_path_or_query_characters_are_rejected_by_get_and_watch() 
         "a b",
         too_long.as_str(),
     ] {
-        let get = app
-            .client
-            .get_task(GetTaskRequest {
-                task_id: bad.into(),
-            })
-            .await
-            .expect_err("rejected");
+        let get = app.get(bad).await.expect_err("rejected");
         assert_eq!(get.code(), Code::InvalidArgument, "{bad:?}");
         assert_eq!(bad_fields(&get), ["task_id"]);
 
         let watch = app
-            .client
-            .watch_task(WatchTaskRequest {
-                task_id: bad.into(),
-            })
+            .try_watch(watch_request(bad))
             .await
             .expect_err("rejected");
         assert_eq!(watch.code(), Code::InvalidArgument, "{bad:?}");
@@ -167,8 +158,5 @@ async fn task_ids_with_path_or_query_characters_are_rejected_by_get_and_watch() 
     assert_eq!(app.upstream_count(RECORD_PATH).await, 0, "no upstream call");
 
     let longest = "a".repeat(128);
-    app.client
-        .get_task(GetTaskRequest { task_id: longest })
-        .await
-        .expect("128 characters are fine");
+    app.get(&longest).await.expect("128 characters are fine");
 }

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hailuo_gateway::callbacks::sign;
 use hailuo_gateway::config::{ApiKey, PollCadence};
-use hailuo_gateway::pb::{GetTaskRequest, TaskState, WatchTaskRequest, WatchTaskResponse};
+use hailuo_gateway::pb::{TaskState, WatchTaskResponse};
 use serde_json::json;
 use tonic::Streaming;
 use wiremock::{Request, Respond, ResponseTemplate};
@@ -50,31 +50,12 @@ impl Respond for Phased {
     }
 }
 
-fn watch_request(task_id: &str) -> WatchTaskRequest {
-    WatchTaskRequest {
-        task_id: task_id.into(),
-    }
-}
-
 /// The value of an unlabelled gauge in the gateway's /metrics text.
 async fn gauge(gateway: &Gateway, name: &str) -> f64 {
-    let text = reqwest_get(&gateway.http_url("/metrics")).await;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"));
-    line[name.len()..].trim().parse().expect("a number")
-}
-
-async fn reqwest_get(url: &str) -> String {
-    http_client()
-        .get(url)
-        .send()
+    gateway
+        .metric(name)
         .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text")
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 /// A task watched by `watchers` streams over 8 connections while the test
@@ -178,39 +159,6 @@ async fn spawn_with_callbacks() -> TestApp {
     .await
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// Building a reqwest client loads the platform's TLS roots (tens of ms):
-/// done once, before any clock starts.
-fn http_client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(crate::helpers::http_client)
-}
-
-async fn post_callback(
-    app: &TestApp,
-    body: serde_json::Value,
-    timestamp: u64,
-    signature: &str,
-) -> u16 {
-    http_client()
-        .post(app.http_url("/callbacks/kie"))
-        .header("content-type", "application/json")
-        .header("x-webhook-timestamp", timestamp.to_string())
-        .header("x-webhook-signature", signature)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST callback")
-        .status()
-        .as_u16()
-}
-
 fn callback_body(task_id: &str, state: &str, url: &str) -> serde_json::Value {
     json!({"code": 200, "msg": "success", "data": {
         "taskId": task_id, "state": state,
@@ -220,50 +168,41 @@ fn callback_body(task_id: &str, state: &str, url: &str) -> serde_json::Value {
 
 /// Creates `t_cb` through the gateway (so it carries the gateway's callback
 /// URL) and watches it into GENERATING.
-async fn watch_generating_task(app: &mut TestApp, task: &Phased) -> Streaming<WatchTaskResponse> {
+async fn watch_generating_task(app: &TestApp, task: &Phased) -> Streaming<WatchTaskResponse> {
     mount_create_ok(app, "t_cb").await;
     mount_record(app, task.clone()).await;
     task.set("generating");
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
-    let sent = &app.upstream_requests(CREATE_PATH).await[0];
-    let body: serde_json::Value = serde_json::from_slice(&sent.body).expect("json");
+    app.create(valid_request()).await.expect("created");
+    let body = app.first_create_body().await;
     let url = body["callBackUrl"].as_str().expect("callBackUrl");
     assert!(
         url.starts_with(&app.http_url("/callbacks/kie?attempt=")),
         "the gateway's own callback URL, with the attempt's token: {url}"
     );
-    let mut stream = app
-        .client
-        .watch_task(watch_request("t_cb"))
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = stream.message().await.expect("ok").expect("first");
+    let mut stream = app.watch("t_cb").await;
+    let first = next_message(&mut stream).await;
     assert_eq!(state_of(&first.task), TaskState::Generating);
     stream
 }
 
 #[tokio::test]
 async fn with_callbacks_a_watcher_learns_of_completion_within_100ms_of_the_callback() {
-    let mut app = spawn_with_callbacks().await;
+    let app = spawn_with_callbacks().await;
     let task = Phased::new("t_cb");
-    let mut stream = watch_generating_task(&mut app, &task).await;
+    let mut stream = watch_generating_task(&app, &task).await;
     task.set("success");
-    http_client();
+    app.http(); // built before the clock starts
 
     let ts = now_secs();
     let arrived = Instant::now();
-    let status = post_callback(
-        &app,
-        callback_body("t_cb", "success", "https://cdn.example/video.mp4"),
-        ts,
-        &sign(HMAC_KEY, "t_cb", ts),
-    )
-    .await;
-    let done = stream.message().await.expect("ok").expect("final");
+    let status = app
+        .post_signed_callback(
+            &callback_body("t_cb", "success", "https://cdn.example/video.mp4"),
+            ts,
+            &sign(HMAC_KEY, "t_cb", ts),
+        )
+        .await;
+    let done = next_message(&mut stream).await;
     let latency = arrived.elapsed();
     eprintln!("callback to watcher: {latency:?}");
 
@@ -281,19 +220,27 @@ async fn with_callbacks_a_watcher_learns_of_completion_within_100ms_of_the_callb
 
 #[tokio::test]
 async fn forged_or_stale_callbacks_are_rejected_and_change_nothing() {
-    let mut app = spawn_with_callbacks().await;
+    let app = spawn_with_callbacks().await;
     let task = Phased::new("t_cb");
-    let mut stream = watch_generating_task(&mut app, &task).await;
+    let mut stream = watch_generating_task(&app, &task).await;
     let reads = app.upstream_count(RECORD_PATH).await;
     let evil = "https://evil.example/injected.mp4";
     let body = callback_body("t_cb", "success", evil);
     let ts = now_secs();
     let stale = ts - 6 * 60;
 
-    let forged = post_callback(&app, body.clone(), ts, &sign("not-the-key", "t_cb", ts)).await;
-    let stale = post_callback(&app, body.clone(), stale, &sign(HMAC_KEY, "t_cb", stale)).await;
-    let other_task = post_callback(&app, body.clone(), ts, &sign(HMAC_KEY, "t_other", ts)).await;
-    let garbage = post_callback(&app, body.clone(), ts, "bm90IGEgc2lnbmF0dXJl").await;
+    let forged = app
+        .post_signed_callback(&body, ts, &sign("not-the-key", "t_cb", ts))
+        .await;
+    let stale = app
+        .post_signed_callback(&body, stale, &sign(HMAC_KEY, "t_cb", stale))
+        .await;
+    let other_task = app
+        .post_signed_callback(&body, ts, &sign(HMAC_KEY, "t_other", ts))
+        .await;
+    let garbage = app
+        .post_signed_callback(&body, ts, "bm90IGEgc2lnbmF0dXJl")
+        .await;
 
     assert_eq!([forged, stale, other_task, garbage], [401; 4]);
     assert_eq!(app.upstream_count(RECORD_PATH).await, reads, "no re-read");
@@ -302,7 +249,9 @@ async fn forged_or_stale_callbacks_are_rejected_and_change_nothing() {
 
     // Even a correctly signed body cannot inject a URL: it only wakes a
     // re-read, and kie.ai still says generating.
-    let signed = post_callback(&app, body, ts, &sign(HMAC_KEY, "t_cb", ts)).await;
+    let signed = app
+        .post_signed_callback(&body, ts, &sign(HMAC_KEY, "t_cb", ts))
+        .await;
     assert_eq!(signed, 200);
     assert!(
         wait_for(Duration::from_secs(2), || async {
@@ -313,19 +262,10 @@ async fn forged_or_stale_callbacks_are_rejected_and_change_nothing() {
     );
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(quiet.is_err(), "no state change to report: {quiet:?}");
-    let task = app
-        .client
-        .get_task(GetTaskRequest {
-            task_id: "t_cb".into(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .task
-        .expect("task");
+    let task = app.get("t_cb").await.expect("get");
     assert_eq!(task.state(), TaskState::Generating);
     assert!(!task.video_urls.iter().any(|u| u == evil));
-    let metrics = reqwest_get(&app.http_url("/metrics")).await;
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("hailuo_gateway_callbacks_rejected_total{reason=\"bad_signature\"} 3"),
         "{metrics}"
@@ -342,7 +282,7 @@ async fn forged_or_stale_callbacks_are_rejected_and_change_nothing() {
 
 #[tokio::test]
 async fn after_a_thousand_open_and_cancel_cycles_gauges_return_to_zero_and_reads_stop() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let tasks: Vec<Phased> = ["t0", "t1", "t2", "t3", "t4"]
         .into_iter()
         .map(Phased::new)
@@ -358,13 +298,8 @@ async fn after_a_thousand_open_and_cancel_cycles_gauges_return_to_zero_and_reads
 
     for i in 0..1000 {
         let task_id = tasks[i % tasks.len()].task_id;
-        let mut stream = app
-            .client
-            .watch_task(watch_request(task_id))
-            .await
-            .expect("watch")
-            .into_inner();
-        stream.message().await.expect("ok").expect("first");
+        let mut stream = app.watch(task_id).await;
+        next_message(&mut stream).await;
         drop(stream);
     }
 
@@ -390,35 +325,18 @@ async fn after_a_thousand_open_and_cancel_cycles_gauges_return_to_zero_and_reads
 
 #[tokio::test]
 async fn a_finished_task_is_answered_from_the_cache_without_an_upstream_call() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(&app, Sequence::states("t_done", &["generating", "success"])).await;
-    let stream = app
-        .client
-        .watch_task(watch_request("t_done"))
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut stream = stream;
-    while stream.message().await.expect("ok").is_some() {}
+    let mut stream = app.watch("t_done").await;
+    let (_, end) = drain(&mut stream).await;
+    end.expect("ok");
     let reads = app.upstream_count(RECORD_PATH).await;
 
-    let got = app
-        .client
-        .get_task(GetTaskRequest {
-            task_id: "t_done".into(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
-    let mut again = app
-        .client
-        .watch_task(watch_request("t_done"))
-        .await
-        .expect("watch")
-        .into_inner();
-    let only = again.message().await.expect("ok").expect("one message");
+    let got = app.get("t_done").await.expect("get");
+    let mut again = app.watch("t_done").await;
+    let only = next_message(&mut again).await;
 
-    assert_eq!(state_of(&got.task), TaskState::Succeeded);
+    assert_eq!(got.state(), TaskState::Succeeded);
     assert_eq!(state_of(&only.task), TaskState::Succeeded);
     assert!(again.message().await.expect("ok").is_none(), "ends at once");
     assert_eq!(
@@ -500,7 +418,7 @@ async fn two_hundred_tasks_on_a_budget_of_ten_reads_a_second_never_exceed_it_and
         .max()
         .unwrap_or(0);
     assert!(busiest <= 10, "{busiest} reads within one second");
-    let metrics = reqwest_get(&app.http_url("/metrics")).await;
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("hailuo_gateway_read_budget_grants_total 400"),
         "{metrics}"
@@ -509,17 +427,14 @@ async fn two_hundred_tasks_on_a_budget_of_ten_reads_a_second_never_exceed_it_and
 
 #[tokio::test]
 async fn metrics_show_rpcs_upstream_calls_watchers_pollers_and_callbacks() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_create_ok(&app, "t1").await;
-    app.client
-        .create_task(valid_request())
-        .await
-        .expect("created");
+    app.create(valid_request()).await.expect("created");
     let mut bad = valid_request();
     bad.prompt.clear();
-    app.client.create_task(bad).await.expect_err("invalid");
+    app.create(bad).await.expect_err("invalid");
 
-    let text = reqwest_get(&app.http_url("/metrics")).await;
+    let text = app.metrics().await;
 
     for expected in [
         "hailuo_gateway_rpcs_total{method=\"CreateTask\",code=\"OK\"} 1",
@@ -537,16 +452,11 @@ async fn metrics_show_rpcs_upstream_calls_watchers_pollers_and_callbacks() {
 
 #[tokio::test]
 async fn a_watch_ends_with_deadline_exceeded_after_the_maximum_watch_duration() {
-    let mut app = spawn_app_with(|s| s.watch.max_duration = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|s| s.watch.max_duration = Duration::from_millis(300)).await;
     mount_record(&app, Sequence::states("t1", &["generating"])).await;
 
-    let mut stream = app
-        .client
-        .watch_task(watch_request("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
-    stream.message().await.expect("ok").expect("first");
+    let mut stream = app.watch("t1").await;
+    next_message(&mut stream).await;
     let status = tokio::time::timeout(Duration::from_secs(3), stream.message())
         .await
         .expect("ends")

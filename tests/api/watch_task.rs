@@ -1,38 +1,26 @@
 use std::time::Duration;
 
-use hailuo_gateway::pb::{TaskState, WatchTaskRequest, WatchTaskResponse};
+use hailuo_gateway::pb::{TaskState, WatchTaskResponse};
 use tonic::{Code, Streaming};
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
-fn watch(task_id: &str) -> WatchTaskRequest {
-    WatchTaskRequest {
-        task_id: task_id.into(),
-    }
-}
-
 /// Reads the stream to its end: the states it carried and how it ended.
 async fn collect(
     mut stream: Streaming<WatchTaskResponse>,
 ) -> (Vec<TaskState>, Result<(), tonic::Status>) {
-    let mut states = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
-            Ok(Ok(Some(m))) => {
-                assert!(!m.heartbeat, "no heartbeat expected here");
-                states.push(state_of(&m.task));
-            }
-            Ok(Ok(None)) => return (states, Ok(())),
-            Ok(Err(status)) => return (states, Err(status)),
-            Err(_) => panic!("stream hung after {states:?}"),
-        }
-    }
+    let (messages, end) = drain(&mut stream).await;
+    assert!(
+        messages.iter().all(|m| !m.heartbeat),
+        "no heartbeat expected here"
+    );
+    (states(&messages), end)
 }
 
 #[tokio::test]
 async fn a_watch_streams_each_state_once_and_ends_ok_after_success() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(
         &app,
         Sequence::states(
@@ -50,12 +38,7 @@ async fn a_watch_streams_each_state_once_and_ends_ok_after_success() {
     )
     .await;
 
-    let stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
+    let stream = app.watch("t1").await;
     let (states, end) = collect(stream).await;
 
     assert_eq!(
@@ -77,25 +60,18 @@ async fn a_watch_streams_each_state_once_and_ends_ok_after_success() {
 
 #[tokio::test]
 async fn a_failed_generation_is_a_failed_message_not_an_rpc_error() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(
         &app,
         Sequence::states("t1", &["waiting", "generating", "fail"]),
     )
     .await;
 
-    let mut stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut last = None;
-    while let Some(m) = stream.message().await.expect("no rpc error") {
-        last = m.task;
-    }
+    let mut stream = app.watch("t1").await;
+    let (messages, end) = drain(&mut stream).await;
 
-    let last = last.expect("a final message");
+    end.expect("no rpc error");
+    let last = last_task(&messages);
     assert_eq!(last.state(), TaskState::Failed);
     assert_eq!(last.fail_code, "500");
     assert_eq!(last.fail_message, "content moderation rejected the image");
@@ -103,7 +79,7 @@ async fn a_failed_generation_is_a_failed_message_not_an_rpc_error() {
 
 #[tokio::test]
 async fn watching_an_unknown_task_is_not_found() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(
         &app,
         Sequence::new(vec![kie_error(422, "recordInfo is null")]),
@@ -111,8 +87,7 @@ async fn watching_an_unknown_task_is_not_found() {
     .await;
 
     let status = app
-        .client
-        .watch_task(watch("t_missing"))
+        .try_watch(watch_request("t_missing"))
         .await
         .expect_err("not found");
 
@@ -122,7 +97,7 @@ async fn watching_an_unknown_task_is_not_found() {
 
 #[tokio::test]
 async fn transient_upstream_errors_mid_watch_are_retried_without_ending_the_stream() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let html_502 =
         ResponseTemplate::new(502).set_body_raw("<html>502 Bad Gateway</html>", "text/html");
     mount_record(
@@ -139,12 +114,7 @@ async fn transient_upstream_errors_mid_watch_are_retried_without_ending_the_stre
     )
     .await;
 
-    let stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
+    let stream = app.watch("t1").await;
     let (states, end) = collect(stream).await;
 
     assert_eq!(
@@ -160,7 +130,7 @@ async fn transient_upstream_errors_mid_watch_are_retried_without_ending_the_stre
 
 #[tokio::test]
 async fn a_watch_gives_up_with_unavailable_when_the_retry_budget_is_spent() {
-    let mut app = spawn_app_with(|s| s.watch.retry_budget = 3).await;
+    let app = spawn_app_with(|s| s.watch.retry_budget = 3).await;
     mount_record(
         &app,
         Sequence::new(vec![
@@ -170,12 +140,7 @@ async fn a_watch_gives_up_with_unavailable_when_the_retry_budget_is_spent() {
     )
     .await;
 
-    let stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
+    let stream = app.watch("t1").await;
     let (states, end) = collect(stream).await;
 
     assert_eq!(states, [TaskState::Waiting]);
@@ -187,17 +152,12 @@ async fn a_watch_gives_up_with_unavailable_when_the_retry_budget_is_spent() {
 
 #[tokio::test]
 async fn a_quiet_watch_sends_heartbeats_repeating_the_task() {
-    let mut app = spawn_app_with(|s| s.watch.heartbeat = Duration::from_millis(150)).await;
+    let app = spawn_app_with(|s| s.watch.heartbeat = Duration::from_millis(150)).await;
     mount_record(&app, Sequence::states("t1", &["generating"])).await;
 
-    let mut stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = stream.message().await.expect("ok").expect("first");
-    let second = stream.message().await.expect("ok").expect("heartbeat");
+    let mut stream = app.watch("t1").await;
+    let first = next_message(&mut stream).await;
+    let second = next_message(&mut stream).await;
 
     assert!(!first.heartbeat);
     assert!(second.heartbeat);
@@ -207,16 +167,11 @@ async fn a_quiet_watch_sends_heartbeats_repeating_the_task() {
 
 #[tokio::test]
 async fn polling_stops_when_the_last_watcher_leaves() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(&app, Sequence::states("t1", &["generating"])).await;
 
-    let mut stream = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
-    stream.message().await.expect("ok").expect("first");
+    let mut stream = app.watch("t1").await;
+    next_message(&mut stream).await;
     assert_eq!(app.hub.active_pollers(), 1);
     drop(stream);
 
@@ -239,7 +194,7 @@ async fn polling_stops_when_the_last_watcher_leaves() {
 
 #[tokio::test]
 async fn two_watchers_of_one_task_share_one_poller() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     mount_record(
         &app,
         Sequence::states(
@@ -250,14 +205,9 @@ async fn two_watchers_of_one_task_share_one_poller() {
     .await;
     let mut other = app.new_client().await;
 
-    let a = app
-        .client
-        .watch_task(watch("t1"))
-        .await
-        .expect("watch")
-        .into_inner();
+    let a = app.watch("t1").await;
     let b = other
-        .watch_task(watch("t1"))
+        .watch_task(watch_request("t1"))
         .await
         .expect("watch")
         .into_inner();
