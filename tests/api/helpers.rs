@@ -22,8 +22,10 @@ pub const TEST_KEY: &str = "test-key-1234567890";
 pub const CREATE_PATH: &str = "/api/v1/jobs/createTask";
 pub const RECORD_PATH: &str = "/api/v1/jobs/recordInfo";
 
-/// How long a watch may go without a message before a test calls it hung.
-const STREAM_HANG: Duration = Duration::from_secs(15);
+/// How long a watch may go without a message before a test calls it hung:
+/// above the binary's default slow cadence (15 s), which applies to a
+/// record created long ago.
+const STREAM_HANG: Duration = Duration::from_secs(30);
 
 /// A caller of one gateway: a client of its gRPC API and the address of its
 /// HTTP listener, with one typed helper for each thing a test does to it.
