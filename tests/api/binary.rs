@@ -1,6 +1,6 @@
 //! Running the real `hailuo-gateway` binary in tests.
 
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -92,6 +92,14 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         http_url: format!("http://{http}"),
         logs,
     }
+}
+
+/// How `child` exited; it must exit within `timeout` (`what` says why).
+pub async fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    tokio::time::timeout(timeout, child.wait())
+        .await
+        .expect(what)
+        .expect("wait")
 }
 
 pub fn sigterm(child: &Child) {

@@ -353,10 +353,7 @@ async fn a_non_json_4xx_from_a_cdn_made_no_task_and_frees_the_request_id() {
 
 #[tokio::test]
 async fn a_refused_connection_sent_nothing_and_is_unavailable_with_retry_info() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let app = spawn_app_with(|s| {
         s.upstream.base_url = format!("http://127.0.0.1:{port}").parse().expect("url");
     })

@@ -523,6 +523,14 @@ pub fn http_client() -> reqwest::Client {
         .expect("client builds")
 }
 
+/// A port on 127.0.0.1 that was just free: nothing listens there.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// The wall clock in Unix seconds, as callback timestamps carry it.
 pub fn now_secs() -> u64 {
     SystemTime::now()

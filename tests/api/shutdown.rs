@@ -91,10 +91,12 @@ async fn sigterm_ends_open_watches_with_unavailable_finishes_unary_calls_and_exi
         .expect("join")
         .expect("in-flight call finishes");
     assert_eq!(created.into_inner().task_id, "slow");
-    let exit = tokio::time::timeout(Duration::from_secs(7), child.wait())
-        .await
-        .expect("exits within the grace period")
-        .expect("wait");
+    let exit = exit_within(
+        &mut child,
+        Duration::from_secs(7),
+        "exits within the grace period",
+    )
+    .await;
     assert!(exit.success(), "exit status {exit:?}");
 }
 
@@ -105,10 +107,7 @@ async fn sigterm_with_nothing_open_exits_zero_at_once() {
 
     sigterm(&child);
 
-    let exit = tokio::time::timeout(Duration::from_secs(3), child.wait())
-        .await
-        .expect("exits promptly")
-        .expect("wait");
+    let exit = exit_within(&mut child, Duration::from_secs(3), "exits promptly").await;
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -205,10 +204,12 @@ async fn a_thousand_open_watches_all_get_a_status_on_sigterm_and_the_process_exi
             .expect_err("with a status, not OK");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
-    let exit = tokio::time::timeout(Duration::from_secs(7), child.wait())
-        .await
-        .expect("exits within the grace period")
-        .expect("wait");
+    let exit = exit_within(
+        &mut child,
+        Duration::from_secs(7),
+        "exits within the grace period",
+    )
+    .await;
     assert!(exit.success(), "{exit:?}");
     assert!(signalled.elapsed() < Duration::from_secs(6));
 }

@@ -529,10 +529,7 @@ async fn drop_create(mode: Mode) {
 #[tokio::test]
 async fn the_real_binary_never_pays_twice_against_simulate() {
     let (_sim, sim_url) = start_simulator(Mode::Process, &["--slow-create", "1500ms"]).await;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let http_port = free_port();
     let http_addr = format!("127.0.0.1:{http_port}");
     let callback_url = format!("http://{http_addr}/callbacks/kie");
     let mut gateway = crate::binary::start_gateway_at(

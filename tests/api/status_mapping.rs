@@ -168,10 +168,7 @@ async fn an_unparseable_record_is_internal() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_unavailable() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let app = spawn_app_with(|s| {
         s.upstream.base_url = format!("http://127.0.0.1:{port}").parse().expect("url");
     })
