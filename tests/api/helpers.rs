@@ -368,14 +368,6 @@ pub fn with_request_id(id: &str) -> CreateTaskRequest {
     }
 }
 
-/// A valid request with this prompt (the simulator reads markers in it).
-pub fn with_prompt(prompt: &str) -> CreateTaskRequest {
-    CreateTaskRequest {
-        prompt: prompt.into(),
-        ..valid_request()
-    }
-}
-
 /// kie.ai's success envelope (HTTP 200).
 pub fn kie_ok(data: Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"code": 200, "msg": "success", "data": data}))

@@ -177,6 +177,14 @@ async fn sim_counts(caller: &Caller, sim_url: &str) -> serde_json::Value {
     serde_json::from_slice(&body).expect("json")
 }
 
+/// A valid request with this prompt, whose markers the simulator reads.
+fn with_prompt(prompt: &str) -> CreateTaskRequest {
+    CreateTaskRequest {
+        prompt: prompt.into(),
+        ..valid_request()
+    }
+}
+
 /// A client's ordinary retry loop: `request_id` retried, each answer
 /// UNAVAILABLE, until kie.ai's callback has named the task.
 async fn retried_until_learned(caller: &Caller, prompt: &str, request_id: &str) -> String {
