@@ -375,7 +375,10 @@ async fn never_task(mode: Mode) {
     let mut stream = e2e.watch(&task_id).await;
     let mut heartbeats_while_generating = 0;
     while heartbeats_while_generating < 2 {
-        let m = next_message(&mut stream).await;
+        // Heartbeats come every 300 ms: 5 s without a message is a failure.
+        let m = tokio::time::timeout(Duration::from_secs(5), next_message(&mut stream))
+            .await
+            .expect("a message in time");
         if m.heartbeat && state_of(&m.task) == TaskState::Generating {
             heartbeats_while_generating += 1;
         }
