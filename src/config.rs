@@ -103,7 +103,7 @@ impl fmt::Display for RedisUrl {
         let mut shown = self.0.clone();
         if shown.password().is_some() {
             // Only fails for URLs that cannot have a password at all.
-            let _ = shown.set_password(Some("<redacted>"));
+            let _ = shown.set_password(Some("REDACTED"));
         }
         write!(f, "{shown}")
     }
