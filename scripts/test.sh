@@ -5,6 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== redis-server (the fleet tests start their own, on free loopback ports)"
+if ! command -v redis-server >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null || true
+  fi
+  command -v redis-server >/dev/null || {
+    echo "redis-server is not on PATH: install it (apt-get install redis-server, brew install redis) and run again" >&2
+    exit 1
+  }
+fi
+redis-server --version
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

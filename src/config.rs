@@ -44,6 +44,7 @@ pub mod defaults {
     /// kie.ai: at most 20 new generation requests per 10 s per account.
     pub const CREATE_LIMIT: usize = 20;
     pub const CREATE_WINDOW: Duration = Duration::from_secs(10);
+    pub const REDIS_PREFIX: &str = "hailuo-gateway";
 }
 
 /// A kie.ai API key. Debug and Display never show it.
@@ -82,6 +83,59 @@ impl std::str::FromStr for ApiKey {
         }
         Ok(Self::new(key))
     }
+}
+
+/// A Redis URL. It may carry a password, so Debug and Display show it
+/// without one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Url);
+
+impl RedisUrl {
+    /// The URL itself, password included, for the Redis client and nothing
+    /// else.
+    pub fn expose(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // Only fails for URLs that cannot have a password at all.
+            let _ = shown.set_password(Some("REDACTED"));
+        }
+        write!(f, "{shown}")
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The parse error never quotes the input: it may hold a password.
+        let url = Url::parse(s.trim()).map_err(|e| format!("not a URL: {e}"))?;
+        match url.scheme() {
+            "redis" | "rediss" => Ok(Self(url)),
+            other => Err(format!(
+                "scheme {other:?}: use redis://host:port/db (or rediss:// for TLS)"
+            )),
+        }
+    }
+}
+
+/// A key prefix: no braces, which would change the keys' hash tags (Redis
+/// Cluster hashes only what the first `{...}` holds).
+fn redis_prefix(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.contains(['{', '}']) || raw.chars().any(char::is_whitespace) {
+        return Err("must be non-empty, without braces or spaces".into());
+    }
+    Ok(raw.to_owned())
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -234,6 +288,17 @@ pub struct ServeArgs {
     /// The window of --kie-create-limit.
     #[arg(long, env = "KIE_CREATE_WINDOW", default_value_t = human(defaults::CREATE_WINDOW))]
     pub kie_create_window: humantime::Duration,
+
+    /// Redis shared by the replicas of one gateway (`redis://host:6379/0`;
+    /// a password goes in the URL and is never printed). Unset, the gateway
+    /// keeps its state in this process only.
+    #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Namespace of this gateway's keys in Redis, so that several gateways
+    /// (several kie.ai accounts) can share one Redis.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX, value_parser = redis_prefix)]
+    pub redis_prefix: String,
 
     /// Run against a built-in kie.ai simulator: no key, no credits spent.
     #[cfg(feature = "sandbox")]
@@ -407,10 +472,20 @@ pub struct CallbackSettings {
     pub hmac_key: Option<ApiKey>,
 }
 
+/// The Redis that the replicas of one gateway share.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    /// Every key starts with `<prefix>:`.
+    pub prefix: String,
+}
+
 /// Everything the application is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub upstream: UpstreamSettings,
+    /// Set: replicas coordinate through this Redis. Unset: one process.
+    pub redis: Option<RedisSettings>,
     pub idempotency: IdempotencySettings,
     pub callbacks: CallbackSettings,
     pub grpc_addr: SocketAddr,
@@ -433,6 +508,7 @@ impl Settings {
                 timeout: defaults::UPSTREAM_TIMEOUT,
                 limits: UpstreamLimits::default(),
             },
+            redis: None,
             idempotency: IdempotencySettings::default(),
             callbacks: CallbackSettings::default(),
             grpc_addr: loopback,
@@ -488,6 +564,10 @@ impl ServeArgs {
                     create_window: self.kie_create_window.into(),
                 },
             },
+            redis: self.redis_url.clone().map(|url| RedisSettings {
+                url,
+                prefix: self.redis_prefix.clone(),
+            }),
             idempotency: IdempotencySettings {
                 ttl: self.idempotency_ttl.into(),
                 max_keys: self.idempotency_keys,
@@ -533,6 +613,21 @@ mod tests {
         let key = ApiKey::new("sk-very-secret");
         assert!(!format!("{key:?}").contains("secret"));
         assert!(!format!("{key}").contains("secret"));
+    }
+
+    #[test]
+    fn a_redis_password_is_never_shown() {
+        let url: RedisUrl = "redis://user:hunter2@redis.internal:6379/0"
+            .parse()
+            .expect("valid");
+        for shown in [format!("{url}"), format!("{url:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("redis.internal:6379"), "{shown}");
+        }
+        assert_eq!(url.expose().password(), Some("hunter2"));
+        assert!("http://x".parse::<RedisUrl>().is_err());
+        assert!(redis_prefix("a{b}").is_err());
+        assert!(redis_prefix("team-a").is_ok());
     }
 
     #[test]

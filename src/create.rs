@@ -107,6 +107,9 @@ impl Creator {
             Reservation::Mismatch => Err(GatewayError::IdempotencyKeyReused {
                 request_id: key.request_id,
             }),
+            // Without the shared store a duplicate on another replica could
+            // not be seen: refuse rather than risk a second video.
+            Reservation::Unreachable => Err(GatewayError::CoordinationUnavailable),
         }
     }
 

@@ -60,6 +60,53 @@ pub enum GatewayError {
     CreateOutcomeUnknown(OutcomeUnknown),
     /// A bug: the attempt died without an answer.
     Internal(&'static str),
+    /// The store the replicas share (Redis) cannot be reached, so a
+    /// request_id cannot be checked fleet-wide; nothing was sent upstream.
+    CoordinationUnavailable,
+    /// A failure another replica's attempt met, as its caller saw it.
+    Relayed(Box<RelayedError>),
+}
+
+/// A failure as a caller sees it, in a form that can travel between
+/// replicas: the status code, message, ErrorInfo and RetryInfo.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayedError {
+    #[serde(rename = "c")]
+    pub code: i32,
+    #[serde(rename = "m")]
+    pub message: String,
+    #[serde(rename = "r")]
+    pub reason: String,
+    #[serde(rename = "d")]
+    pub domain: String,
+    #[serde(rename = "md", default)]
+    pub metadata: HashMap<String, String>,
+    /// RetryInfo's delay in milliseconds.
+    #[serde(rename = "ry", default, skip_serializing_if = "Option::is_none")]
+    pub retry_ms: Option<u64>,
+}
+
+impl RelayedError {
+    pub fn of(error: &GatewayError) -> Self {
+        let status = error.to_status();
+        let details = status.get_error_details();
+        let info = details.error_info();
+        Self {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            reason: info.map(|i| i.reason.clone()).unwrap_or_default(),
+            domain: info.map(|i| i.domain.clone()).unwrap_or_default(),
+            metadata: info.map(|i| i.metadata.clone()).unwrap_or_default(),
+            retry_ms: details
+                .retry_info()
+                .and_then(|r| r.retry_delay)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn code(&self) -> Code {
+        Code::from_i32(self.code)
+    }
 }
 
 /// A createTask that was sent and got no answer that can be read: kie.ai
@@ -127,6 +174,15 @@ impl GatewayError {
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
             Self::CreateOutcomeUnknown(_) => Severity::Transient,
+            // Degraded, not down: the operator sees Redis's own alerts.
+            Self::CoordinationUnavailable => Severity::Transient,
+            Self::Relayed(e) => match e.code() {
+                Code::Internal | Code::Unknown => Severity::Operator,
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+                    Severity::Transient
+                }
+                _ => Severity::Caller,
+            },
             Self::Upstream(e) => match classify(e).code {
                 Code::Internal | Code::Unknown => Severity::Operator,
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
@@ -197,6 +253,24 @@ impl GatewayError {
                 )
             }
             Self::CreateOutcomeUnknown(unknown) => unknown.to_status(),
+            Self::CoordinationUnavailable => {
+                details.set_error_info(COORDINATION_UNAVAILABLE, GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(UNAVAILABLE_RETRY));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the gateway cannot reach the store its replicas share, so it cannot make \
+                     sure a request_id buys one video; nothing was sent to kie.ai: retry with \
+                     the same request_id (safe)",
+                    details,
+                )
+            }
+            Self::Relayed(e) => {
+                details.set_error_info(e.reason.clone(), e.domain.clone(), e.metadata.clone());
+                if let Some(ms) = e.retry_ms {
+                    details.set_retry_info(Some(Duration::from_millis(ms)));
+                }
+                Status::with_error_details(e.code(), e.message.clone(), details)
+            }
             Self::Internal(what) => {
                 details.set_error_info("INTERNAL_ERROR", GATEWAY_DOMAIN, HashMap::new());
                 Status::with_error_details(
@@ -306,6 +380,8 @@ impl OutcomeUnknown {
 
 /// ErrorInfo reason of a create that may have made a task.
 pub const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
+/// ErrorInfo reason of a request_id call refused because Redis is away.
+pub const COORDINATION_UNAVAILABLE: &str = "COORDINATION_UNAVAILABLE";
 
 fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
     let mut m = HashMap::with_capacity(3);
@@ -591,6 +667,31 @@ mod tests {
             assert_eq!((mapped.code, mapped.reason), (grpc, reason), "kie {kie}");
             assert!(mapped.message.contains(&format!("kie.ai {kie}: m")));
         }
+    }
+
+    #[test]
+    fn a_relayed_error_shows_as_the_original() {
+        let error = GatewayError::Upstream(code(429, KeySource::Gateway));
+        let original = error.to_status();
+        let relayed = RelayedError::of(&error);
+        let json = serde_json::to_string(&relayed).expect("serialises");
+        let back: RelayedError = serde_json::from_str(&json).expect("parses");
+        let shown = GatewayError::Relayed(Box::new(back)).to_status();
+        assert_eq!(shown.code(), original.code());
+        assert_eq!(shown.message(), original.message());
+        let info = |s: &Status| {
+            s.get_error_details()
+                .error_info()
+                .map(|i| (i.reason.clone(), i.domain.clone(), i.metadata.clone()))
+        };
+        assert_eq!(info(&shown), info(&original));
+        assert_eq!(
+            shown
+                .get_error_details()
+                .retry_info()
+                .and_then(|r| r.retry_delay),
+            Some(RATE_LIMIT_RETRY)
+        );
     }
 
     #[test]

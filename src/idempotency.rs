@@ -44,6 +44,9 @@ pub enum Reservation {
     Unknown(OutcomeUnknown),
     /// The key was used with different parameters.
     Mismatch,
+    /// The store cannot be reached (a shared store whose server is away):
+    /// nothing is known of the key, so nothing may be sent.
+    Unreachable,
 }
 
 pub type Reserve<'a> = Pin<Box<dyn Future<Output = Reservation> + Send + 'a>>;
@@ -58,7 +61,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// The task id of an attempt whose outcome was unknown has been learned
     /// (from kie.ai's callback): later retries get it. Whether the key was
-    /// waiting for it.
+    /// waiting for it (a shared store, which records it in the background,
+    /// says whether it took it).
     fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool;
 }
 
@@ -90,6 +94,15 @@ pub enum Settlement<'a> {
 pub const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
 
 impl Lease {
+    /// The lease of a key `store` has just reserved.
+    pub fn new(store: Arc<dyn IdempotencyStore>, key: IdempotencyKey) -> Self {
+        Self {
+            store,
+            key,
+            settled: false,
+        }
+    }
+
     pub fn key(&self) -> &IdempotencyKey {
         &self.key
     }

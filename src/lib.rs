@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod create;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod http_client;

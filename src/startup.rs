@@ -18,6 +18,8 @@ use tonic::transport::Server;
 use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
+use crate::fleet::Redis;
+use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
@@ -68,7 +70,13 @@ impl Application {
             metrics.clone(),
             shutdown.clone(),
         );
-        let idempotency: Arc<dyn IdempotencyStore> = InMemoryStore::new(settings.idempotency);
+        let idempotency: Arc<dyn IdempotencyStore> = match &settings.redis {
+            Some(redis) => {
+                tracing::info!(url = %redis.url, prefix = redis.prefix, "request_ids are fleet-wide, in Redis");
+                RedisIdempotencyStore::new(Redis::new(redis)?, settings.idempotency.ttl)
+            }
+            None => InMemoryStore::new(settings.idempotency),
+        };
         let attempts = Attempts::new(
             kie.clone(),
             idempotency.clone(),

@@ -3,9 +3,11 @@
 
 mod binary;
 mod helpers;
+mod redis_server;
 
 mod create_outcome;
 mod create_task;
+mod fleet_idempotency;
 mod get_task;
 mod reliability;
 mod rpc_logs;

@@ -1,0 +1,31 @@
+-- Record how an attempt ended. Only the attempt's own settlement counts, and
+-- it also corrects the guess made when its lease lapsed.
+-- KEYS[1]: the request_id's hash. ARGV: attempt id, kind (created | failed |
+-- unknown), payload (task id | error | unknown outcome), TTL ms, ms during
+-- which the callback may still name the task (0: never), ms a failure is
+-- kept for the attempt's waiters.
+local key = KEYS[1]
+local attempt, kind, payload = ARGV[1], ARGV[2], ARGV[3]
+local ttl_ms, learn_ms, failed_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local h = redis.call('HMGET', key, 'st', 'at', 'lapsed')
+if h[2] ~= attempt then
+  return 0
+end
+if not (h[1] == 'inflight' or (h[1] == 'unknown' and h[3] == '1')) then
+  return 0
+end
+redis.call('HDEL', key, 'lease', 'task', 'err', 'unk', 'until', 'lapsed')
+if kind == 'created' then
+  redis.call('HSET', key, 'st', 'done', 'task', payload)
+  redis.call('PEXPIRE', key, ttl_ms)
+elseif kind == 'failed' then
+  redis.call('HSET', key, 'st', 'failed', 'err', payload)
+  redis.call('PEXPIRE', key, failed_ms)
+else
+  redis.call('HSET', key, 'st', 'unknown', 'unk', payload)
+  if learn_ms > 0 then
+    redis.call('HSET', key, 'until', now + learn_ms)
+  end
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+return 1
