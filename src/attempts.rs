@@ -10,9 +10,10 @@
 //! re-read from kie.ai, whose `param` must echo this very URL.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
@@ -93,10 +94,6 @@ impl Attempts {
         })
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A callback URL with a fresh token for an attempt about to be sent,
     /// or `None` when the gateway has no public callback URL (or holds as
     /// many lost attempts as it may: the attempt then goes without one).
@@ -110,7 +107,7 @@ impl Attempts {
         let token = format!("{:032x}", rand::random::<u128>());
         url.query_pairs_mut().append_pair(TOKEN_PARAM, &token);
         let url = url.to_string();
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             let ttl = self.ttl;
             entries.retain(|_, e| e.since.elapsed() < ttl);
@@ -134,13 +131,13 @@ impl Attempts {
 
     /// kie.ai answered (with a task or a refusal): the token is done.
     pub fn answered(&self, ticket: &Ticket) {
-        self.entries().remove(&ticket.token);
+        self.entries.lock().remove(&ticket.token);
     }
 
     /// The task id a callback delivered while the attempt still waited for
     /// its answer, if any; the token is then done.
     pub fn take_learned(&self, ticket: &Ticket) -> Option<String> {
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         let learned = match &entries.get(&ticket.token)?.state {
             State::InFlight { learned } => learned.clone()?,
             State::Lost => return None,
@@ -153,7 +150,7 @@ impl Attempts {
     /// unknown: from now on the callback resolves it. A callback that came
     /// in between resolves it at once.
     pub fn lost(&self, ticket: Ticket) {
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(&ticket.token) else {
             return;
         };
@@ -182,7 +179,8 @@ impl Attempts {
     /// with that attempt's URL, record its id. Returns at once.
     pub fn callback(self: &Arc<Self>, token: &str, task_id: &TaskId) {
         let Some((credential, url)) = self
-            .entries()
+            .entries
+            .lock()
             .get(token)
             .map(|e| (e.credential.clone(), e.url.clone()))
         else {
@@ -232,7 +230,7 @@ impl Attempts {
     }
 
     fn learned(&self, token: &str, task_id: &TaskId) {
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(token) else {
             return;
         };
@@ -268,7 +266,7 @@ impl Attempts {
 
     /// Attempts tracked now (in flight with our callback URL, or lost).
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 pub struct TerminalCache<K, V> {
@@ -33,7 +33,7 @@ impl<K: Clone + Eq + Hash, V: Clone> TerminalCache<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        let mut inner = self.inner();
+        let mut inner = self.inner.lock();
         let (value, stored) = inner.entries.get(key)?;
         if stored.elapsed() < self.ttl {
             return Some(value.clone());
@@ -47,7 +47,7 @@ impl<K: Clone + Eq + Hash, V: Clone> TerminalCache<K, V> {
             return;
         }
         let now = Instant::now();
-        let mut inner = self.inner();
+        let mut inner = self.inner.lock();
         inner.entries.insert(key.clone(), (value, now));
         inner.order.push_back((key, now));
         while inner.entries.len() > self.capacity || inner.order.len() > 2 * self.capacity {
@@ -63,15 +63,11 @@ impl<K: Clone + Eq + Hash, V: Clone> TerminalCache<K, V> {
     }
 
     pub fn len(&self) -> usize {
-        self.inner().entries.len()
+        self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn inner(&self) -> MutexGuard<'_, Inner<K, V>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -5,9 +5,10 @@
 //! poller to re-read it at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -113,7 +114,7 @@ impl TaskHub {
             let (_, rx) = watch::channel(Observation::Task(task));
             return rx;
         }
-        let mut pollers = self.inner.pollers();
+        let mut pollers = self.inner.pollers.lock();
         let entries = pollers.entry(key.task_id.clone()).or_default();
         if let Some(poller) = entries.iter().find(|p| p.credential == key.credential) {
             return poller.channel.subscribe();
@@ -166,7 +167,7 @@ impl TaskHub {
     /// A callback named this task: its pollers re-read it now. Returns how
     /// many pollers were woken (0 for a task nobody watches).
     pub fn wake(&self, task_id: &TaskId) -> usize {
-        let pollers = self.inner.pollers();
+        let pollers = self.inner.pollers.lock();
         let Some(entries) = pollers.get(task_id) else {
             return 0;
         };
@@ -178,7 +179,7 @@ impl TaskHub {
 
     /// Number of tasks being polled now.
     pub fn active_pollers(&self) -> usize {
-        self.inner.pollers().values().map(Vec::len).sum()
+        self.inner.pollers.lock().values().map(Vec::len).sum()
     }
 }
 
@@ -221,14 +222,8 @@ impl Inner {
         }
     }
 
-    fn pollers(&self) -> MutexGuard<'_, HashMap<TaskId, Vec<Poller>>> {
-        // Every critical section is a single lookup, insert or remove: a
-        // panic elsewhere cannot leave the map half-written.
-        self.pollers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn live_value(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
-        let pollers = self.pollers();
+        let pollers = self.pollers.lock();
         let poller = pollers
             .get(&key.task_id)?
             .iter()
@@ -248,7 +243,7 @@ impl Inner {
         channel: &Arc<watch::Sender<Observation>>,
         force: bool,
     ) -> bool {
-        let mut pollers = self.pollers();
+        let mut pollers = self.pollers.lock();
         let Some(entries) = pollers.get_mut(&key.task_id) else {
             return true;
         };

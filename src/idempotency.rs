@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -196,12 +197,8 @@ impl InMemoryStore {
         })
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn len(&self) -> usize {
-        self.inner().entries.len()
+        self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -235,7 +232,7 @@ impl IdempotencyStore for InMemoryStore {
         Box::pin(async move {
             loop {
                 let mut waiting = {
-                    let mut inner = self.inner();
+                    let mut inner = self.inner.lock();
                     let now = Instant::now();
                     let expired = inner.entries.get(&key).is_some_and(|e| {
                         e.state.is_settled() && now.duration_since(e.since) >= self.settings.ttl
@@ -299,7 +296,7 @@ impl IdempotencyStore for InMemoryStore {
     }
 
     fn settle(&self, key: &IdempotencyKey, settlement: Settlement<'_>) {
-        let mut inner = self.inner();
+        let mut inner = self.inner.lock();
         let Some(entry) = inner.entries.get_mut(key) else {
             return;
         };
@@ -335,7 +332,7 @@ impl IdempotencyStore for InMemoryStore {
     }
 
     fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool {
-        let mut inner = self.inner();
+        let mut inner = self.inner.lock();
         let Some(entry) = inner.entries.get_mut(key) else {
             return false;
         };

@@ -5,10 +5,11 @@
 //! bounded and the gateway's key never draws kie.ai's 429s.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -109,7 +110,7 @@ impl Gate {
         let start = match (&self.creates, endpoint) {
             (Some(window), Endpoint::CreateTask) => {
                 let latest = deadline.unwrap_or(MAX_CREATE_WAIT);
-                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                let mut window = window.lock();
                 Some(window.reserve(arrived, latest).map_err(|wait| Shed {
                     reason: "create_rate",
                     retry_after: wait,
