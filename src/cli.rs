@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
-use crate::metrics::code_name;
+use crate::error::code_name;
 use crate::pb::video_generation_client::VideoGenerationClient;
 use crate::pb::{
     CreateTaskRequest, GetTaskRequest, Resolution, Task, TaskState, VideoDuration, WatchTaskRequest,

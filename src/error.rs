@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::kie::{KeySource, UpstreamError, UpstreamErrorKind};
+use crate::task::{FieldViolation, InvalidRequest};
 
 /// ErrorInfo domain of failures reported by kie.ai.
 pub const UPSTREAM_DOMAIN: &str = "kie.ai";
@@ -22,22 +23,6 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 /// kie.ai calls back when a task ends, minutes after it was created: a
 /// retry sooner than this only finds the same answer.
 const CALLBACK_RETRY: Duration = Duration::from_secs(5);
-
-/// One bad field of a request, named as in the proto.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: &'static str,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            field,
-            description: description.into(),
-        }
-    }
-}
 
 /// Everything that can make a gateway call fail.
 #[derive(Clone, Debug)]
@@ -98,6 +83,12 @@ impl Prospect {
             Self::Callback => "callback",
             Self::Never => "never",
         }
+    }
+}
+
+impl From<InvalidRequest> for GatewayError {
+    fn from(e: InvalidRequest) -> Self {
+        Self::InvalidArgument(e.0)
     }
 }
 
@@ -500,6 +491,29 @@ fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
             None,
             format!("kie.ai answered an unexpected code {said}"),
         ),
+    }
+}
+
+/// gRPC's canonical code names, as in the spec.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

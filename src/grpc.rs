@@ -17,7 +17,7 @@ use tonic_types::StatusExt;
 
 use crate::config::{ApiKey, WatchSettings};
 use crate::create::Creator;
-use crate::error::{GatewayError, Severity};
+use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
 use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
@@ -337,7 +337,7 @@ impl<'a> From<Outcome<'a>> for Ended<'a> {
 /// says who must act: the caller (info), nobody yet (warn), the operator
 /// (error).
 fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
-    metrics.rpc(line.method, ended.code, line.latency);
+    metrics.rpc(line.method, code_name(ended.code), line.latency);
     // `tracing` needs a level known where the event is written: one arm per
     // level, the same fields in each.
     macro_rules! event {

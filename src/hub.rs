@@ -56,6 +56,32 @@ struct Poller {
     wake: Arc<Notify>,
 }
 
+/// Every running poller, by task.
+type Pollers = Mutex<HashMap<TaskId, Vec<Poller>>>;
+
+/// Wakes a task's pollers: all that a kie.ai callback may do to the hub.
+/// One made with `default()` belongs to no hub and wakes nothing (for
+/// driving the HTTP router on its own).
+#[derive(Clone, Default)]
+pub struct TaskWaker {
+    pollers: Arc<Pollers>,
+}
+
+impl TaskWaker {
+    /// A callback named this task: its pollers re-read it now. Returns how
+    /// many pollers were woken (0 for a task nobody watches).
+    pub fn wake(&self, task_id: &TaskId) -> usize {
+        let pollers = self.pollers.lock();
+        let Some(entries) = pollers.get(task_id) else {
+            return 0;
+        };
+        for poller in entries {
+            poller.wake.notify_one();
+        }
+        entries.len()
+    }
+}
+
 #[derive(Clone)]
 pub struct TaskHub {
     inner: Arc<Inner>,
@@ -66,7 +92,8 @@ struct Inner {
     settings: WatchSettings,
     budget: ReadBudget,
     metrics: Arc<Metrics>,
-    pollers: Mutex<HashMap<TaskId, Vec<Poller>>>,
+    /// Shared with the `TaskWaker`s handed out.
+    pollers: Arc<Pollers>,
     finished: TerminalCache<TaskKey, Arc<pb::Task>>,
     /// Tasks kie.ai will call back about: polled only as a safety net.
     called_back: TerminalCache<TaskId, ()>,
@@ -87,7 +114,7 @@ impl TaskHub {
                 settings,
                 budget,
                 metrics,
-                pollers: Mutex::new(HashMap::new()),
+                pollers: Arc::default(),
                 finished: TerminalCache::new(settings.cache_size, settings.cache_ttl),
                 called_back: TerminalCache::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL),
                 shutdown,
@@ -164,17 +191,11 @@ impl TaskHub {
         self.inner.called_back.insert(task_id, ());
     }
 
-    /// A callback named this task: its pollers re-read it now. Returns how
-    /// many pollers were woken (0 for a task nobody watches).
-    pub fn wake(&self, task_id: &TaskId) -> usize {
-        let pollers = self.inner.pollers.lock();
-        let Some(entries) = pollers.get(task_id) else {
-            return 0;
-        };
-        for poller in entries {
-            poller.wake.notify_one();
+    /// The handle kie.ai's callbacks wake this hub's pollers with.
+    pub fn waker(&self) -> TaskWaker {
+        TaskWaker {
+            pollers: self.inner.pollers.clone(),
         }
-        entries.len()
     }
 
     /// Number of tasks being polled now.

@@ -5,7 +5,6 @@
 pub mod attempts;
 pub mod budget;
 pub mod cache;
-pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod create;

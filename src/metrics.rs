@@ -10,9 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tonic::Code;
-
-use crate::kie::Endpoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -196,25 +193,21 @@ impl Metrics {
         }
     }
 
-    pub fn rpc(&self, method: &'static str, code: Code, latency: Duration) {
-        self.rpcs
-            .get_or_create(&RpcLabels {
-                method,
-                code: code_name(code),
-            })
-            .inc();
+    /// One finished gRPC call; `code` is the status code's canonical name.
+    pub fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
+        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
         self.rpc_latency
             .get_or_create(&MethodLabels { method })
             .observe(latency.as_secs_f64());
     }
 
+    /// One kie.ai call, by endpoint name and the code it answered.
     pub fn upstream_call(
         &self,
-        endpoint: Endpoint,
+        endpoint: &'static str,
         kie_code: Cow<'static, str>,
         latency: Duration,
     ) {
-        let endpoint = endpoint.as_str();
         self.upstream_calls
             .get_or_create(&UpstreamLabels { endpoint, kie_code })
             .inc();
@@ -247,28 +240,5 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// gRPC's canonical code names, as in the spec.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

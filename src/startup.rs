@@ -19,7 +19,7 @@ use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
-use crate::http::HttpState;
+use crate::http::CallbackState;
 use crate::hub::TaskHub;
 use crate::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::kie::{Credential, KeySource, KieClient};
@@ -44,7 +44,7 @@ pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     service: VideoGenerationService,
-    http_state: HttpState,
+    callbacks: CallbackState,
     hub: TaskHub,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -103,8 +103,8 @@ impl Application {
             watch: settings.watch,
             shutdown: shutdown.clone(),
         };
-        let http_state = HttpState {
-            hub: hub.clone(),
+        let callbacks = CallbackState {
+            waker: hub.waker(),
             attempts,
             metrics: metrics.clone(),
             hmac_key: settings.callbacks.hmac_key.clone(),
@@ -113,7 +113,7 @@ impl Application {
             grpc_listener,
             http_listener,
             service,
-            http_state,
+            callbacks,
             hub,
             metrics,
             shutdown,
@@ -202,8 +202,11 @@ impl Application {
         let http_listener = wrap(self.http_listener).tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let http = axum::serve(http_listener, crate::http::router(self.http_state))
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let http = axum::serve(
+            http_listener,
+            crate::http::router(self.callbacks, self.metrics.clone()),
+        )
+        .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let servers = Servers {
             grpc: Some(tokio::spawn(async move { Ok(grpc.await?) })),

@@ -201,7 +201,7 @@ impl KieClient {
             Err(e) => Cow::Owned(e.code_label()),
         };
         self.metrics
-            .upstream_call(endpoint, code, started.elapsed());
+            .upstream_call(endpoint.as_str(), code, started.elapsed());
         answer
     }
 

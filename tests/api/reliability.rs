@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::callbacks::sign;
 use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::http::callbacks::sign;
 use hailuo_gateway::pb::{CreateTaskRequest, TaskState, WatchTaskRequest};
 use serde_json::json;
 use tokio::io::AsyncReadExt;

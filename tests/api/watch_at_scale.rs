@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::callbacks::sign;
 use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::http::callbacks::sign;
 use hailuo_gateway::pb::{GetTaskRequest, TaskState, WatchTaskRequest, WatchTaskResponse};
 use serde_json::json;
 use tonic::Streaming;

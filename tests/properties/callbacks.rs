@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue};
-use hailuo_gateway::callbacks::{sign, task_id_of, verify_signature};
 use hailuo_gateway::config::ApiKey;
+use hailuo_gateway::http::callbacks::{sign, task_id_of, verify_signature};
 use proptest::prelude::*;
 use serde_json::Value;
 
