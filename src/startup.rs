@@ -15,13 +15,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
+use crate::create::attempts::Attempts;
+use crate::create::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
-use crate::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;

@@ -10,12 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
-use hailuo_gateway::attempts::Attempts;
-use hailuo_gateway::config::{ApiKey, Settings};
+use hailuo_gateway::create::attempts::Attempts;
+use hailuo_gateway::config::{Secret, Settings};
 use hailuo_gateway::http::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
 use hailuo_gateway::http::{CallbackState, router};
 use hailuo_gateway::hub::TaskWaker;
-use hailuo_gateway::idempotency::InMemoryStore;
+use hailuo_gateway::create::idempotency::InMemoryStore;
 use hailuo_gateway::kie::KieClient;
 use hailuo_gateway::metrics::Metrics;
 use hailuo_gateway::task::TaskId;
@@ -63,7 +63,7 @@ fn app() -> &'static App {
         App {
             runtime,
             open: app(None),
-            signed: app(Some(ApiKey::new(HMAC_KEY))),
+            signed: app(Some(Secret::new(HMAC_KEY))),
         }
     })
 }
@@ -71,7 +71,7 @@ fn app() -> &'static App {
 /// The callback route's state, built from its narrow pieces with no
 /// upstream: a waker of no hub wakes nothing, and attempts without a public
 /// callback URL never re-read a task.
-fn callback_state(hmac_key: Option<ApiKey>) -> CallbackState {
+fn callback_state(hmac_key: Option<Secret>) -> CallbackState {
     let metrics = Arc::new(Metrics::new());
     // Port 9 (discard): nothing answers there, and nothing is sent.
     let settings = Settings::local("http://127.0.0.1:9/".parse().expect("url"), None);
@@ -142,7 +142,7 @@ fuzz_target!(|input: Input| {
         StatusCode::PAYLOAD_TOO_LARGE
     } else if let Some(id) = &found {
         let verified = !keyed
-            || verify_signature(&ApiKey::new(HMAC_KEY), id, &headers, SystemTime::now()).is_ok();
+            || verify_signature(&Secret::new(HMAC_KEY), id, &headers, SystemTime::now()).is_ok();
         if !verified {
             StatusCode::UNAUTHORIZED
         } else if TaskId::parse(id.clone()).is_ok() {

@@ -14,8 +14,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::attempts::{self, Attempts};
-use crate::config::ApiKey;
+use crate::config::Secret;
+use crate::create::attempts::{self, Attempts};
 use crate::hub::TaskWaker;
 use crate::metrics::Metrics;
 use crate::task::TaskId;
@@ -37,7 +37,7 @@ pub struct CallbackState {
     pub attempts: Arc<Attempts>,
     pub metrics: Arc<Metrics>,
     /// Verify X-Webhook-Signature with this key when set.
-    pub hmac_key: Option<ApiKey>,
+    pub hmac_key: Option<Secret>,
 }
 
 type Answer = (StatusCode, Json<Value>);
@@ -132,7 +132,7 @@ pub fn task_id_of(body: &[u8]) -> Option<String> {
 /// X-Webhook-Timestamp)), compared in constant time, with a timestamp no
 /// further than 5 minutes from now.
 pub fn verify_signature(
-    key: &ApiKey,
+    key: &Secret,
     task_id: &str,
     headers: &HeaderMap,
     now: SystemTime,
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_fresh_correct_signature_passes_and_anything_else_fails() {
-        let key = ApiKey::new("hmac-key");
+        let key = Secret::new("hmac-key");
         let now = SystemTime::now();
         let ts = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let good = sign("hmac-key", "t1", ts);

@@ -15,7 +15,7 @@ use url::Url;
 
 pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 
-use crate::config::{ApiKey, UpstreamSettings};
+use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
@@ -27,7 +27,7 @@ pub const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"
 /// The key an upstream call is made with, and whose it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Credential {
-    pub key: ApiKey,
+    pub key: Secret,
     pub source: KeySource,
     /// `Bearer <key>`, made once; marked sensitive so that it never prints.
     authorization: HeaderValue,
@@ -35,7 +35,7 @@ pub struct Credential {
 
 impl Credential {
     /// `None` when the key has characters a header cannot carry.
-    pub fn new(key: ApiKey, source: KeySource) -> Option<Self> {
+    pub fn new(key: Secret, source: KeySource) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
         authorization.set_sensitive(true);
         Some(Self {
@@ -360,7 +360,7 @@ fn not_found(credential: &Credential, code: i64, msg: String) -> UpstreamError {
 
 /// kie.ai's message goes to callers and logs: make sure it cannot carry the
 /// key back.
-fn redact(mut e: UpstreamError, key: &ApiKey) -> UpstreamError {
+fn redact(mut e: UpstreamError, key: &Secret) -> UpstreamError {
     if let UpstreamErrorKind::Code { msg, .. } | UpstreamErrorKind::TaskNotFound { msg, .. } =
         &mut e.kind
         && msg.contains(key.expose())

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::config::{PollCadence, Secret};
 use hailuo_gateway::http::callbacks::sign;
 use hailuo_gateway::pb::{CreateTaskRequest, TaskState, WatchTaskRequest};
 use serde_json::json;
@@ -434,7 +434,7 @@ async fn a_ten_mib_callback_body_is_refused_without_reading_it_all() {
 #[tokio::test]
 async fn ten_thousand_bad_signature_callbacks_are_refused_and_change_nothing() {
     let mut app = spawn_app_with(|s| {
-        s.callbacks.hmac_key = Some(ApiKey::new("the-real-key"));
+        s.callbacks.hmac_key = Some(Secret::new("the-real-key"));
         s.watch.cadence = PollCadence::constant(Duration::from_secs(30));
     })
     .await;

@@ -5,12 +5,12 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
-use hailuo_gateway::attempts::Attempts;
-use hailuo_gateway::config::{ApiKey, Settings};
+use hailuo_gateway::config::{Secret, Settings};
+use hailuo_gateway::create::attempts::Attempts;
+use hailuo_gateway::create::idempotency::InMemoryStore;
 use hailuo_gateway::http::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
 use hailuo_gateway::http::{CallbackState, router};
 use hailuo_gateway::hub::TaskWaker;
-use hailuo_gateway::idempotency::InMemoryStore;
 use hailuo_gateway::kie::KieClient;
 use hailuo_gateway::metrics::Metrics;
 use proptest::prelude::*;
@@ -42,14 +42,14 @@ fn callback_app() -> CallbackApp {
     CallbackApp {
         runtime,
         open: app(None),
-        signed: app(Some(ApiKey::new(HMAC_KEY))),
+        signed: app(Some(Secret::new(HMAC_KEY))),
     }
 }
 
 /// The callback route's state, built from its narrow pieces with no
 /// upstream: a waker of no hub wakes nothing, and attempts without a public
 /// callback URL never re-read a task.
-fn callback_state(hmac_key: Option<ApiKey>) -> CallbackState {
+fn callback_state(hmac_key: Option<Secret>) -> CallbackState {
     let metrics = Arc::new(Metrics::new());
     // Port 9 (discard): nothing answers there, and nothing is sent.
     let settings = Settings::local("http://127.0.0.1:9/".parse().expect("url"), None);
@@ -163,7 +163,7 @@ proptest! {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else if let Some(id) = &found {
                 let verified = !signed
-                    || verify_signature(&ApiKey::new(HMAC_KEY), id, &header_map, SystemTime::now())
+                    || verify_signature(&Secret::new(HMAC_KEY), id, &header_map, SystemTime::now())
                         .is_ok();
                 if !verified {
                     StatusCode::UNAUTHORIZED

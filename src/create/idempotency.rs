@@ -7,7 +7,6 @@
 //! that a shared store can replace the in-memory one when the gateway runs
 //! as several replicas.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::IdempotencySettings;
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
+use crate::expiring_map::{ExpiringMap, Retention};
 use crate::task::CreateTaskInput;
 
 /// A digest of every parameter that shapes the upstream request.
@@ -163,67 +163,44 @@ enum State {
     },
 }
 
-impl State {
-    /// Held until the TTL, and never forgotten to make room.
-    fn is_settled(&self) -> bool {
-        !matches!(self, Self::InFlight(_))
-    }
-}
-
 struct Entry {
     fingerprint: Fingerprint,
     state: State,
-    since: Instant,
 }
 
-/// The in-memory store: bounded in keys, each remembered for the TTL.
+impl Retention for Entry {
+    /// Only a created task's key may be forgotten to make room: one in
+    /// flight will be settled by its owner, and forgetting an unknown
+    /// outcome could buy a second video.
+    fn evictable(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+
+    /// A settled key is held until the TTL; one in flight until settled.
+    fn expires(&self) -> bool {
+        !matches!(self.state, State::InFlight(_))
+    }
+}
+
+/// The in-memory store: bounded in keys, each remembered for the TTL
+/// from when it was last settled.
 pub struct InMemoryStore {
-    settings: IdempotencySettings,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<IdempotencyKey, Entry>,
-    /// Insertion order, to forget the oldest keys first when full.
-    order: VecDeque<(IdempotencyKey, Instant)>,
+    keys: Mutex<ExpiringMap<IdempotencyKey, Entry>>,
 }
 
 impl InMemoryStore {
     pub fn new(settings: IdempotencySettings) -> Arc<Self> {
         Arc::new(Self {
-            settings,
-            inner: Mutex::new(Inner::default()),
+            keys: Mutex::new(ExpiringMap::new(settings.max_keys, settings.ttl)),
         })
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.keys.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Inner {
-    fn evict(&mut self, max: usize) {
-        while self.entries.len() > max || self.order.len() > 2 * max.max(1) {
-            let Some((key, since)) = self.order.pop_front() else {
-                return;
-            };
-            // Only the entry this slot was written for, and never one in
-            // flight: its owner will settle it.
-            let stale = self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.since == since && matches!(e.state, State::Done(_)));
-            // An unknown outcome is never evicted early: forgetting it could
-            // buy a second video.
-            if stale {
-                self.entries.remove(&key);
-            }
-        }
     }
 }
 
@@ -232,15 +209,9 @@ impl IdempotencyStore for InMemoryStore {
         Box::pin(async move {
             loop {
                 let mut waiting = {
-                    let mut inner = self.inner.lock();
+                    let mut keys = self.keys.lock();
                     let now = Instant::now();
-                    let expired = inner.entries.get(&key).is_some_and(|e| {
-                        e.state.is_settled() && now.duration_since(e.since) >= self.settings.ttl
-                    });
-                    if expired {
-                        inner.entries.remove(&key);
-                    }
-                    match inner.entries.get(&key) {
+                    match keys.live(&key) {
                         Some(e) if e.fingerprint != fingerprint => return Reservation::Mismatch,
                         Some(Entry {
                             state: State::Done(task_id),
@@ -266,16 +237,13 @@ impl IdempotencyStore for InMemoryStore {
                         }) => outcome.subscribe(),
                         None => {
                             let (outcome, _) = watch::channel(None);
-                            inner.entries.insert(
+                            keys.insert(
                                 key.clone(),
                                 Entry {
                                     fingerprint,
                                     state: State::InFlight(outcome),
-                                    since: now,
                                 },
                             );
-                            inner.order.push_back((key.clone(), now));
-                            inner.evict(self.settings.max_keys);
                             return Reservation::Reserved(Lease {
                                 store: self.clone(),
                                 key,
@@ -296,8 +264,8 @@ impl IdempotencyStore for InMemoryStore {
     }
 
     fn settle(&self, key: &IdempotencyKey, settlement: Settlement<'_>) {
-        let mut inner = self.inner.lock();
-        let Some(entry) = inner.entries.get_mut(key) else {
+        let mut keys = self.keys.lock();
+        let Some(entry) = keys.get_mut(key) else {
             return;
         };
         let State::InFlight(waiters) = &entry.state else {
@@ -311,7 +279,7 @@ impl IdempotencyStore for InMemoryStore {
             }
             Settlement::NotCreated(e) => {
                 waiters.send_replace(Some(Err(e.clone())));
-                inner.entries.remove(key);
+                keys.remove(key);
                 return;
             }
             Settlement::Unknown(unknown) => {
@@ -326,25 +294,20 @@ impl IdempotencyStore for InMemoryStore {
                 };
             }
         }
-        entry.since = now;
-        inner.order.push_back((key.clone(), now));
-        inner.evict(self.settings.max_keys);
+        keys.touch(key);
     }
 
     fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool {
-        let mut inner = self.inner.lock();
-        let Some(entry) = inner.entries.get_mut(key) else {
+        let mut keys = self.keys.lock();
+        let Some(entry) = keys.get_mut(key) else {
             return false;
         };
         if !matches!(entry.state, State::Unknown { .. }) {
             return false;
         }
-        // Remembered for the TTL from when the task became known.
-        let now = Instant::now();
         entry.state = State::Done(task_id.to_string());
-        entry.since = now;
-        inner.order.push_back((key.clone(), now));
-        inner.evict(self.settings.max_keys);
+        // Remembered for the TTL from when the task became known.
+        keys.touch(key);
         true
     }
 }

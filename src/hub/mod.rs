@@ -4,6 +4,9 @@
 //! tasks are kept in a bounded cache; a kie.ai callback wakes a task's
 //! poller to re-read it at once.
 
+mod budget;
+mod cadence;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,14 +16,18 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Priority, ReadBudget};
-use crate::cache::TerminalCache;
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
+use crate::expiring_map::{ExpiringMap, Retention};
 use crate::kie::{Credential, KieClient, UpstreamErrorKind};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
+use budget::{Priority, ReadBudget};
+
+/// A finished task never changes again: any may make room, and each
+/// expires.
+impl Retention for Arc<pb::Task> {}
 
 /// How many tasks created with the gateway's callback URL are remembered,
 /// and for how long (kie.ai keeps tasks 14 days, but a watch that old is
@@ -94,9 +101,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Shared with the `TaskWaker`s handed out.
     pollers: Arc<Pollers>,
-    finished: TerminalCache<TaskKey, Arc<pb::Task>>,
+    finished: Mutex<ExpiringMap<TaskKey, Arc<pb::Task>>>,
     /// Tasks kie.ai will call back about: polled only as a safety net.
-    called_back: TerminalCache<TaskId, ()>,
+    called_back: Mutex<ExpiringMap<TaskId, ()>>,
     shutdown: CancellationToken,
 }
 
@@ -115,8 +122,8 @@ impl TaskHub {
                 budget,
                 metrics,
                 pollers: Arc::default(),
-                finished: TerminalCache::new(settings.cache_size, settings.cache_ttl),
-                called_back: TerminalCache::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL),
+                finished: Mutex::new(ExpiringMap::new(settings.cache_size, settings.cache_ttl)),
+                called_back: Mutex::new(ExpiringMap::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL)),
                 shutdown,
             }),
         }
@@ -134,7 +141,7 @@ impl TaskHub {
             task_id,
             credential,
         };
-        if let Some(task) = self.inner.finished.get(&key) {
+        if let Some(task) = self.inner.cached(&key) {
             self.inner.metrics.cache_hits.inc();
             // A closed channel holding the final value: the watcher sends it
             // and ends.
@@ -171,7 +178,7 @@ impl TaskHub {
             task_id,
             credential,
         };
-        if let Some(task) = self.inner.finished.get(&key) {
+        if let Some(task) = self.inner.cached(&key) {
             self.inner.metrics.cache_hits.inc();
             return Ok(task);
         }
@@ -180,7 +187,7 @@ impl TaskHub {
         }
         let task = Arc::new(self.inner.read_with_retries(&key, deadline).await?);
         if is_terminal(task.state()) {
-            self.inner.finished.insert(key, task.clone());
+            self.inner.finished.lock().insert(key, task.clone());
         }
         Ok(task)
     }
@@ -188,7 +195,7 @@ impl TaskHub {
     /// kie.ai will call back when this task ends: poll it only as a safety
     /// net.
     pub fn expect_callback(&self, task_id: TaskId) {
-        self.inner.called_back.insert(task_id, ());
+        self.inner.called_back.lock().insert(task_id, ());
     }
 
     /// The handle kie.ai's callbacks wake this hub's pollers with.
@@ -241,6 +248,11 @@ impl Inner {
             tracing::debug!(task_id = %key.task_id, attempt, error = %error, "read failed; retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The task from the cache of finished tasks.
+    fn cached(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
+        self.finished.lock().live(key).cloned()
     }
 
     fn live_value(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
@@ -326,7 +338,7 @@ async fn poll(
                 age = task_age(&task).unwrap_or_else(|| started.elapsed());
                 let task = Arc::new(task);
                 if is_terminal(task.state()) {
-                    inner.finished.insert(key.clone(), task.clone());
+                    inner.finished.lock().insert(key.clone(), task.clone());
                     publish(&channel, task);
                     break;
                 }
@@ -336,7 +348,7 @@ async fn poll(
                 // polling is what shows the progress.
                 let next_is_the_end = task.state() == pb::TaskState::Generating;
                 publish(&channel, task);
-                if next_is_the_end && inner.called_back.get(&key.task_id).is_some() {
+                if next_is_the_end && inner.called_back.lock().live(&key.task_id).is_some() {
                     settings.callback_safety_poll
                 } else {
                     settings.cadence.interval_at(age)

@@ -8,18 +8,21 @@
 //! ends first is told the outcome is unknown; with a request_id its retry
 //! waits for the same attempt.
 
+pub mod attempts;
+pub mod idempotency;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::attempts::{Attempts, Ticket};
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::hub::TaskHub;
-use crate::idempotency::{
-    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
-};
 use crate::kie::{CreateOutcome, Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::{CreateTaskInput, TaskId};
+use attempts::{Attempts, Ticket};
+use idempotency::{
+    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
+};
 
 pub struct Creator {
     pub kie: KieClient,

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::idempotency::{IdempotencyKey, IdempotencyStore};
+use super::idempotency::{IdempotencyKey, IdempotencyStore};
 use crate::kie::{Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::TaskId;

@@ -1,6 +1,8 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod task_stream;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::config::{ApiKey, WatchSettings};
+use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
@@ -26,7 +28,7 @@ use crate::pb::{
     CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
-use crate::watch::{self, WatchStream};
+pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
@@ -54,7 +56,7 @@ impl Credentials {
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| not_bearer.clone())?;
-            return Credential::new(ApiKey::new(key), KeySource::Caller).ok_or(not_bearer);
+            return Credential::new(Secret::new(key), KeySource::Caller).ok_or(not_bearer);
         }
         self.gateway.clone().ok_or(GatewayError::MissingCallerKey(
             "this gateway has no kie.ai key of its own",
@@ -136,7 +138,7 @@ impl VideoGeneration for VideoGenerationService {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
             let mut rx = self.hub.subscribe(credential, task_id);
-            watch::first_observation(&mut rx, &self.shutdown).await?;
+            task_stream::first_observation(&mut rx, &self.shutdown).await?;
             Ok::<_, GatewayError>(rx)
         }
         .await;
@@ -149,15 +151,15 @@ impl VideoGeneration for VideoGenerationService {
         let request_id = call.request_id.clone();
         // The call lives on in the stream: its log line is written when the
         // stream ends, with how it ended.
-        let on_end = Box::new(move |end: watch::End<'_>| {
+        let on_end = Box::new(move |end: task_stream::End<'_>| {
             metrics.active_watchers.dec();
             call.end(match end {
-                watch::End::Finished => Outcome::Ok,
-                watch::End::Failed { error, status } => Outcome::Failed { error, status },
-                watch::End::CallerLeft => Outcome::CallerLeft,
+                task_stream::End::Finished => Outcome::Ok,
+                task_stream::End::Failed { error, status } => Outcome::Failed { error, status },
+                task_stream::End::CallerLeft => Outcome::CallerLeft,
             });
         });
-        let stream = watch::stream(
+        let stream = task_stream::stream(
             rx,
             self.watch.heartbeat,
             self.watch.max_duration,
