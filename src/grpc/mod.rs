@@ -137,13 +137,12 @@ impl VideoGeneration for VideoGenerationService {
         let subscribed = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
-            let mut rx = self.hub.subscribe(credential, task_id);
-            task_stream::first_observation(&mut rx, &self.shutdown).await?;
-            Ok::<_, GatewayError>(rx)
+            let rx = self.hub.subscribe(credential, task_id);
+            task_stream::first_observation(rx, &self.shutdown).await
         }
         .await;
-        let rx = match subscribed {
-            Ok(rx) => rx,
+        let first_seen = match subscribed {
+            Ok(first_seen) => first_seen,
             Err(e) => return Err(call.fail(&e)),
         };
         let metrics = self.metrics.clone();
@@ -160,7 +159,7 @@ impl VideoGeneration for VideoGenerationService {
             });
         });
         let stream = task_stream::stream(
-            rx,
+            first_seen,
             self.watch.heartbeat,
             self.watch.max_duration,
             self.shutdown.clone(),

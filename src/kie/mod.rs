@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
@@ -112,13 +113,12 @@ impl KieClient {
             .request(Method::POST, self.create_url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
-        let answer = self
+        let answer: Answer<Created> = self
             .send(endpoint, credential, request, admit_by, None)
             .await?;
-        let data = answer
-            .data()
-            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?;
-        let created: Created = serde_json::from_str(data)
+        let created = answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
             .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
         created
             .task_id
@@ -149,7 +149,7 @@ impl KieClient {
         url.query_pairs_mut()
             .append_pair("taskId", task_id.as_str());
         let request = self.http.request(Method::GET, url);
-        let answer = match self
+        let answer: Answer<Record> = match self
             .send(endpoint, credential, request, deadline, deadline)
             .await
         {
@@ -163,23 +163,22 @@ impl KieClient {
             }
             other => other?,
         };
-        let Some(data) = answer.data() else {
-            return Err(not_found(credential, 200, answer.reason()));
+        let Some(data) = answer.data else {
+            return Err(not_found(credential, 200, answer.reason));
         };
-        serde_json::from_str(data)
-            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))
+        data.map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))
     }
 
     /// One call: admitted by the gate within `admit_by`, then answered
     /// within `deadline` (both capped by the upstream timeout).
-    async fn send(
+    async fn send<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         credential: &Credential,
         request: reqwest::RequestBuilder,
         admit_by: Option<Duration>,
         deadline: Option<Duration>,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let started = Instant::now();
         let _permit = self
             .gate
@@ -205,13 +204,13 @@ impl KieClient {
         answer
     }
 
-    async fn exchange(
+    async fn exchange<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         credential: &Credential,
         request: reqwest::RequestBuilder,
         deadline: Option<Duration>,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         let fail = |kind| UpstreamError {
             endpoint,
@@ -236,7 +235,7 @@ impl KieClient {
             .bytes()
             .await
             .map_err(|e| fail(transport_failure(&e)))?;
-        Answer::read(status, body)
+        Answer::read(status, &body)
             .map_err(|kind| UpstreamError {
                 endpoint,
                 key_source: credential.source,
@@ -247,75 +246,54 @@ impl KieClient {
     }
 }
 
-/// An answer whose code was 200, read once.
-struct Answer {
-    body: bytes::Bytes,
-    /// Where `data` sits in `body`, unless absent or null.
-    data: Option<std::ops::Range<usize>>,
+/// An answer whose code was 200, read once, its `data` parsed as `T`.
+struct Answer<T> {
+    /// `data`, unless absent or null; a parse failure is kept for the
+    /// caller to report (the call itself was answered).
+    data: Option<Result<T, serde_json::Error>>,
     /// kie.ai's `msg`, kept only when there is no `data` to explain.
     reason: String,
 }
 
-impl Answer {
+impl<T: DeserializeOwned> Answer<T> {
     /// Classifies an answer: the JSON `code` when the body is JSON, the HTTP
     /// status otherwise.
-    fn read(status: StatusCode, body: bytes::Bytes) -> Result<Self, UpstreamErrorKind> {
-        let (data, reason) = match serde_json::from_slice::<Envelope>(&body) {
+    fn read(status: StatusCode, body: &[u8]) -> Result<Self, UpstreamErrorKind> {
+        match serde_json::from_slice::<Envelope>(body) {
             Ok(
                 env @ Envelope {
                     code: Some(200), ..
                 },
             ) => {
-                // A borrowed slice of `body`: its offset is its place.
-                let data = env.data().map(|raw| {
-                    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-                    start..start + raw.get().len()
-                });
+                // Parsed from the envelope's borrowed slice of `body`.
+                let data = env.data().map(|raw| serde_json::from_str(raw.get()));
                 let reason = if data.is_none() {
                     env.reason()
                 } else {
                     String::new()
                 };
-                (data, reason)
+                Ok(Self { data, reason })
             }
             Ok(
                 env @ Envelope {
                     code: Some(code), ..
                 },
-            ) => {
-                return Err(UpstreamErrorKind::Code {
-                    code,
-                    msg: env.reason(),
-                });
-            }
+            ) => Err(UpstreamErrorKind::Code {
+                code,
+                msg: env.reason(),
+            }),
             // No usable JSON code: fall back on the HTTP status.
-            _ if status.is_success() => {
-                return Err(UpstreamErrorKind::BadResponse {
-                    detail: format!(
-                        "HTTP {} with {} bytes that are not kie.ai's JSON",
-                        status.as_u16(),
-                        body.len()
-                    ),
-                });
-            }
-            _ => {
-                return Err(UpstreamErrorKind::HttpStatus {
-                    status: status.as_u16(),
-                });
-            }
-        };
-        Ok(Self { body, data, reason })
-    }
-
-    /// `data` as raw JSON, unless absent or null.
-    fn data(&self) -> Option<&str> {
-        let range = self.data.clone()?;
-        // `read` took the range from a &str of this very body.
-        std::str::from_utf8(&self.body[range]).ok()
-    }
-
-    fn reason(&self) -> String {
-        self.reason.clone()
+            _ if status.is_success() => Err(UpstreamErrorKind::BadResponse {
+                detail: format!(
+                    "HTTP {} with {} bytes that are not kie.ai's JSON",
+                    status.as_u16(),
+                    body.len()
+                ),
+            }),
+            _ => Err(UpstreamErrorKind::HttpStatus {
+                status: status.as_u16(),
+            }),
+        }
     }
 }
 
