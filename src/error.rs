@@ -12,9 +12,9 @@ use crate::kie::{KeySource, UpstreamError, UpstreamErrorKind};
 use crate::task::{FieldViolation, InvalidRequest};
 
 /// ErrorInfo domain of failures reported by kie.ai.
-pub const UPSTREAM_DOMAIN: &str = "kie.ai";
+pub(crate) const UPSTREAM_DOMAIN: &str = "kie.ai";
 /// ErrorInfo domain of failures the gateway decides itself.
-pub const GATEWAY_DOMAIN: &str = "hailuo-gateway";
+pub(crate) const GATEWAY_DOMAIN: &str = "hailuo-gateway";
 
 /// kie.ai's rate limit window; it sends no Retry-After.
 const RATE_LIMIT_RETRY: Duration = Duration::from_secs(10);
@@ -296,7 +296,7 @@ impl OutcomeUnknown {
 }
 
 /// ErrorInfo reason of a create that may have made a task.
-pub const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
+pub(crate) const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
 
 fn upstream_metadata(e: &UpstreamError) -> HashMap<String, String> {
     let mut m = HashMap::with_capacity(3);
@@ -495,7 +495,7 @@ fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
 }
 
 /// gRPC's canonical code names, as in the spec.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -93,6 +93,7 @@ impl<K: Clone + Eq + Hash, V: Retention> ExpiringMap<K, V> {
         self.entries.remove(key);
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

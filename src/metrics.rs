@@ -40,7 +40,7 @@ struct OutcomeLabels {
 
 /// What became of a createTask attempt, for the `creates` counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreateTally {
+pub(crate) enum CreateTally {
     /// kie.ai answered with the task id.
     Created,
     /// Certainly no task (kie.ai said no, nothing was sent, the gateway shed it).
@@ -73,15 +73,15 @@ pub struct Metrics {
     rpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     upstream_calls: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    pub active_watchers: Gauge,
-    pub active_pollers: Gauge,
-    pub callbacks_received: Counter,
-    pub callbacks_accepted: Counter,
+    pub(crate) active_watchers: Gauge,
+    pub(crate) active_pollers: Gauge,
+    pub(crate) callbacks_received: Counter,
+    pub(crate) callbacks_accepted: Counter,
     callbacks_rejected: Family<ReasonLabels, Counter>,
-    pub read_budget_grants: Counter,
-    pub read_budget_waiting: Gauge,
+    pub(crate) read_budget_grants: Counter,
+    pub(crate) read_budget_waiting: Gauge,
     read_budget_wait: Histogram,
-    pub cache_hits: Counter,
+    pub(crate) cache_hits: Counter,
     creates: Family<OutcomeLabels, Counter>,
 }
 
@@ -194,7 +194,7 @@ impl Metrics {
     }
 
     /// One finished gRPC call; `code` is the status code's canonical name.
-    pub fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
+    pub(crate) fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
         self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
         self.rpc_latency
             .get_or_create(&MethodLabels { method })
@@ -202,7 +202,7 @@ impl Metrics {
     }
 
     /// One kie.ai call, by endpoint name and the code it answered.
-    pub fn upstream_call(
+    pub(crate) fn upstream_call(
         &self,
         endpoint: &'static str,
         kie_code: Cow<'static, str>,
@@ -216,13 +216,13 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    pub fn callback_rejected(&self, reason: &'static str) {
+    pub(crate) fn callback_rejected(&self, reason: &'static str) {
         self.callbacks_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
-    pub fn create_attempt(&self, tally: CreateTally) {
+    pub(crate) fn create_attempt(&self, tally: CreateTally) {
         self.creates
             .get_or_create(&OutcomeLabels {
                 outcome: tally.as_str(),
@@ -230,12 +230,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn budget_waited(&self, wait: Duration) {
+    pub(crate) fn budget_waited(&self, wait: Duration) {
         self.read_budget_wait.observe(wait.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -29,10 +29,10 @@ use crate::pb::video_generation_server::VideoGenerationServer;
 
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 20_000;
 /// Largest request message accepted (tonic's default, stated): a valid
 /// request is a few KiB, and a larger one still gets a clear error.
-pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -135,10 +135,6 @@ impl Application {
 
     pub fn hub(&self) -> TaskHub {
         self.hub.clone()
-    }
-
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,

@@ -9,13 +9,13 @@ use url::Url;
 use crate::pb::{self, Model, Resolution, TaskState, VideoDuration};
 
 /// Longest prompt kie.ai accepts, in Unicode characters.
-pub const MAX_PROMPT_CHARS: usize = 1500;
+pub(crate) const MAX_PROMPT_CHARS: usize = 1500;
 /// Longest task id accepted; kie.ai's ids are far shorter.
-pub const MAX_TASK_ID_LEN: usize = 128;
+pub(crate) const MAX_TASK_ID_LEN: usize = 128;
 /// Longest idempotency key.
-pub const MAX_REQUEST_ID_CHARS: usize = 128;
+pub(crate) const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest URL accepted in any URL field.
-pub const MAX_URL_LEN: usize = 2048;
+pub(crate) const MAX_URL_LEN: usize = 2048;
 
 /// One bad field of a request, named as in the proto.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
             field,
             description: description.into(),
@@ -107,7 +107,7 @@ pub fn resolution_value(resolution: Resolution) -> &'static str {
 }
 
 /// kie.ai's state names; `None` for a state this version does not know.
-pub fn parse_state(state: &str) -> Option<TaskState> {
+pub(crate) fn parse_state(state: &str) -> Option<TaskState> {
     Some(match state {
         "waiting" => TaskState::Waiting,
         "queuing" => TaskState::Queuing,
@@ -118,7 +118,7 @@ pub fn parse_state(state: &str) -> Option<TaskState> {
     })
 }
 
-pub fn is_terminal(state: TaskState) -> bool {
+pub(crate) fn is_terminal(state: TaskState) -> bool {
     matches!(state, TaskState::Succeeded | TaskState::Failed)
 }
 

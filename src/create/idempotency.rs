@@ -23,7 +23,7 @@ use crate::expiring_map::{ExpiringMap, Retention};
 use crate::task::CreateTaskInput;
 
 /// A digest of every parameter that shapes the upstream request.
-pub type Fingerprint = [u8; 32];
+pub(crate) type Fingerprint = [u8; 32];
 
 /// A request_id, scoped to whose kie.ai key the call uses (with key
 /// pass-through, two teams' ids never meet).
@@ -47,7 +47,7 @@ pub enum Reservation {
     Mismatch,
 }
 
-pub type Reserve<'a> = Pin<Box<dyn Future<Output = Reservation> + Send + 'a>>;
+pub(crate) type Reserve<'a> = Pin<Box<dyn Future<Output = Reservation> + Send + 'a>>;
 
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Reserves `key` for a new attempt, or says what is known of it;
@@ -88,14 +88,14 @@ pub enum Settlement<'a> {
 /// to name the task (kie.ai advises giving up on a task after 10-15 minutes;
 /// its callback comes when the task ends). Later, a retry is told that
 /// waiting no longer helps; a callback that still comes resolves the key.
-pub const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
+pub(crate) const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
 
 impl Lease {
-    pub fn key(&self) -> &IdempotencyKey {
+    pub(crate) fn key(&self) -> &IdempotencyKey {
         &self.key
     }
 
-    pub fn settle(mut self, settlement: Settlement<'_>) {
+    pub(crate) fn settle(mut self, settlement: Settlement<'_>) {
         self.settled = true;
         self.store.settle(&self.key, settlement);
     }
@@ -118,7 +118,7 @@ impl Drop for Lease {
 /// The fingerprint of a CreateTask: every input field but the request_id
 /// itself, each length-prefixed so that no two inputs share a digest by
 /// concatenation.
-pub fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
+pub(crate) fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_le_bytes());
@@ -146,7 +146,7 @@ pub fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
 }
 
 /// The scope of a kie.ai key: a digest, so that the map never holds keys.
-pub fn scope_of(key: &str) -> String {
+pub(crate) fn scope_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -195,12 +195,9 @@ impl InMemoryStore {
         })
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.keys.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

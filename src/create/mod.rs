@@ -24,13 +24,13 @@ use idempotency::{
     IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
 };
 
-pub struct Creator {
-    pub kie: KieClient,
-    pub hub: TaskHub,
-    pub idempotency: Arc<dyn IdempotencyStore>,
+pub(crate) struct Creator {
+    pub(crate) kie: KieClient,
+    pub(crate) hub: TaskHub,
+    pub(crate) idempotency: Arc<dyn IdempotencyStore>,
     /// Callback URLs per attempt, to learn the task of a lost answer.
-    pub attempts: Arc<Attempts>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) attempts: Arc<Attempts>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// One attempt's inputs, moved onto its own task.
@@ -48,7 +48,7 @@ impl Creator {
     /// Creates the task; a repeat of a request_id with the same parameters
     /// gets the first task id, with no second upstream call. `deadline` is
     /// the caller's; `call_id` its x-request-id.
-    pub async fn create(
+    pub(crate) async fn create(
         self: &Arc<Self>,
         credential: Credential,
         input: CreateTaskInput,

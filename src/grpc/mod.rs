@@ -32,11 +32,11 @@ pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// The gateway's own key.
-    pub gateway: Option<Credential>,
+    pub(crate) gateway: Option<Credential>,
     /// Take the caller's `authorization: Bearer` key when present.
-    pub passthrough: bool,
+    pub(crate) passthrough: bool,
 }
 
 impl Credentials {
@@ -64,13 +64,13 @@ impl Credentials {
     }
 }
 
-pub struct VideoGenerationService {
-    pub creator: Arc<Creator>,
-    pub hub: TaskHub,
-    pub metrics: Arc<Metrics>,
-    pub credentials: Credentials,
-    pub watch: WatchSettings,
-    pub shutdown: CancellationToken,
+pub(crate) struct VideoGenerationService {
+    pub(crate) creator: Arc<Creator>,
+    pub(crate) hub: TaskHub,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) credentials: Credentials,
+    pub(crate) watch: WatchSettings,
+    pub(crate) shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -391,12 +391,12 @@ struct HandlerReached(Arc<AtomicBool>);
 /// above the size limit): the handlers never see those, and tonic reports
 /// them only in the response.
 #[derive(Clone)]
-pub struct RefusalLogLayer {
+pub(crate) struct RefusalLogLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RefusalLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -413,7 +413,7 @@ impl<S> tower::Layer<S> for RefusalLogLayer {
 }
 
 #[derive(Clone)]
-pub struct RefusalLog<S> {
+pub(crate) struct RefusalLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

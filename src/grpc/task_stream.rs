@@ -21,7 +21,7 @@ pub type WatchStream =
 
 /// How a stream ended, for its log line and metrics.
 #[derive(Debug)]
-pub enum End<'a> {
+pub(crate) enum End<'a> {
     /// The task's terminal state was sent.
     Finished,
     /// The gateway ended the stream with `error`, sent as `status`.
@@ -34,7 +34,7 @@ pub enum End<'a> {
 }
 
 /// Called once when the stream ends, with how it ended.
-pub type OnEnd = Box<dyn for<'a> FnOnce(End<'a>) + Send + 'static>;
+pub(crate) type OnEnd = Box<dyn for<'a> FnOnce(End<'a>) + Send + 'static>;
 
 /// A task subscription whose first read came back with the task: the only
 /// way to make a stream (see `stream`).

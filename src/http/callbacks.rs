@@ -24,9 +24,9 @@ use crate::task::TaskId;
 /// is not from kie.ai.
 pub const MAX_CALLBACK_BODY: usize = 64 * 1024;
 /// A sender slower than this is not kie.ai either (it times out at 15 s).
-pub const CALLBACK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALLBACK_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Signed callbacks older (or newer) than this are refused as replays.
-pub const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// What the callback route needs, and no more: a callback can wake a
 /// task's pollers and settle a create attempt, nothing else.
@@ -46,7 +46,7 @@ fn answer(status: StatusCode, msg: &str) -> Answer {
     (status, Json(json!({"code": status.as_u16(), "msg": msg})))
 }
 
-pub async fn receive(
+pub(crate) async fn receive(
     State(state): State<CallbackState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

@@ -26,7 +26,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 
 /// Who gets the next read first: smaller is sooner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// A callback said the task changed.
     Woken,
     /// A routine poll of a task this old.
@@ -34,7 +34,7 @@ pub enum Priority {
 }
 
 #[derive(Clone)]
-pub struct ReadBudget {
+pub(crate) struct ReadBudget {
     inner: Arc<Inner>,
 }
 
@@ -95,7 +95,7 @@ impl State {
 
 impl ReadBudget {
     /// A budget of `per_second` reads; its scheduler runs until `shutdown`.
-    pub fn new(per_second: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(per_second: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             per_window: per_second.max(1) as usize,
             state: Mutex::new(State::default()),
@@ -109,7 +109,7 @@ impl ReadBudget {
     /// Waits for permission to make one read; hold the permit until the
     /// answer is in. Dropping the future gives the place up without
     /// spending a read.
-    pub async fn acquire(&self, priority: Priority) -> ReadPermit {
+    pub(crate) async fn acquire(&self, priority: Priority) -> ReadPermit {
         let started = Instant::now();
         let grant = {
             let mut state = self.inner.state.lock();
@@ -152,7 +152,7 @@ impl ReadBudget {
 }
 
 /// One granted read; dropping it says the answer is in.
-pub struct ReadPermit {
+pub(crate) struct ReadPermit {
     inner: Arc<Inner>,
 }
 

@@ -39,7 +39,7 @@ const READ_RETRIES: u32 = 2;
 
 /// What watchers of a task see.
 #[derive(Clone, Debug)]
-pub enum Observation {
+pub(crate) enum Observation {
     /// The first read has not come back yet.
     Pending,
     /// The task as last read.
@@ -77,7 +77,7 @@ pub struct TaskWaker {
 impl TaskWaker {
     /// A callback named this task: its pollers re-read it now. Returns how
     /// many pollers were woken (0 for a task nobody watches).
-    pub fn wake(&self, task_id: &TaskId) -> usize {
+    pub(crate) fn wake(&self, task_id: &TaskId) -> usize {
         let pollers = self.pollers.lock();
         let Some(entries) = pollers.get(task_id) else {
             return 0;
@@ -108,7 +108,7 @@ struct Inner {
 }
 
 impl TaskHub {
-    pub fn new(
+    pub(crate) fn new(
         kie: KieClient,
         settings: WatchSettings,
         metrics: Arc<Metrics>,
@@ -132,7 +132,7 @@ impl TaskHub {
     /// Joins the task's poller, starting one if none runs; a finished task
     /// comes from the cache with no poller at all. Dropping the receiver is
     /// how a watcher leaves.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         credential: Credential,
         task_id: TaskId,
@@ -168,7 +168,7 @@ impl TaskHub {
     }
 
     /// The task now: from the cache, from a live poller, or read upstream.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         credential: Credential,
         task_id: TaskId,
@@ -194,12 +194,12 @@ impl TaskHub {
 
     /// kie.ai will call back when this task ends: poll it only as a safety
     /// net.
-    pub fn expect_callback(&self, task_id: TaskId) {
+    pub(crate) fn expect_callback(&self, task_id: TaskId) {
         self.inner.called_back.lock().insert(task_id, ());
     }
 
     /// The handle kie.ai's callbacks wake this hub's pollers with.
-    pub fn waker(&self) -> TaskWaker {
+    pub(crate) fn waker(&self) -> TaskWaker {
         TaskWaker {
             pollers: self.inner.pollers.clone(),
         }

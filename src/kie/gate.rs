@@ -27,12 +27,12 @@ const SHED_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a call was not let through, and when to try again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shed {
-    pub reason: &'static str,
-    pub retry_after: Duration,
+pub(crate) struct Shed {
+    pub(crate) reason: &'static str,
+    pub(crate) retry_after: Duration,
 }
 
-pub struct Gate {
+pub(crate) struct Gate {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     max_queued: usize,
@@ -83,7 +83,7 @@ impl Drop for Queued<'_> {
 }
 
 impl Gate {
-    pub fn new(limits: UpstreamLimits) -> Self {
+    pub(crate) fn new(limits: UpstreamLimits) -> Self {
         let creates = (limits.create_limit > 0).then(|| {
             Mutex::new(Window {
                 limit: limits.create_limit,
@@ -101,7 +101,7 @@ impl Gate {
 
     /// Waits for the right to send one request to `endpoint`; the permit is
     /// held until the answer is read.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         endpoint: Endpoint,
         deadline: Option<Duration>,

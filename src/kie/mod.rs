@@ -23,20 +23,20 @@ use crate::task::{CreateTaskInput, TaskId};
 use wire::{CreateTaskBody, Created, Envelope, Record};
 
 /// kie.ai sits behind a CDN that refuses requests without a User-Agent.
-pub const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
 
 /// The key an upstream call is made with, and whose it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Credential {
-    pub key: Secret,
-    pub source: KeySource,
+pub(crate) struct Credential {
+    pub(crate) key: Secret,
+    pub(crate) source: KeySource,
     /// `Bearer <key>`, made once; marked sensitive so that it never prints.
     authorization: HeaderValue,
 }
 
 impl Credential {
     /// `None` when the key has characters a header cannot carry.
-    pub fn new(key: Secret, source: KeySource) -> Option<Self> {
+    pub(crate) fn new(key: Secret, source: KeySource) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
         authorization.set_sensitive(true);
         Some(Self {
@@ -87,7 +87,7 @@ impl KieClient {
     /// call waits for kie.ai's answer up to the upstream timeout, whatever
     /// the caller's deadline, since only that answer says whether a task
     /// exists.
-    pub async fn create_task(
+    pub(crate) async fn create_task(
         &self,
         credential: &Credential,
         input: &CreateTaskInput,
@@ -126,7 +126,7 @@ impl KieClient {
     }
 
     /// Reads a task's current state.
-    pub async fn record_info(
+    pub(crate) async fn record_info(
         &self,
         credential: &Credential,
         task_id: &TaskId,
@@ -138,7 +138,7 @@ impl KieClient {
 
     /// recordInfo's `data` as kie.ai sent it, `param` (the create request
     /// it echoes) included.
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         credential: &Credential,
         task_id: &TaskId,
