@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
-use crate::metrics::code_name;
+use crate::error::code_name;
 use crate::pb::video_generation_client::VideoGenerationClient;
 use crate::pb::{
     CreateTaskRequest, GetTaskRequest, Resolution, Task, TaskState, VideoDuration, WatchTaskRequest,
@@ -30,14 +30,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the gateway is.
 #[derive(Args, Debug)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// The gateway's gRPC address.
     #[arg(
         long,
         env = "HAILUO_GATEWAY_ADDR",
         default_value = "http://localhost:50051"
     )]
-    pub addr: String,
+    pub(crate) addr: String,
 }
 
 /// `generate`: create a task, optionally wait for its video.
@@ -45,37 +45,37 @@ pub struct ConnectArgs {
 pub struct GenerateArgs {
     /// What the video should show.
     #[arg(long)]
-    pub prompt: String,
+    pub(crate) prompt: String,
     /// Absolute http(s) URL of the first frame.
     #[arg(long)]
-    pub image_url: String,
+    pub(crate) image_url: String,
     /// Absolute http(s) URL of the last frame.
     #[arg(long)]
-    pub end_image_url: Option<String>,
+    pub(crate) end_image_url: Option<String>,
     /// Video length in seconds (default 10).
     #[arg(long, value_enum)]
-    pub duration: Option<DurationArg>,
+    pub(crate) duration: Option<DurationArg>,
     /// Video resolution (default 768p).
     #[arg(long, value_enum)]
-    pub resolution: Option<ResolutionArg>,
+    pub(crate) resolution: Option<ResolutionArg>,
     /// Follow the task until it ends, then print its video URLs.
     #[arg(long)]
-    pub wait: bool,
+    pub(crate) wait: bool,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub(crate) connect: ConnectArgs,
 }
 
 /// `get` and `watch`: one existing task.
 #[derive(Args, Debug)]
 pub struct TaskArgs {
     /// The id `generate` printed.
-    pub task_id: String,
+    pub(crate) task_id: String,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub(crate) connect: ConnectArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DurationArg {
+pub(crate) enum DurationArg {
     #[value(name = "6")]
     Six,
     #[value(name = "10")]
@@ -83,7 +83,7 @@ pub enum DurationArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ResolutionArg {
+pub(crate) enum ResolutionArg {
     #[value(name = "512p", alias = "512P")]
     R512p,
     #[value(name = "768p", alias = "768P")]

@@ -47,34 +47,36 @@ pub mod defaults {
     pub const REDIS_PREFIX: &str = "hailuo-gateway";
 }
 
-/// A kie.ai API key. Debug and Display never show it.
+/// A secret: a kie.ai API key, or the key kie.ai signs its callbacks with.
+/// Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ApiKey(std::sync::Arc<str>);
+pub struct Secret(std::sync::Arc<str>);
 
-impl ApiKey {
+impl Secret {
     pub fn new(key: impl Into<String>) -> Self {
         Self(key.into().into())
     }
 
-    /// The key itself, for the Authorization header and nothing else.
+    /// The secret itself, for the Authorization header or the callback
+    /// signature, and nothing else.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for ApiKey {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
-impl fmt::Display for ApiKey {
+impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-impl std::str::FromStr for ApiKey {
+impl std::str::FromStr for Secret {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let key = s.trim();
@@ -162,7 +164,7 @@ pub struct ServeArgs {
     /// kie.ai API key used for every upstream call (required in live mode
     /// unless --key-passthrough is on).
     #[arg(long, env = "KIE_API_KEY", hide_env_values = true)]
-    pub kie_api_key: Option<ApiKey>,
+    pub kie_api_key: Option<Secret>,
 
     /// Use the caller's `authorization: Bearer …` metadata as the kie.ai key
     /// for that call, so each team spends its own credits.
@@ -240,7 +242,7 @@ pub struct ServeArgs {
     /// kie.ai webhook HMAC key: when set, callbacks must carry a valid
     /// X-Webhook-Signature no older than 5 minutes.
     #[arg(long, env = "KIE_WEBHOOK_HMAC_KEY", hide_env_values = true)]
-    pub kie_webhook_hmac_key: Option<ApiKey>,
+    pub kie_webhook_hmac_key: Option<Secret>,
 
     /// Poll interval of tasks that kie.ai will call back about.
     #[arg(long, env = "GATEWAY_CALLBACK_SAFETY_POLL", default_value_t = human(defaults::CALLBACK_SAFETY_POLL))]
@@ -315,7 +317,7 @@ pub struct ServeArgs {
 pub struct UpstreamSettings {
     pub base_url: Url,
     /// The gateway's own key; `None` only with key pass-through.
-    pub api_key: Option<ApiKey>,
+    pub api_key: Option<Secret>,
     pub key_passthrough: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
@@ -359,7 +361,8 @@ impl Default for IdempotencySettings {
     }
 }
 
-/// How often a watched task is read, by its age.
+/// How often a watched task is read, by its age (applied in
+/// `hub::cadence`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollCadence {
     pub fast: Duration,
@@ -370,16 +373,6 @@ pub struct PollCadence {
 }
 
 impl PollCadence {
-    pub fn interval_at(&self, age: Duration) -> Duration {
-        if age < self.fast_until {
-            self.fast
-        } else if age < self.medium_until {
-            self.medium
-        } else {
-            self.slow
-        }
-    }
-
     /// One interval for every age: handy in tests.
     pub fn constant(every: Duration) -> Self {
         Self {
@@ -404,25 +397,12 @@ impl Default for PollCadence {
     }
 }
 
-/// Exponential back-off with jitter for failed upstream reads.
+/// Exponential back-off with jitter for failed upstream reads (the delays
+/// are computed in `hub::cadence`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (1-based): `initial * 2^(attempt-1)`
-    /// capped at `max`, then "equal jitter" (half fixed, half random) so that
-    /// many pollers failing together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.max);
-        let half = capped / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,7 +449,7 @@ pub struct CallbackSettings {
     /// (the sandbox, whose simulator runs in the same process).
     pub to_self: bool,
     /// Verify X-Webhook-Signature with this key when set.
-    pub hmac_key: Option<ApiKey>,
+    pub hmac_key: Option<Secret>,
 }
 
 /// The Redis that the replicas of one gateway share.
@@ -497,7 +477,7 @@ pub struct Settings {
 impl Settings {
     /// Defaults for everything but where kie.ai is, with listeners on
     /// ephemeral loopback ports: the starting point of tests and the sandbox.
-    pub fn local(base_url: Url, api_key: Option<ApiKey>) -> Self {
+    pub fn local(base_url: Url, api_key: Option<Secret>) -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             upstream: UpstreamSettings {
@@ -549,7 +529,7 @@ impl ServeArgs {
     }
 
     /// Settings with the flags applied, pointing at `base_url` with `api_key`.
-    pub fn settings(&self, base_url: Url, api_key: Option<ApiKey>) -> Settings {
+    pub fn settings(&self, base_url: Url, api_key: Option<Secret>) -> Settings {
         Settings {
             upstream: UpstreamSettings {
                 base_url,
@@ -609,8 +589,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_key_is_redacted_in_debug_and_display() {
-        let key = ApiKey::new("sk-very-secret");
+    fn a_secret_is_redacted_in_debug_and_display() {
+        let key = Secret::new("sk-very-secret");
         assert!(!format!("{key:?}").contains("secret"));
         assert!(!format!("{key}").contains("secret"));
     }
@@ -628,38 +608,5 @@ mod tests {
         assert!("http://x".parse::<RedisUrl>().is_err());
         assert!(redis_prefix("a{b}").is_err());
         assert!(redis_prefix("team-a").is_ok());
-    }
-
-    #[test]
-    fn cadence_follows_kie_guidance_by_age() {
-        let c = PollCadence::default();
-        assert_eq!(
-            c.interval_at(Duration::from_secs(0)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            c.interval_at(Duration::from_secs(31)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            c.interval_at(Duration::from_secs(121)),
-            Duration::from_secs(15)
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-        };
-        for _ in 0..100 {
-            let d1 = b.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
-            let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
-            let d30 = b.delay(30);
-            assert!(d30 >= Duration::from_millis(500) && d30 <= Duration::from_millis(1000));
-        }
     }
 }

@@ -9,11 +9,12 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::kie::{KeySource, UpstreamError, UpstreamErrorKind};
+use crate::task::{FieldViolation, InvalidRequest};
 
 /// ErrorInfo domain of failures reported by kie.ai.
-pub const UPSTREAM_DOMAIN: &str = "kie.ai";
+pub(crate) const UPSTREAM_DOMAIN: &str = "kie.ai";
 /// ErrorInfo domain of failures the gateway decides itself.
-pub const GATEWAY_DOMAIN: &str = "hailuo-gateway";
+pub(crate) const GATEWAY_DOMAIN: &str = "hailuo-gateway";
 
 /// kie.ai's rate limit window; it sends no Retry-After.
 const RATE_LIMIT_RETRY: Duration = Duration::from_secs(10);
@@ -22,22 +23,6 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 /// kie.ai calls back when a task ends, minutes after it was created: a
 /// retry sooner than this only finds the same answer.
 const CALLBACK_RETRY: Duration = Duration::from_secs(5);
-
-/// One bad field of a request, named as in the proto.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: &'static str,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            field,
-            description: description.into(),
-        }
-    }
-}
 
 /// Everything that can make a gateway call fail.
 #[derive(Clone, Debug)]
@@ -145,6 +130,12 @@ impl Prospect {
             Self::Callback => "callback",
             Self::Never => "never",
         }
+    }
+}
+
+impl From<InvalidRequest> for GatewayError {
+    fn from(e: InvalidRequest) -> Self {
+        Self::InvalidArgument(e.0)
     }
 }
 
@@ -379,7 +370,7 @@ impl OutcomeUnknown {
 }
 
 /// ErrorInfo reason of a create that may have made a task.
-pub const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
+pub(crate) const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
 /// ErrorInfo reason of a request_id call refused because Redis is away.
 pub const COORDINATION_UNAVAILABLE: &str = "COORDINATION_UNAVAILABLE";
 
@@ -576,6 +567,29 @@ fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
             None,
             format!("kie.ai answered an unexpected code {said}"),
         ),
+    }
+}
+
+/// gRPC's canonical code names, as in the spec.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

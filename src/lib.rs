@@ -2,20 +2,16 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
-pub mod attempts;
-pub mod budget;
-pub mod cache;
-pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod create;
 pub mod error;
+mod expiring_map;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod hub;
-pub mod idempotency;
 pub mod kie;
 pub mod metrics;
 #[cfg(feature = "sandbox")]
@@ -26,7 +22,6 @@ pub mod simulator;
 pub mod startup;
 pub mod task;
 pub mod telemetry;
-pub mod watch;
 
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {

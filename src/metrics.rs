@@ -10,9 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tonic::Code;
-
-use crate::kie::Endpoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -43,7 +40,7 @@ struct OutcomeLabels {
 
 /// What became of a createTask attempt, for the `creates` counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreateTally {
+pub(crate) enum CreateTally {
     /// kie.ai answered with the task id.
     Created,
     /// Certainly no task (kie.ai said no, nothing was sent, the gateway shed it).
@@ -76,15 +73,15 @@ pub struct Metrics {
     rpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     upstream_calls: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    pub active_watchers: Gauge,
-    pub active_pollers: Gauge,
-    pub callbacks_received: Counter,
-    pub callbacks_accepted: Counter,
+    pub(crate) active_watchers: Gauge,
+    pub(crate) active_pollers: Gauge,
+    pub(crate) callbacks_received: Counter,
+    pub(crate) callbacks_accepted: Counter,
     callbacks_rejected: Family<ReasonLabels, Counter>,
-    pub read_budget_grants: Counter,
-    pub read_budget_waiting: Gauge,
+    pub(crate) read_budget_grants: Counter,
+    pub(crate) read_budget_waiting: Gauge,
     read_budget_wait: Histogram,
-    pub cache_hits: Counter,
+    pub(crate) cache_hits: Counter,
     creates: Family<OutcomeLabels, Counter>,
 }
 
@@ -196,25 +193,21 @@ impl Metrics {
         }
     }
 
-    pub fn rpc(&self, method: &'static str, code: Code, latency: Duration) {
-        self.rpcs
-            .get_or_create(&RpcLabels {
-                method,
-                code: code_name(code),
-            })
-            .inc();
+    /// One finished gRPC call; `code` is the status code's canonical name.
+    pub(crate) fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
+        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
         self.rpc_latency
             .get_or_create(&MethodLabels { method })
             .observe(latency.as_secs_f64());
     }
 
-    pub fn upstream_call(
+    /// One kie.ai call, by endpoint name and the code it answered.
+    pub(crate) fn upstream_call(
         &self,
-        endpoint: Endpoint,
+        endpoint: &'static str,
         kie_code: Cow<'static, str>,
         latency: Duration,
     ) {
-        let endpoint = endpoint.as_str();
         self.upstream_calls
             .get_or_create(&UpstreamLabels { endpoint, kie_code })
             .inc();
@@ -223,13 +216,13 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    pub fn callback_rejected(&self, reason: &'static str) {
+    pub(crate) fn callback_rejected(&self, reason: &'static str) {
         self.callbacks_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
-    pub fn create_attempt(&self, tally: CreateTally) {
+    pub(crate) fn create_attempt(&self, tally: CreateTally) {
         self.creates
             .get_or_create(&OutcomeLabels {
                 outcome: tally.as_str(),
@@ -237,38 +230,15 @@ impl Metrics {
             .inc();
     }
 
-    pub fn budget_waited(&self, wait: Duration) {
+    pub(crate) fn budget_waited(&self, wait: Duration) {
         self.read_budget_wait.observe(wait.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// gRPC's canonical code names, as in the spec.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

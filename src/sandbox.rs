@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApiKey, ServeArgs, Settings};
+use crate::config::{Secret, ServeArgs, Settings};
 use crate::simulator::{Simulator, SimulatorConfig, StateTimings};
 
 /// The key the sandbox's simulator accepts and its gateway sends.
@@ -37,12 +37,12 @@ pub async fn start(
     let simulator = Simulator::start(config, listener, shutdown).await?;
     let mut settings = args.settings(
         simulator.base_url().parse()?,
-        Some(ApiKey::new(SANDBOX_KEY)),
+        Some(Secret::new(SANDBOX_KEY)),
     );
     if settings.callbacks.public_url.is_none() {
         settings.callbacks.to_self = true;
     }
-    settings.callbacks.hmac_key = Some(ApiKey::new(hmac_key));
+    settings.callbacks.hmac_key = Some(Secret::new(hmac_key));
     Ok((simulator, settings))
 }
 

@@ -15,15 +15,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::create::Creator;
+use crate::create::attempts::Attempts;
+use crate::create::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::fleet::Redis;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
-use crate::http::HttpState;
+use crate::http::CallbackState;
 use crate::hub::TaskHub;
-use crate::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
@@ -31,10 +31,10 @@ use crate::pb::video_generation_server::VideoGenerationServer;
 
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 20_000;
 /// Largest request message accepted (tonic's default, stated): a valid
 /// request is a few KiB, and a larger one still gets a clear error.
-pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -46,7 +46,7 @@ pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     service: VideoGenerationService,
-    http_state: HttpState,
+    callbacks: CallbackState,
     hub: TaskHub,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -111,8 +111,8 @@ impl Application {
             watch: settings.watch,
             shutdown: shutdown.clone(),
         };
-        let http_state = HttpState {
-            hub: hub.clone(),
+        let callbacks = CallbackState {
+            waker: hub.waker(),
             attempts,
             metrics: metrics.clone(),
             hmac_key: settings.callbacks.hmac_key.clone(),
@@ -121,7 +121,7 @@ impl Application {
             grpc_listener,
             http_listener,
             service,
-            http_state,
+            callbacks,
             hub,
             metrics,
             shutdown,
@@ -143,10 +143,6 @@ impl Application {
 
     pub fn hub(&self) -> TaskHub {
         self.hub.clone()
-    }
-
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,
@@ -210,8 +206,11 @@ impl Application {
         let http_listener = wrap(self.http_listener).tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let http = axum::serve(http_listener, crate::http::router(self.http_state))
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let http = axum::serve(
+            http_listener,
+            crate::http::router(self.callbacks, self.metrics.clone()),
+        )
+        .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let servers = Servers {
             grpc: Some(tokio::spawn(async move { Ok(grpc.await?) })),

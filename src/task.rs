@@ -6,17 +6,37 @@ use std::fmt;
 
 use url::Url;
 
-use crate::error::{FieldViolation, GatewayError};
 use crate::pb::{self, Model, Resolution, TaskState, VideoDuration};
 
 /// Longest prompt kie.ai accepts, in Unicode characters.
-pub const MAX_PROMPT_CHARS: usize = 1500;
+pub(crate) const MAX_PROMPT_CHARS: usize = 1500;
 /// Longest task id accepted; kie.ai's ids are far shorter.
-pub const MAX_TASK_ID_LEN: usize = 128;
+pub(crate) const MAX_TASK_ID_LEN: usize = 128;
 /// Longest idempotency key.
-pub const MAX_REQUEST_ID_CHARS: usize = 128;
+pub(crate) const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest URL accepted in any URL field.
-pub const MAX_URL_LEN: usize = 2048;
+pub(crate) const MAX_URL_LEN: usize = 2048;
+
+/// One bad field of a request, named as in the proto.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub(crate) fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// A request refused at the edge, with every bad field named; nothing was
+/// sent upstream. The error module turns it into INVALID_ARGUMENT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidRequest(pub Vec<FieldViolation>);
 
 /// A syntactically valid kie.ai task id: 1 to 128 characters from
 /// `A-Z a-z 0-9 _ -`, so it can never smuggle a path or query into the
@@ -25,7 +45,7 @@ pub const MAX_URL_LEN: usize = 2048;
 pub struct TaskId(String);
 
 impl TaskId {
-    pub fn parse(raw: String) -> Result<Self, GatewayError> {
+    pub fn parse(raw: String) -> Result<Self, InvalidRequest> {
         let problem = if raw.is_empty() {
             Some("task_id is required".to_string())
         } else if raw.len() > MAX_TASK_ID_LEN {
@@ -42,7 +62,7 @@ impl TaskId {
             None
         };
         match problem {
-            Some(description) => Err(GatewayError::InvalidArgument(vec![FieldViolation {
+            Some(description) => Err(InvalidRequest(vec![FieldViolation {
                 field: "task_id",
                 description,
             }])),
@@ -87,7 +107,7 @@ pub fn resolution_value(resolution: Resolution) -> &'static str {
 }
 
 /// kie.ai's state names; `None` for a state this version does not know.
-pub fn parse_state(state: &str) -> Option<TaskState> {
+pub(crate) fn parse_state(state: &str) -> Option<TaskState> {
     Some(match state {
         "waiting" => TaskState::Waiting,
         "queuing" => TaskState::Queuing,
@@ -98,7 +118,7 @@ pub fn parse_state(state: &str) -> Option<TaskState> {
     })
 }
 
-pub fn is_terminal(state: TaskState) -> bool {
+pub(crate) fn is_terminal(state: TaskState) -> bool {
     matches!(state, TaskState::Succeeded | TaskState::Failed)
 }
 
@@ -118,7 +138,7 @@ pub struct CreateTaskInput {
 }
 
 impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
-    type Error = GatewayError;
+    type Error = InvalidRequest;
 
     fn try_from(req: pb::CreateTaskRequest) -> Result<Self, Self::Error> {
         let mut bad = Vec::new();
@@ -193,7 +213,7 @@ impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
         }
 
         if !bad.is_empty() {
-            return Err(GatewayError::InvalidArgument(bad));
+            return Err(InvalidRequest(bad));
         }
         Ok(Self {
             model,
@@ -244,11 +264,8 @@ mod tests {
         }
     }
 
-    fn fields(err: GatewayError) -> Vec<&'static str> {
-        match err {
-            GatewayError::InvalidArgument(v) => v.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
+    fn fields(err: InvalidRequest) -> Vec<&'static str> {
+        err.0.into_iter().map(|f| f.field).collect()
     }
 
     #[test]

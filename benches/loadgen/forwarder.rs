@@ -95,7 +95,7 @@ impl VideoGeneration for BareForwarder {
         Err(tonic::Status::unimplemented("bare forwarder"))
     }
 
-    type WatchTaskStream = hailuo_gateway::watch::WatchStream;
+    type WatchTaskStream = hailuo_gateway::grpc::WatchStream;
 
     async fn watch_task(
         &self,

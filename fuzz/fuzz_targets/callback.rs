@@ -5,14 +5,19 @@
 //! `task_id_of`, `verify_signature` and `TaskId::parse`.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
-use hailuo_gateway::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
-use hailuo_gateway::config::ApiKey;
-use hailuo_gateway::http::{HttpState, router};
+use hailuo_gateway::create::attempts::Attempts;
+use hailuo_gateway::config::{Secret, Settings};
+use hailuo_gateway::http::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
+use hailuo_gateway::http::{CallbackState, router};
+use hailuo_gateway::hub::TaskWaker;
+use hailuo_gateway::create::idempotency::InMemoryStore;
+use hailuo_gateway::kie::KieClient;
+use hailuo_gateway::metrics::Metrics;
 use hailuo_gateway::task::TaskId;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -50,18 +55,42 @@ fn app() -> &'static App {
             .enable_all()
             .build()
             .expect("runtime");
-        let (open, signed) = runtime.block_on(async {
-            (
-                router(HttpState::detached(None).expect("state")),
-                router(HttpState::detached(Some(ApiKey::new(HMAC_KEY))).expect("state")),
-            )
-        });
+        let app = |hmac_key| {
+            let state = callback_state(hmac_key);
+            let metrics = state.metrics.clone();
+            router(state, metrics)
+        };
         App {
             runtime,
-            open,
-            signed,
+            open: app(None),
+            signed: app(Some(Secret::new(HMAC_KEY))),
         }
     })
+}
+
+/// The callback route's state, built from its narrow pieces with no
+/// upstream: a waker of no hub wakes nothing, and attempts without a public
+/// callback URL never re-read a task.
+fn callback_state(hmac_key: Option<Secret>) -> CallbackState {
+    let metrics = Arc::new(Metrics::new());
+    // Port 9 (discard): nothing answers there, and nothing is sent.
+    let settings = Settings::local("http://127.0.0.1:9/".parse().expect("url"), None);
+    let kie = KieClient::new(&settings.upstream, metrics.clone()).expect("client");
+    let idempotency = settings.idempotency;
+    let attempts = Attempts::new(
+        kie,
+        InMemoryStore::new(idempotency),
+        metrics.clone(),
+        None,
+        idempotency.ttl,
+        idempotency.max_keys,
+    );
+    CallbackState {
+        waker: TaskWaker::default(),
+        attempts,
+        metrics,
+        hmac_key,
+    }
 }
 
 fuzz_target!(|input: Input| {
@@ -113,7 +142,7 @@ fuzz_target!(|input: Input| {
         StatusCode::PAYLOAD_TOO_LARGE
     } else if let Some(id) = &found {
         let verified = !keyed
-            || verify_signature(&ApiKey::new(HMAC_KEY), id, &headers, SystemTime::now()).is_ok();
+            || verify_signature(&Secret::new(HMAC_KEY), id, &headers, SystemTime::now()).is_ok();
         if !verified {
             StatusCode::UNAUTHORIZED
         } else if TaskId::parse(id.clone()).is_ok() {

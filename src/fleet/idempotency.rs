@@ -28,7 +28,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{FleetError, Redis};
 use crate::error::{GatewayError, OutcomeUnknown, Prospect, RelayedError};
-use crate::idempotency::{
+use crate::create::idempotency::{
     CALLBACK_WAIT, Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Reserve,
     Settlement,
 };

@@ -81,7 +81,7 @@ pub struct UpstreamError {
 
 impl UpstreamError {
     /// Worth another read: the same call may well succeed later.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match &self.kind {
             UpstreamErrorKind::Unreachable { .. }
             | UpstreamErrorKind::ConnectionLost { .. }
@@ -130,7 +130,7 @@ impl UpstreamError {
 
     /// The kie code for metrics: the code kie.ai (or HTTP) answered, or a
     /// word for answers without one.
-    pub fn code_label(&self) -> String {
+    pub(crate) fn code_label(&self) -> String {
         match &self.kind {
             UpstreamErrorKind::Code { code, .. } | UpstreamErrorKind::TaskNotFound { code, .. } => {
                 code.to_string()

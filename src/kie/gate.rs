@@ -5,10 +5,11 @@
 //! bounded and the gateway's key never draws kie.ai's 429s.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -26,12 +27,12 @@ const SHED_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a call was not let through, and when to try again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shed {
-    pub reason: &'static str,
-    pub retry_after: Duration,
+pub(crate) struct Shed {
+    pub(crate) reason: &'static str,
+    pub(crate) retry_after: Duration,
 }
 
-pub struct Gate {
+pub(crate) struct Gate {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     max_queued: usize,
@@ -82,7 +83,7 @@ impl Drop for Queued<'_> {
 }
 
 impl Gate {
-    pub fn new(limits: UpstreamLimits) -> Self {
+    pub(crate) fn new(limits: UpstreamLimits) -> Self {
         let creates = (limits.create_limit > 0).then(|| {
             Mutex::new(Window {
                 limit: limits.create_limit,
@@ -100,7 +101,7 @@ impl Gate {
 
     /// Waits for the right to send one request to `endpoint`; the permit is
     /// held until the answer is read.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         endpoint: Endpoint,
         deadline: Option<Duration>,
@@ -109,7 +110,7 @@ impl Gate {
         let start = match (&self.creates, endpoint) {
             (Some(window), Endpoint::CreateTask) => {
                 let latest = deadline.unwrap_or(MAX_CREATE_WAIT);
-                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                let mut window = window.lock();
                 Some(window.reserve(arrived, latest).map_err(|wait| Shed {
                     reason: "create_rate",
                     retry_after: wait,

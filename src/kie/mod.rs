@@ -11,31 +11,32 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 
-use crate::config::{ApiKey, UpstreamSettings};
+use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
 use wire::{CreateTaskBody, Created, Envelope, Record};
 
 /// kie.ai sits behind a CDN that refuses requests without a User-Agent.
-pub const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
 
 /// The key an upstream call is made with, and whose it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Credential {
-    pub key: ApiKey,
-    pub source: KeySource,
+pub(crate) struct Credential {
+    pub(crate) key: Secret,
+    pub(crate) source: KeySource,
     /// `Bearer <key>`, made once; marked sensitive so that it never prints.
     authorization: HeaderValue,
 }
 
 impl Credential {
     /// `None` when the key has characters a header cannot carry.
-    pub fn new(key: ApiKey, source: KeySource) -> Option<Self> {
+    pub(crate) fn new(key: Secret, source: KeySource) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
         authorization.set_sensitive(true);
         Some(Self {
@@ -86,7 +87,7 @@ impl KieClient {
     /// call waits for kie.ai's answer up to the upstream timeout, whatever
     /// the caller's deadline, since only that answer says whether a task
     /// exists.
-    pub async fn create_task(
+    pub(crate) async fn create_task(
         &self,
         credential: &Credential,
         input: &CreateTaskInput,
@@ -112,13 +113,12 @@ impl KieClient {
             .request(Method::POST, self.create_url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
-        let answer = self
+        let answer: Answer<Created> = self
             .send(endpoint, credential, request, admit_by, None)
             .await?;
-        let data = answer
-            .data()
-            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?;
-        let created: Created = serde_json::from_str(data)
+        let created = answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
             .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
         created
             .task_id
@@ -126,7 +126,7 @@ impl KieClient {
     }
 
     /// Reads a task's current state.
-    pub async fn record_info(
+    pub(crate) async fn record_info(
         &self,
         credential: &Credential,
         task_id: &TaskId,
@@ -138,7 +138,7 @@ impl KieClient {
 
     /// recordInfo's `data` as kie.ai sent it, `param` (the create request
     /// it echoes) included.
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         credential: &Credential,
         task_id: &TaskId,
@@ -149,7 +149,7 @@ impl KieClient {
         url.query_pairs_mut()
             .append_pair("taskId", task_id.as_str());
         let request = self.http.request(Method::GET, url);
-        let answer = match self
+        let answer: Answer<Record> = match self
             .send(endpoint, credential, request, deadline, deadline)
             .await
         {
@@ -163,23 +163,22 @@ impl KieClient {
             }
             other => other?,
         };
-        let Some(data) = answer.data() else {
-            return Err(not_found(credential, 200, answer.reason()));
+        let Some(data) = answer.data else {
+            return Err(not_found(credential, 200, answer.reason));
         };
-        serde_json::from_str(data)
-            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))
+        data.map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))
     }
 
     /// One call: admitted by the gate within `admit_by`, then answered
     /// within `deadline` (both capped by the upstream timeout).
-    async fn send(
+    async fn send<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         credential: &Credential,
         request: reqwest::RequestBuilder,
         admit_by: Option<Duration>,
         deadline: Option<Duration>,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let started = Instant::now();
         let _permit = self
             .gate
@@ -201,17 +200,17 @@ impl KieClient {
             Err(e) => Cow::Owned(e.code_label()),
         };
         self.metrics
-            .upstream_call(endpoint, code, started.elapsed());
+            .upstream_call(endpoint.as_str(), code, started.elapsed());
         answer
     }
 
-    async fn exchange(
+    async fn exchange<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         credential: &Credential,
         request: reqwest::RequestBuilder,
         deadline: Option<Duration>,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         let fail = |kind| UpstreamError {
             endpoint,
@@ -236,7 +235,7 @@ impl KieClient {
             .bytes()
             .await
             .map_err(|e| fail(transport_failure(&e)))?;
-        Answer::read(status, body)
+        Answer::read(status, &body)
             .map_err(|kind| UpstreamError {
                 endpoint,
                 key_source: credential.source,
@@ -247,75 +246,54 @@ impl KieClient {
     }
 }
 
-/// An answer whose code was 200, read once.
-struct Answer {
-    body: bytes::Bytes,
-    /// Where `data` sits in `body`, unless absent or null.
-    data: Option<std::ops::Range<usize>>,
+/// An answer whose code was 200, read once, its `data` parsed as `T`.
+struct Answer<T> {
+    /// `data`, unless absent or null; a parse failure is kept for the
+    /// caller to report (the call itself was answered).
+    data: Option<Result<T, serde_json::Error>>,
     /// kie.ai's `msg`, kept only when there is no `data` to explain.
     reason: String,
 }
 
-impl Answer {
+impl<T: DeserializeOwned> Answer<T> {
     /// Classifies an answer: the JSON `code` when the body is JSON, the HTTP
     /// status otherwise.
-    fn read(status: StatusCode, body: bytes::Bytes) -> Result<Self, UpstreamErrorKind> {
-        let (data, reason) = match serde_json::from_slice::<Envelope>(&body) {
+    fn read(status: StatusCode, body: &[u8]) -> Result<Self, UpstreamErrorKind> {
+        match serde_json::from_slice::<Envelope>(body) {
             Ok(
                 env @ Envelope {
                     code: Some(200), ..
                 },
             ) => {
-                // A borrowed slice of `body`: its offset is its place.
-                let data = env.data().map(|raw| {
-                    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-                    start..start + raw.get().len()
-                });
+                // Parsed from the envelope's borrowed slice of `body`.
+                let data = env.data().map(|raw| serde_json::from_str(raw.get()));
                 let reason = if data.is_none() {
                     env.reason()
                 } else {
                     String::new()
                 };
-                (data, reason)
+                Ok(Self { data, reason })
             }
             Ok(
                 env @ Envelope {
                     code: Some(code), ..
                 },
-            ) => {
-                return Err(UpstreamErrorKind::Code {
-                    code,
-                    msg: env.reason(),
-                });
-            }
+            ) => Err(UpstreamErrorKind::Code {
+                code,
+                msg: env.reason(),
+            }),
             // No usable JSON code: fall back on the HTTP status.
-            _ if status.is_success() => {
-                return Err(UpstreamErrorKind::BadResponse {
-                    detail: format!(
-                        "HTTP {} with {} bytes that are not kie.ai's JSON",
-                        status.as_u16(),
-                        body.len()
-                    ),
-                });
-            }
-            _ => {
-                return Err(UpstreamErrorKind::HttpStatus {
-                    status: status.as_u16(),
-                });
-            }
-        };
-        Ok(Self { body, data, reason })
-    }
-
-    /// `data` as raw JSON, unless absent or null.
-    fn data(&self) -> Option<&str> {
-        let range = self.data.clone()?;
-        // `read` took the range from a &str of this very body.
-        std::str::from_utf8(&self.body[range]).ok()
-    }
-
-    fn reason(&self) -> String {
-        self.reason.clone()
+            _ if status.is_success() => Err(UpstreamErrorKind::BadResponse {
+                detail: format!(
+                    "HTTP {} with {} bytes that are not kie.ai's JSON",
+                    status.as_u16(),
+                    body.len()
+                ),
+            }),
+            _ => Err(UpstreamErrorKind::HttpStatus {
+                status: status.as_u16(),
+            }),
+        }
     }
 }
 
@@ -360,7 +338,7 @@ fn not_found(credential: &Credential, code: i64, msg: String) -> UpstreamError {
 
 /// kie.ai's message goes to callers and logs: make sure it cannot carry the
 /// key back.
-fn redact(mut e: UpstreamError, key: &ApiKey) -> UpstreamError {
+fn redact(mut e: UpstreamError, key: &Secret) -> UpstreamError {
     if let UpstreamErrorKind::Code { msg, .. } | UpstreamErrorKind::TaskNotFound { msg, .. } =
         &mut e.kind
         && msg.contains(key.expose())

@@ -13,22 +13,22 @@ use crate::task::{CreateTaskInput, parse_state};
 /// sent as empty strings.
 #[derive(Serialize)]
 pub struct CreateTaskBody<'a> {
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     #[serde(rename = "callBackUrl", skip_serializing_if = "Option::is_none")]
-    pub call_back_url: Option<&'a str>,
-    pub input: CreateTaskInputBody<'a>,
+    pub(crate) call_back_url: Option<&'a str>,
+    pub(crate) input: CreateTaskInputBody<'a>,
 }
 
 #[derive(Serialize)]
-pub struct CreateTaskInputBody<'a> {
-    pub prompt: &'a str,
-    pub image_url: &'a str,
+pub(crate) struct CreateTaskInputBody<'a> {
+    pub(crate) prompt: &'a str,
+    pub(crate) image_url: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub end_image_url: Option<&'a str>,
-    pub duration: &'a str,
-    pub resolution: &'a str,
+    pub(crate) end_image_url: Option<&'a str>,
+    pub(crate) duration: &'a str,
+    pub(crate) resolution: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prompt_optimizer: Option<bool>,
+    pub(crate) prompt_optimizer: Option<bool>,
 }
 
 impl<'a> CreateTaskBody<'a> {
@@ -54,11 +54,11 @@ pub struct Envelope<'a> {
     #[serde(default, deserialize_with = "lenient_i64")]
     pub code: Option<i64>,
     #[serde(default, deserialize_with = "lenient_string")]
-    pub msg: Option<String>,
+    pub(crate) msg: Option<String>,
     #[serde(default, deserialize_with = "lenient_string")]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     #[serde(default, borrow)]
-    pub data: Option<&'a RawValue>,
+    pub(crate) data: Option<&'a RawValue>,
 }
 
 impl<'a> Envelope<'a> {
@@ -88,28 +88,28 @@ pub struct Created {
 #[serde(rename_all = "camelCase", default)]
 pub struct Record {
     #[serde(deserialize_with = "lenient_string")]
-    pub task_id: Option<String>,
+    pub(crate) task_id: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     /// A JSON *string* holding `{"resultUrls":[…]}`; an object is accepted too.
-    pub result_json: Option<serde_json::Value>,
+    pub(crate) result_json: Option<serde_json::Value>,
     /// The createTask body kie.ai echoes, as a JSON *string* (an object is
     /// accepted too).
-    pub param: Option<serde_json::Value>,
+    pub(crate) param: Option<serde_json::Value>,
     #[serde(deserialize_with = "lenient_string")]
-    pub fail_code: Option<String>,
+    pub(crate) fail_code: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
-    pub fail_msg: Option<String>,
+    pub(crate) fail_msg: Option<String>,
     #[serde(deserialize_with = "lenient_i64")]
-    pub cost_time: Option<i64>,
+    pub(crate) cost_time: Option<i64>,
     #[serde(deserialize_with = "lenient_i64")]
-    pub create_time: Option<i64>,
+    pub(crate) create_time: Option<i64>,
     #[serde(deserialize_with = "lenient_i64")]
-    pub update_time: Option<i64>,
+    pub(crate) update_time: Option<i64>,
     #[serde(deserialize_with = "lenient_i64")]
-    pub complete_time: Option<i64>,
+    pub(crate) complete_time: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -120,7 +120,7 @@ struct ResultJson {
 
 impl Record {
     /// The `callBackUrl` the task was created with, from `param`.
-    pub fn call_back_url(&self) -> Option<String> {
+    pub(crate) fn call_back_url(&self) -> Option<String> {
         let param = match self.param.as_ref()? {
             serde_json::Value::String(text) => serde_json::from_str(text).ok()?,
             other => other.clone(),

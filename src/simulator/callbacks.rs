@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handle::{CallbackAttempt, SimHandle};
 use super::tasks;
-use crate::callbacks::sign;
+use crate::http::callbacks::sign;
 
 /// One end-of-task callback to send.
 #[derive(Clone, Debug)]

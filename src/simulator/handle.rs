@@ -2,8 +2,9 @@
 //! tests) reaches it through. No globals: two simulators never share anything.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -256,29 +257,29 @@ impl SimHandle {
     /// The kie.ai API requests received since start or the last reset, oldest
     /// first (the newest `LOG_LIMIT`).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().requests.iter().cloned().collect()
+        self.shared.state.lock().requests.iter().cloned().collect()
     }
 
     pub fn count(&self, endpoint: Endpoint) -> u64 {
-        self.lock().counts.get(endpoint)
+        self.shared.state.lock().counts.get(endpoint)
     }
 
     pub fn counts(&self) -> Counts {
-        self.lock().counts
+        self.shared.state.lock().counts
     }
 
     /// The callback POSTs tried, oldest first (the newest `LOG_LIMIT`).
     pub fn callbacks(&self) -> Vec<CallbackAttempt> {
-        self.lock().callbacks.iter().cloned().collect()
+        self.shared.state.lock().callbacks.iter().cloned().collect()
     }
 
     pub fn credits(&self) -> u64 {
-        self.lock().credits
+        self.shared.state.lock().credits
     }
 
     /// The task as recordInfo's `data` would show it now (no fault, not counted).
     pub fn task(&self, task_id: &str) -> Option<Value> {
-        let state = self.lock();
+        let state = self.shared.state.lock();
         let task = state.tasks.get(task_id)?;
         Some(task.record(Instant::now(), self.base_url()))
     }
@@ -288,7 +289,7 @@ impl SimHandle {
     /// Forgets tasks, requests, callbacks and counts, restores the credits and
     /// cancels pending callbacks.
     pub fn reset(&self) {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         state.tasks.clear();
         state.requests.clear();
         state.callbacks.clear();
@@ -302,7 +303,7 @@ impl SimHandle {
     /// Returns the task as recordInfo now shows it.
     pub fn complete(&self, task_id: &str, completion: Completion) -> Result<Value, CompleteError> {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         let epoch = state.epoch.clone();
         let task = state
             .tasks
@@ -355,7 +356,7 @@ impl SimHandle {
         scenario: Scenario,
         cost: u64,
     ) -> Result<String, InsufficientCredits> {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         if state.credits < cost {
             return Err(InsufficientCredits);
         }
@@ -390,7 +391,7 @@ impl SimHandle {
     }
 
     pub(crate) fn lookup(&self, task_id: &str) -> Lookup {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         let Some(task) = state.tasks.get_mut(task_id) else {
             return Lookup::Unknown;
         };
@@ -403,7 +404,7 @@ impl SimHandle {
 
     /// Whether `/sim/videos/{task_id}.mp4` exists: only for a successful task.
     pub(crate) fn video_ready(&self, task_id: &str) -> bool {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         let ready = state
             .tasks
             .get(task_id)
@@ -415,7 +416,7 @@ impl SimHandle {
     }
 
     pub(crate) fn record_request(&self, endpoint: Option<Endpoint>, request: RecordedRequest) {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         if let Some(endpoint) = endpoint {
             state.counts.bump(endpoint);
         }
@@ -424,13 +425,13 @@ impl SimHandle {
 
     /// Called by the timer when a task ends on its own: the callback to send, once.
     pub(crate) fn take_ended_callback(&self, task_id: &str) -> Option<Callback> {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         let task = state.tasks.get_mut(task_id)?;
         take_callback(task, Instant::now(), &self.shared.base_url)
     }
 
     pub(crate) fn record_callback(&self, attempt: CallbackAttempt, delivered: bool) {
-        let mut state = self.lock();
+        let mut state = self.shared.state.lock();
         state.counts.bump(Endpoint::CallbackAttempt);
         if delivered {
             state.counts.bump(Endpoint::CallbackDelivered);
@@ -444,14 +445,6 @@ impl SimHandle {
 
     pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.shared.runtime
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SimState> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -2,7 +2,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::config::{ApiKey, Backoff, PollCadence, Settings};
+use hailuo_gateway::config::{Backoff, PollCadence, Secret, Settings};
 use hailuo_gateway::hub::TaskHub;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use hailuo_gateway::pb::{CreateTaskRequest, Task};
@@ -326,7 +326,7 @@ pub async fn received(upstream: &MockServer, on_path: &str) -> usize {
 pub fn test_settings(base_url: &str) -> Settings {
     let mut settings = Settings::local(
         base_url.parse().expect("base url"),
-        Some(ApiKey::new(TEST_KEY)),
+        Some(Secret::new(TEST_KEY)),
     );
     settings.watch.cadence = PollCadence::constant(Duration::from_millis(30));
     settings.watch.backoff = Backoff {

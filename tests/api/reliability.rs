@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use hailuo_gateway::callbacks::sign;
-use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::config::{PollCadence, Secret};
+use hailuo_gateway::http::callbacks::sign;
 use hailuo_gateway::pb::TaskState;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -392,7 +392,7 @@ async fn a_ten_mib_callback_body_is_refused_without_reading_it_all() {
 #[tokio::test]
 async fn ten_thousand_bad_signature_callbacks_are_refused_and_change_nothing() {
     let app = spawn_app_with(|s| {
-        s.callbacks.hmac_key = Some(ApiKey::new("the-real-key"));
+        s.callbacks.hmac_key = Some(Secret::new("the-real-key"));
         s.watch.cadence = PollCadence::constant(Duration::from_secs(30));
     })
     .await;

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
-use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::config::{PollCadence, Secret};
 use hailuo_gateway::pb::{CreateTaskRequest, TaskState};
 use hailuo_gateway::simulator::{SimulateArgs, Simulator};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -129,11 +129,11 @@ impl E2e {
     async fn start(mode: Mode, sim_flags: &[&str]) -> Self {
         let (sim, sim_url) = start_simulator(mode, sim_flags).await;
         let mut settings = test_settings(&sim_url);
-        settings.upstream.api_key = Some(ApiKey::new(SIM_KEY));
+        settings.upstream.api_key = Some(Secret::new(SIM_KEY));
         settings.watch.cadence = PollCadence::constant(Duration::from_millis(50));
         settings.watch.heartbeat = Duration::from_millis(300);
         settings.callbacks.to_self = true;
-        settings.callbacks.hmac_key = Some(ApiKey::new(HMAC_KEY));
+        settings.callbacks.hmac_key = Some(Secret::new(HMAC_KEY));
         let gateway = spawn_gateway(settings).await;
         Self {
             gateway,

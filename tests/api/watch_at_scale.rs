@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hailuo_gateway::callbacks::sign;
-use hailuo_gateway::config::{ApiKey, PollCadence};
+use hailuo_gateway::config::{PollCadence, Secret};
+use hailuo_gateway::http::callbacks::sign;
 use hailuo_gateway::pb::{TaskState, WatchTaskResponse};
 use serde_json::json;
 use tonic::Streaming;
@@ -154,7 +154,7 @@ async fn spawn_with_callbacks() -> TestApp {
         s.watch.cadence = PollCadence::constant(Duration::from_secs(5));
         s.watch.callback_safety_poll = Duration::from_secs(10);
         s.callbacks.to_self = true;
-        s.callbacks.hmac_key = Some(ApiKey::new(HMAC_KEY));
+        s.callbacks.hmac_key = Some(Secret::new(HMAC_KEY));
     })
     .await
 }

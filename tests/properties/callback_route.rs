@@ -1,13 +1,18 @@
 //! The callback route, through the real router.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
-use hailuo_gateway::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
-use hailuo_gateway::config::ApiKey;
-use hailuo_gateway::http::{HttpState, router};
+use hailuo_gateway::config::{Secret, Settings};
+use hailuo_gateway::create::attempts::Attempts;
+use hailuo_gateway::create::idempotency::InMemoryStore;
+use hailuo_gateway::http::callbacks::{MAX_CALLBACK_BODY, sign, task_id_of, verify_signature};
+use hailuo_gateway::http::{CallbackState, router};
+use hailuo_gateway::hub::TaskWaker;
+use hailuo_gateway::kie::KieClient;
+use hailuo_gateway::metrics::Metrics;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -29,16 +34,40 @@ fn callback_app() -> CallbackApp {
         .enable_all()
         .build()
         .expect("runtime");
-    let (open, signed) = runtime.block_on(async {
-        (
-            router(HttpState::detached(None).expect("state")),
-            router(HttpState::detached(Some(ApiKey::new(HMAC_KEY))).expect("state")),
-        )
-    });
+    let app = |hmac_key| {
+        let state = callback_state(hmac_key);
+        let metrics = state.metrics.clone();
+        router(state, metrics)
+    };
     CallbackApp {
         runtime,
-        open,
-        signed,
+        open: app(None),
+        signed: app(Some(Secret::new(HMAC_KEY))),
+    }
+}
+
+/// The callback route's state, built from its narrow pieces with no
+/// upstream: a waker of no hub wakes nothing, and attempts without a public
+/// callback URL never re-read a task.
+fn callback_state(hmac_key: Option<Secret>) -> CallbackState {
+    let metrics = Arc::new(Metrics::new());
+    // Port 9 (discard): nothing answers there, and nothing is sent.
+    let settings = Settings::local("http://127.0.0.1:9/".parse().expect("url"), None);
+    let kie = KieClient::new(&settings.upstream, metrics.clone()).expect("client");
+    let idempotency = settings.idempotency;
+    let attempts = Attempts::new(
+        kie,
+        InMemoryStore::new(idempotency),
+        metrics.clone(),
+        None,
+        idempotency.ttl,
+        idempotency.max_keys,
+    );
+    CallbackState {
+        waker: TaskWaker::default(),
+        attempts,
+        metrics,
+        hmac_key,
     }
 }
 
@@ -134,7 +163,7 @@ proptest! {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else if let Some(id) = &found {
                 let verified = !signed
-                    || verify_signature(&ApiKey::new(HMAC_KEY), id, &header_map, SystemTime::now())
+                    || verify_signature(&Secret::new(HMAC_KEY), id, &header_map, SystemTime::now())
                         .is_ok();
                 if !verified {
                     StatusCode::UNAUTHORIZED

@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue};
-use hailuo_gateway::callbacks::{sign, task_id_of, verify_signature};
-use hailuo_gateway::config::ApiKey;
+use hailuo_gateway::config::Secret;
+use hailuo_gateway::http::callbacks::{sign, task_id_of, verify_signature};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ proptest! {
         let now = now_secs();
         let ts = now.saturating_add_signed(skew);
         let signature = sign(&key, &task_id, ts);
-        let api_key = ApiKey::new(key.clone());
+        let api_key = Secret::new(key.clone());
         let clock = UNIX_EPOCH + Duration::from_secs(now);
         let headers = signed_headers(&ts.to_string(), signature.as_bytes()).expect("ascii");
         prop_assert_eq!(verify_signature(&api_key, &task_id, &headers, clock), Ok(()));
@@ -142,7 +142,7 @@ proptest! {
             .expect("ascii");
         let clock = UNIX_EPOCH + Duration::from_secs(now);
         prop_assert_eq!(
-            verify_signature(&ApiKey::new(key), &task_id, &headers, clock),
+            verify_signature(&Secret::new(key), &task_id, &headers, clock),
             Err("stale_timestamp")
         );
     }
@@ -161,6 +161,6 @@ proptest! {
         if let Some(v) = signature.and_then(|s| HeaderValue::from_bytes(&s).ok()) {
             headers.insert("x-webhook-signature", v);
         }
-        let _ = verify_signature(&ApiKey::new(key), &task_id, &headers, SystemTime::now());
+        let _ = verify_signature(&Secret::new(key), &task_id, &headers, SystemTime::now());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use hailuo_gateway::callbacks::task_id_of;
+use hailuo_gateway::http::callbacks::task_id_of;
 use hailuo_gateway::kie::wire::{Created, Envelope, Record};
 use hailuo_gateway::pb::TaskState;
 use proptest::prelude::*;

@@ -132,7 +132,7 @@ proptest! {
     #[test]
     fn create_task_input_is_ok_exactly_when_every_rule_holds(req in create_request()) {
         let expected = expected_bad_fields(&req);
-        match CreateTaskInput::try_from(req.clone()) {
+        match CreateTaskInput::try_from(req.clone()).map_err(GatewayError::from) {
             Ok(input) => {
                 prop_assert!(expected.is_empty(), "accepted but {expected:?} are bad");
                 prop_assert_eq!(&input.prompt, &req.prompt);
@@ -199,7 +199,7 @@ proptest! {
             image_url: format!("{scheme}{rest}"),
             ..Default::default()
         };
-        let err = CreateTaskInput::try_from(req).expect_err("refused");
+        let err = GatewayError::from(CreateTaskInput::try_from(req).expect_err("refused"));
         let GatewayError::InvalidArgument(v) = err else {
             return Err(TestCaseError::fail("not InvalidArgument"));
         };
@@ -220,7 +220,7 @@ proptest! {
                 }),
         ]
     ) {
-        match TaskId::parse(raw.clone()) {
+        match TaskId::parse(raw.clone()).map_err(GatewayError::from) {
             Ok(id) => {
                 prop_assert!(is_task_id(&raw), "accepted {raw:?}");
                 prop_assert_eq!(id.as_str(), raw.as_str());

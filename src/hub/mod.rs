@@ -4,22 +4,30 @@
 //! tasks are kept in a bounded cache; a kie.ai callback wakes a task's
 //! poller to re-read it at once.
 
+mod budget;
+mod cadence;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Priority, ReadBudget};
-use crate::cache::TerminalCache;
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
+use crate::expiring_map::{ExpiringMap, Retention};
 use crate::kie::{Credential, KieClient, UpstreamErrorKind};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
+use budget::{Priority, ReadBudget};
+
+/// A finished task never changes again: any may make room, and each
+/// expires.
+impl Retention for Arc<pb::Task> {}
 
 /// How many tasks created with the gateway's callback URL are remembered,
 /// and for how long (kie.ai keeps tasks 14 days, but a watch that old is
@@ -31,7 +39,7 @@ const READ_RETRIES: u32 = 2;
 
 /// What watchers of a task see.
 #[derive(Clone, Debug)]
-pub enum Observation {
+pub(crate) enum Observation {
     /// The first read has not come back yet.
     Pending,
     /// The task as last read.
@@ -55,6 +63,32 @@ struct Poller {
     wake: Arc<Notify>,
 }
 
+/// Every running poller, by task.
+type Pollers = Mutex<HashMap<TaskId, Vec<Poller>>>;
+
+/// Wakes a task's pollers: all that a kie.ai callback may do to the hub.
+/// One made with `default()` belongs to no hub and wakes nothing (for
+/// driving the HTTP router on its own).
+#[derive(Clone, Default)]
+pub struct TaskWaker {
+    pollers: Arc<Pollers>,
+}
+
+impl TaskWaker {
+    /// A callback named this task: its pollers re-read it now. Returns how
+    /// many pollers were woken (0 for a task nobody watches).
+    pub(crate) fn wake(&self, task_id: &TaskId) -> usize {
+        let pollers = self.pollers.lock();
+        let Some(entries) = pollers.get(task_id) else {
+            return 0;
+        };
+        for poller in entries {
+            poller.wake.notify_one();
+        }
+        entries.len()
+    }
+}
+
 #[derive(Clone)]
 pub struct TaskHub {
     inner: Arc<Inner>,
@@ -65,15 +99,16 @@ struct Inner {
     settings: WatchSettings,
     budget: ReadBudget,
     metrics: Arc<Metrics>,
-    pollers: Mutex<HashMap<TaskId, Vec<Poller>>>,
-    finished: TerminalCache<TaskKey, Arc<pb::Task>>,
+    /// Shared with the `TaskWaker`s handed out.
+    pollers: Arc<Pollers>,
+    finished: Mutex<ExpiringMap<TaskKey, Arc<pb::Task>>>,
     /// Tasks kie.ai will call back about: polled only as a safety net.
-    called_back: TerminalCache<TaskId, ()>,
+    called_back: Mutex<ExpiringMap<TaskId, ()>>,
     shutdown: CancellationToken,
 }
 
 impl TaskHub {
-    pub fn new(
+    pub(crate) fn new(
         kie: KieClient,
         settings: WatchSettings,
         metrics: Arc<Metrics>,
@@ -86,9 +121,9 @@ impl TaskHub {
                 settings,
                 budget,
                 metrics,
-                pollers: Mutex::new(HashMap::new()),
-                finished: TerminalCache::new(settings.cache_size, settings.cache_ttl),
-                called_back: TerminalCache::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL),
+                pollers: Arc::default(),
+                finished: Mutex::new(ExpiringMap::new(settings.cache_size, settings.cache_ttl)),
+                called_back: Mutex::new(ExpiringMap::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL)),
                 shutdown,
             }),
         }
@@ -97,7 +132,7 @@ impl TaskHub {
     /// Joins the task's poller, starting one if none runs; a finished task
     /// comes from the cache with no poller at all. Dropping the receiver is
     /// how a watcher leaves.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         credential: Credential,
         task_id: TaskId,
@@ -106,14 +141,14 @@ impl TaskHub {
             task_id,
             credential,
         };
-        if let Some(task) = self.inner.finished.get(&key) {
+        if let Some(task) = self.inner.cached(&key) {
             self.inner.metrics.cache_hits.inc();
             // A closed channel holding the final value: the watcher sends it
             // and ends.
             let (_, rx) = watch::channel(Observation::Task(task));
             return rx;
         }
-        let mut pollers = self.inner.pollers();
+        let mut pollers = self.inner.pollers.lock();
         let entries = pollers.entry(key.task_id.clone()).or_default();
         if let Some(poller) = entries.iter().find(|p| p.credential == key.credential) {
             return poller.channel.subscribe();
@@ -133,7 +168,7 @@ impl TaskHub {
     }
 
     /// The task now: from the cache, from a live poller, or read upstream.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         credential: Credential,
         task_id: TaskId,
@@ -143,7 +178,7 @@ impl TaskHub {
             task_id,
             credential,
         };
-        if let Some(task) = self.inner.finished.get(&key) {
+        if let Some(task) = self.inner.cached(&key) {
             self.inner.metrics.cache_hits.inc();
             return Ok(task);
         }
@@ -152,33 +187,27 @@ impl TaskHub {
         }
         let task = Arc::new(self.inner.read_with_retries(&key, deadline).await?);
         if is_terminal(task.state()) {
-            self.inner.finished.insert(key, task.clone());
+            self.inner.finished.lock().insert(key, task.clone());
         }
         Ok(task)
     }
 
     /// kie.ai will call back when this task ends: poll it only as a safety
     /// net.
-    pub fn expect_callback(&self, task_id: TaskId) {
-        self.inner.called_back.insert(task_id, ());
+    pub(crate) fn expect_callback(&self, task_id: TaskId) {
+        self.inner.called_back.lock().insert(task_id, ());
     }
 
-    /// A callback named this task: its pollers re-read it now. Returns how
-    /// many pollers were woken (0 for a task nobody watches).
-    pub fn wake(&self, task_id: &TaskId) -> usize {
-        let pollers = self.inner.pollers();
-        let Some(entries) = pollers.get(task_id) else {
-            return 0;
-        };
-        for poller in entries {
-            poller.wake.notify_one();
+    /// The handle kie.ai's callbacks wake this hub's pollers with.
+    pub(crate) fn waker(&self) -> TaskWaker {
+        TaskWaker {
+            pollers: self.inner.pollers.clone(),
         }
-        entries.len()
     }
 
     /// Number of tasks being polled now.
     pub fn active_pollers(&self) -> usize {
-        self.inner.pollers().values().map(Vec::len).sum()
+        self.inner.pollers.lock().values().map(Vec::len).sum()
     }
 }
 
@@ -221,14 +250,13 @@ impl Inner {
         }
     }
 
-    fn pollers(&self) -> MutexGuard<'_, HashMap<TaskId, Vec<Poller>>> {
-        // Every critical section is a single lookup, insert or remove: a
-        // panic elsewhere cannot leave the map half-written.
-        self.pollers.lock().unwrap_or_else(|e| e.into_inner())
+    /// The task from the cache of finished tasks.
+    fn cached(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
+        self.finished.lock().live(key).cloned()
     }
 
     fn live_value(&self, key: &TaskKey) -> Option<Arc<pb::Task>> {
-        let pollers = self.pollers();
+        let pollers = self.pollers.lock();
         let poller = pollers
             .get(&key.task_id)?
             .iter()
@@ -248,7 +276,7 @@ impl Inner {
         channel: &Arc<watch::Sender<Observation>>,
         force: bool,
     ) -> bool {
-        let mut pollers = self.pollers();
+        let mut pollers = self.pollers.lock();
         let Some(entries) = pollers.get_mut(&key.task_id) else {
             return true;
         };
@@ -310,7 +338,7 @@ async fn poll(
                 age = task_age(&task).unwrap_or_else(|| started.elapsed());
                 let task = Arc::new(task);
                 if is_terminal(task.state()) {
-                    inner.finished.insert(key.clone(), task.clone());
+                    inner.finished.lock().insert(key.clone(), task.clone());
                     publish(&channel, task);
                     break;
                 }
@@ -320,7 +348,7 @@ async fn poll(
                 // polling is what shows the progress.
                 let next_is_the_end = task.state() == pb::TaskState::Generating;
                 publish(&channel, task);
-                if next_is_the_end && inner.called_back.get(&key.task_id).is_some() {
+                if next_is_the_end && inner.called_back.lock().live(&key.task_id).is_some() {
                     settings.callback_safety_poll
                 } else {
                     settings.cadence.interval_at(age)

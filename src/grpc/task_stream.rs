@@ -21,7 +21,7 @@ pub type WatchStream =
 
 /// How a stream ended, for its log line and metrics.
 #[derive(Debug)]
-pub enum End<'a> {
+pub(crate) enum End<'a> {
     /// The task's terminal state was sent.
     Finished,
     /// The gateway ended the stream with `error`, sent as `status`.
@@ -34,15 +34,19 @@ pub enum End<'a> {
 }
 
 /// Called once when the stream ends, with how it ended.
-pub type OnEnd = Box<dyn for<'a> FnOnce(End<'a>) + Send + 'static>;
+pub(crate) type OnEnd = Box<dyn for<'a> FnOnce(End<'a>) + Send + 'static>;
+
+/// A task subscription whose first read came back with the task: the only
+/// way to make a stream (see `stream`).
+pub(crate) struct FirstSeen(watch::Receiver<Observation>);
 
 /// Waits for the first read of the task: an unknown task is refused as the
 /// call's status, before any message.
-pub async fn first_observation(
-    rx: &mut watch::Receiver<Observation>,
+pub(crate) async fn first_observation(
+    mut rx: watch::Receiver<Observation>,
     shutdown: &CancellationToken,
-) -> Result<(), GatewayError> {
-    tokio::select! {
+) -> Result<FirstSeen, GatewayError> {
+    let seen = tokio::select! {
         biased;
         () = shutdown.cancelled() => Err(GatewayError::ShuttingDown),
         seen = rx.wait_for(|o| !matches!(o, Observation::Pending)) => match seen {
@@ -53,7 +57,8 @@ pub async fn first_observation(
             // The poller is gone without a word: only at shutdown.
             Err(_) => Err(GatewayError::ShuttingDown),
         },
-    }
+    };
+    seen.map(|()| FirstSeen(rx))
 }
 
 struct Watcher {
@@ -158,10 +163,10 @@ fn message(task: &pb::Task, heartbeat: bool) -> WatchTaskResponse {
     }
 }
 
-/// The stream a WatchTask call returns. `rx` must have seen its first
-/// observation (see `first_observation`).
-pub fn stream(
-    rx: watch::Receiver<Observation>,
+/// The stream a WatchTask call returns, from a subscription whose first
+/// read is in.
+pub(crate) fn stream(
+    FirstSeen(rx): FirstSeen,
     heartbeat: Duration,
     max_duration: Duration,
     shutdown: CancellationToken,

@@ -8,26 +8,29 @@
 //! ends first is told the outcome is unknown; with a request_id its retry
 //! waits for the same attempt.
 
+pub mod attempts;
+pub mod idempotency;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::attempts::{Attempts, Ticket};
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::hub::TaskHub;
-use crate::idempotency::{
-    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
-};
 use crate::kie::{CreateOutcome, Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::{CreateTaskInput, TaskId};
+use attempts::{Attempts, Ticket};
+use idempotency::{
+    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
+};
 
-pub struct Creator {
-    pub kie: KieClient,
-    pub hub: TaskHub,
-    pub idempotency: Arc<dyn IdempotencyStore>,
+pub(crate) struct Creator {
+    pub(crate) kie: KieClient,
+    pub(crate) hub: TaskHub,
+    pub(crate) idempotency: Arc<dyn IdempotencyStore>,
     /// Callback URLs per attempt, to learn the task of a lost answer.
-    pub attempts: Arc<Attempts>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) attempts: Arc<Attempts>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// One attempt's inputs, moved onto its own task.
@@ -45,7 +48,7 @@ impl Creator {
     /// Creates the task; a repeat of a request_id with the same parameters
     /// gets the first task id, with no second upstream call. `deadline` is
     /// the caller's; `call_id` its x-request-id.
-    pub async fn create(
+    pub(crate) async fn create(
         self: &Arc<Self>,
         credential: Credential,
         input: CreateTaskInput,

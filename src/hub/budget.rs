@@ -11,9 +11,10 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 
 /// Who gets the next read first: smaller is sooner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// A callback said the task changed.
     Woken,
     /// A routine poll of a task this old.
@@ -33,7 +34,7 @@ pub enum Priority {
 }
 
 #[derive(Clone)]
-pub struct ReadBudget {
+pub(crate) struct ReadBudget {
     inner: Arc<Inner>,
 }
 
@@ -94,7 +95,7 @@ impl State {
 
 impl ReadBudget {
     /// A budget of `per_second` reads; its scheduler runs until `shutdown`.
-    pub fn new(per_second: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(per_second: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             per_window: per_second.max(1) as usize,
             state: Mutex::new(State::default()),
@@ -108,10 +109,10 @@ impl ReadBudget {
     /// Waits for permission to make one read; hold the permit until the
     /// answer is in. Dropping the future gives the place up without
     /// spending a read.
-    pub async fn acquire(&self, priority: Priority) -> ReadPermit {
+    pub(crate) async fn acquire(&self, priority: Priority) -> ReadPermit {
         let started = Instant::now();
         let grant = {
-            let mut state = self.inner.state();
+            let mut state = self.inner.state.lock();
             if state.waiting.is_empty() && state.has_room(started, self.inner.per_window) {
                 state.in_flight += 1;
                 None
@@ -138,7 +139,7 @@ impl ReadBudget {
             if (&mut pending.granted).await.is_err() {
                 // The scheduler is gone (shutdown): read anyway, counted,
                 // and let the shutdown path end the poller.
-                self.inner.state().in_flight += 1;
+                self.inner.state.lock().in_flight += 1;
             }
             pending.done = true;
         }
@@ -151,7 +152,7 @@ impl ReadBudget {
 }
 
 /// One granted read; dropping it says the answer is in.
-pub struct ReadPermit {
+pub(crate) struct ReadPermit {
     inner: Arc<Inner>,
 }
 
@@ -184,14 +185,10 @@ impl Drop for Pending {
 }
 
 impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A granted read is over; `answered` when it was actually made.
     fn release(&self, answered: bool) {
         {
-            let mut state = self.state();
+            let mut state = self.state.lock();
             state.in_flight -= 1;
             if answered {
                 state.answered.push_back(Instant::now());
@@ -205,7 +202,7 @@ impl Inner {
 async fn schedule(inner: Arc<Inner>, shutdown: CancellationToken) {
     loop {
         let next_room = {
-            let mut state = inner.state();
+            let mut state = inner.state.lock();
             loop {
                 if state.waiting.is_empty() {
                     break None;
@@ -255,7 +252,7 @@ mod tests {
                 // later still, by varying amounts (a starved process).
                 let late = Duration::from_millis(rand::random::<u64>() % 400);
                 tokio::time::sleep(late).await;
-                times.lock().expect("lock").push(Instant::now());
+                times.lock().push(Instant::now());
                 tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 400)).await;
                 drop(permit);
             }));
@@ -263,7 +260,7 @@ mod tests {
         for t in tasks {
             t.await.expect("join");
         }
-        let mut times = times.lock().expect("lock").clone();
+        let mut times = times.lock().clone();
         times.sort();
         assert_eq!(times.len(), 40);
         for (i, start) in times.iter().enumerate() {
@@ -290,13 +287,13 @@ mod tests {
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
                 let _read = budget.acquire(priority).await;
-                order.lock().expect("lock").push(name);
+                order.lock().push(name);
             }));
             tokio::task::yield_now().await;
         }
         for t in tasks {
             t.await.expect("join");
         }
-        assert_eq!(*order.lock().expect("lock"), ["woken", "young", "old"]);
+        assert_eq!(*order.lock(), ["woken", "young", "old"]);
     }
 }

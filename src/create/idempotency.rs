@@ -7,22 +7,23 @@
 //! that a shared store can replace the in-memory one when the gateway runs
 //! as several replicas.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::IdempotencySettings;
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
+use crate::expiring_map::{ExpiringMap, Retention};
 use crate::task::CreateTaskInput;
 
 /// A digest of every parameter that shapes the upstream request.
-pub type Fingerprint = [u8; 32];
+pub(crate) type Fingerprint = [u8; 32];
 
 /// A request_id, scoped to whose kie.ai key the call uses (with key
 /// pass-through, two teams' ids never meet).
@@ -49,7 +50,7 @@ pub enum Reservation {
     Unreachable,
 }
 
-pub type Reserve<'a> = Pin<Box<dyn Future<Output = Reservation> + Send + 'a>>;
+pub(crate) type Reserve<'a> = Pin<Box<dyn Future<Output = Reservation> + Send + 'a>>;
 
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Reserves `key` for a new attempt, or says what is known of it;
@@ -91,7 +92,7 @@ pub enum Settlement<'a> {
 /// to name the task (kie.ai advises giving up on a task after 10-15 minutes;
 /// its callback comes when the task ends). Later, a retry is told that
 /// waiting no longer helps; a callback that still comes resolves the key.
-pub const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
+pub(crate) const CALLBACK_WAIT: Duration = Duration::from_secs(3600);
 
 impl Lease {
     /// The lease of a key `store` has just reserved.
@@ -103,7 +104,7 @@ impl Lease {
         }
     }
 
-    pub fn key(&self) -> &IdempotencyKey {
+    pub(crate) fn key(&self) -> &IdempotencyKey {
         &self.key
     }
 
@@ -130,7 +131,7 @@ impl Drop for Lease {
 /// The fingerprint of a CreateTask: every input field but the request_id
 /// itself, each length-prefixed so that no two inputs share a digest by
 /// concatenation.
-pub fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
+pub(crate) fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_le_bytes());
@@ -158,7 +159,7 @@ pub fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
 }
 
 /// The scope of a kie.ai key: a digest, so that the map never holds keys.
-pub fn scope_of(key: &str) -> String {
+pub(crate) fn scope_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -175,71 +176,41 @@ enum State {
     },
 }
 
-impl State {
-    /// Held until the TTL, and never forgotten to make room.
-    fn is_settled(&self) -> bool {
-        !matches!(self, Self::InFlight(_))
-    }
-}
-
 struct Entry {
     fingerprint: Fingerprint,
     state: State,
-    since: Instant,
 }
 
-/// The in-memory store: bounded in keys, each remembered for the TTL.
+impl Retention for Entry {
+    /// Only a created task's key may be forgotten to make room: one in
+    /// flight will be settled by its owner, and forgetting an unknown
+    /// outcome could buy a second video.
+    fn evictable(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+
+    /// A settled key is held until the TTL; one in flight until settled.
+    fn expires(&self) -> bool {
+        !matches!(self.state, State::InFlight(_))
+    }
+}
+
+/// The in-memory store: bounded in keys, each remembered for the TTL
+/// from when it was last settled.
 pub struct InMemoryStore {
-    settings: IdempotencySettings,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<IdempotencyKey, Entry>,
-    /// Insertion order, to forget the oldest keys first when full.
-    order: VecDeque<(IdempotencyKey, Instant)>,
+    keys: Mutex<ExpiringMap<IdempotencyKey, Entry>>,
 }
 
 impl InMemoryStore {
     pub fn new(settings: IdempotencySettings) -> Arc<Self> {
         Arc::new(Self {
-            settings,
-            inner: Mutex::new(Inner::default()),
+            keys: Mutex::new(ExpiringMap::new(settings.max_keys, settings.ttl)),
         })
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Inner {
-    fn evict(&mut self, max: usize) {
-        while self.entries.len() > max || self.order.len() > 2 * max.max(1) {
-            let Some((key, since)) = self.order.pop_front() else {
-                return;
-            };
-            // Only the entry this slot was written for, and never one in
-            // flight: its owner will settle it.
-            let stale = self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.since == since && matches!(e.state, State::Done(_)));
-            // An unknown outcome is never evicted early: forgetting it could
-            // buy a second video.
-            if stale {
-                self.entries.remove(&key);
-            }
-        }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.lock().len()
     }
 }
 
@@ -248,15 +219,9 @@ impl IdempotencyStore for InMemoryStore {
         Box::pin(async move {
             loop {
                 let mut waiting = {
-                    let mut inner = self.inner();
+                    let mut keys = self.keys.lock();
                     let now = Instant::now();
-                    let expired = inner.entries.get(&key).is_some_and(|e| {
-                        e.state.is_settled() && now.duration_since(e.since) >= self.settings.ttl
-                    });
-                    if expired {
-                        inner.entries.remove(&key);
-                    }
-                    match inner.entries.get(&key) {
+                    match keys.live(&key) {
                         Some(e) if e.fingerprint != fingerprint => return Reservation::Mismatch,
                         Some(Entry {
                             state: State::Done(task_id),
@@ -282,16 +247,13 @@ impl IdempotencyStore for InMemoryStore {
                         }) => outcome.subscribe(),
                         None => {
                             let (outcome, _) = watch::channel(None);
-                            inner.entries.insert(
+                            keys.insert(
                                 key.clone(),
                                 Entry {
                                     fingerprint,
                                     state: State::InFlight(outcome),
-                                    since: now,
                                 },
                             );
-                            inner.order.push_back((key.clone(), now));
-                            inner.evict(self.settings.max_keys);
                             return Reservation::Reserved(Lease {
                                 store: self.clone(),
                                 key,
@@ -312,8 +274,8 @@ impl IdempotencyStore for InMemoryStore {
     }
 
     fn settle(&self, key: &IdempotencyKey, settlement: Settlement<'_>) {
-        let mut inner = self.inner();
-        let Some(entry) = inner.entries.get_mut(key) else {
+        let mut keys = self.keys.lock();
+        let Some(entry) = keys.get_mut(key) else {
             return;
         };
         let State::InFlight(waiters) = &entry.state else {
@@ -327,7 +289,7 @@ impl IdempotencyStore for InMemoryStore {
             }
             Settlement::NotCreated(e) => {
                 waiters.send_replace(Some(Err(e.clone())));
-                inner.entries.remove(key);
+                keys.remove(key);
                 return;
             }
             Settlement::Unknown(unknown) => {
@@ -342,25 +304,20 @@ impl IdempotencyStore for InMemoryStore {
                 };
             }
         }
-        entry.since = now;
-        inner.order.push_back((key.clone(), now));
-        inner.evict(self.settings.max_keys);
+        keys.touch(key);
     }
 
     fn resolve(&self, key: &IdempotencyKey, task_id: &str) -> bool {
-        let mut inner = self.inner();
-        let Some(entry) = inner.entries.get_mut(key) else {
+        let mut keys = self.keys.lock();
+        let Some(entry) = keys.get_mut(key) else {
             return false;
         };
         if !matches!(entry.state, State::Unknown { .. }) {
             return false;
         }
-        // Remembered for the TTL from when the task became known.
-        let now = Instant::now();
         entry.state = State::Done(task_id.to_string());
-        entry.since = now;
-        inner.order.push_back((key.clone(), now));
-        inner.evict(self.settings.max_keys);
+        // Remembered for the TTL from when the task became known.
+        keys.touch(key);
         true
     }
 }

@@ -1,6 +1,8 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod task_stream;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,9 +17,9 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::config::{ApiKey, WatchSettings};
+use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
-use crate::error::{GatewayError, Severity};
+use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
 use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
@@ -26,15 +28,15 @@ use crate::pb::{
     CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
-use crate::watch::{self, WatchStream};
+pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// The gateway's own key.
-    pub gateway: Option<Credential>,
+    pub(crate) gateway: Option<Credential>,
     /// Take the caller's `authorization: Bearer` key when present.
-    pub passthrough: bool,
+    pub(crate) passthrough: bool,
 }
 
 impl Credentials {
@@ -54,7 +56,7 @@ impl Credentials {
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| not_bearer.clone())?;
-            return Credential::new(ApiKey::new(key), KeySource::Caller).ok_or(not_bearer);
+            return Credential::new(Secret::new(key), KeySource::Caller).ok_or(not_bearer);
         }
         self.gateway.clone().ok_or(GatewayError::MissingCallerKey(
             "this gateway has no kie.ai key of its own",
@@ -62,13 +64,13 @@ impl Credentials {
     }
 }
 
-pub struct VideoGenerationService {
-    pub creator: Arc<Creator>,
-    pub hub: TaskHub,
-    pub metrics: Arc<Metrics>,
-    pub credentials: Credentials,
-    pub watch: WatchSettings,
-    pub shutdown: CancellationToken,
+pub(crate) struct VideoGenerationService {
+    pub(crate) creator: Arc<Creator>,
+    pub(crate) hub: TaskHub,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) credentials: Credentials,
+    pub(crate) watch: WatchSettings,
+    pub(crate) shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -135,13 +137,12 @@ impl VideoGeneration for VideoGenerationService {
         let subscribed = async {
             let task_id = TaskId::parse(raw_id)?;
             let credential = self.credentials.for_call(&metadata)?;
-            let mut rx = self.hub.subscribe(credential, task_id);
-            watch::first_observation(&mut rx, &self.shutdown).await?;
-            Ok::<_, GatewayError>(rx)
+            let rx = self.hub.subscribe(credential, task_id);
+            task_stream::first_observation(rx, &self.shutdown).await
         }
         .await;
-        let rx = match subscribed {
-            Ok(rx) => rx,
+        let first_seen = match subscribed {
+            Ok(first_seen) => first_seen,
             Err(e) => return Err(call.fail(&e)),
         };
         let metrics = self.metrics.clone();
@@ -149,16 +150,16 @@ impl VideoGeneration for VideoGenerationService {
         let request_id = call.request_id.clone();
         // The call lives on in the stream: its log line is written when the
         // stream ends, with how it ended.
-        let on_end = Box::new(move |end: watch::End<'_>| {
+        let on_end = Box::new(move |end: task_stream::End<'_>| {
             metrics.active_watchers.dec();
             call.end(match end {
-                watch::End::Finished => Outcome::Ok,
-                watch::End::Failed { error, status } => Outcome::Failed { error, status },
-                watch::End::CallerLeft => Outcome::CallerLeft,
+                task_stream::End::Finished => Outcome::Ok,
+                task_stream::End::Failed { error, status } => Outcome::Failed { error, status },
+                task_stream::End::CallerLeft => Outcome::CallerLeft,
             });
         });
-        let stream = watch::stream(
-            rx,
+        let stream = task_stream::stream(
+            first_seen,
             self.watch.heartbeat,
             self.watch.max_duration,
             self.shutdown.clone(),
@@ -337,7 +338,7 @@ impl<'a> From<Outcome<'a>> for Ended<'a> {
 /// says who must act: the caller (info), nobody yet (warn), the operator
 /// (error).
 fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
-    metrics.rpc(line.method, ended.code, line.latency);
+    metrics.rpc(line.method, code_name(ended.code), line.latency);
     // `tracing` needs a level known where the event is written: one arm per
     // level, the same fields in each.
     macro_rules! event {
@@ -390,12 +391,12 @@ struct HandlerReached(Arc<AtomicBool>);
 /// above the size limit): the handlers never see those, and tonic reports
 /// them only in the response.
 #[derive(Clone)]
-pub struct RefusalLogLayer {
+pub(crate) struct RefusalLogLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RefusalLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -412,7 +413,7 @@ impl<S> tower::Layer<S> for RefusalLogLayer {
 }
 
 #[derive(Clone)]
-pub struct RefusalLog<S> {
+pub(crate) struct RefusalLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

@@ -2,6 +2,7 @@
 //! only a wake-up: the task's poller re-reads recordInfo at once, so a
 //! forged body can never put a state or URL in front of a caller.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -13,17 +14,31 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::config::ApiKey;
-use crate::http::HttpState;
+use crate::config::Secret;
+use crate::create::attempts::{self, Attempts};
+use crate::hub::TaskWaker;
+use crate::metrics::Metrics;
 use crate::task::TaskId;
 
 /// kie.ai's callback is a recordInfo-sized JSON document; anything larger
 /// is not from kie.ai.
 pub const MAX_CALLBACK_BODY: usize = 64 * 1024;
 /// A sender slower than this is not kie.ai either (it times out at 15 s).
-pub const CALLBACK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALLBACK_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Signed callbacks older (or newer) than this are refused as replays.
-pub const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const MAX_SIGNATURE_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// What the callback route needs, and no more: a callback can wake a
+/// task's pollers and settle a create attempt, nothing else.
+#[derive(Clone)]
+pub struct CallbackState {
+    pub waker: TaskWaker,
+    /// Create attempts a callback may name the task of.
+    pub attempts: Arc<Attempts>,
+    pub metrics: Arc<Metrics>,
+    /// Verify X-Webhook-Signature with this key when set.
+    pub hmac_key: Option<Secret>,
+}
 
 type Answer = (StatusCode, Json<Value>);
 
@@ -31,8 +46,8 @@ fn answer(status: StatusCode, msg: &str) -> Answer {
     (status, Json(json!({"code": status.as_u16(), "msg": msg})))
 }
 
-pub async fn receive(
-    State(state): State<HttpState>,
+pub(crate) async fn receive(
+    State(state): State<CallbackState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -77,7 +92,7 @@ pub async fn receive(
         return reject(StatusCode::BAD_REQUEST, "bad_task_id", "malformed task id");
     };
     metrics.callbacks_accepted.inc();
-    let woken = state.hub.wake(&task_id);
+    let woken = state.waker.wake(&task_id);
     tracing::info!(%task_id, woken, "callback accepted");
     // A create attempt whose answer was lost learns its task this way.
     if let Some(token) = attempt_token(query.as_deref()) {
@@ -90,7 +105,7 @@ pub async fn receive(
 /// The create attempt's token in the callback URL's query, if any.
 fn attempt_token(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(name, _)| name == crate::attempts::TOKEN_PARAM)
+        .find(|(name, _)| name == attempts::TOKEN_PARAM)
         .map(|(_, token)| token.into_owned())
 }
 
@@ -117,7 +132,7 @@ pub fn task_id_of(body: &[u8]) -> Option<String> {
 /// X-Webhook-Timestamp)), compared in constant time, with a timestamp no
 /// further than 5 minutes from now.
 pub fn verify_signature(
-    key: &ApiKey,
+    key: &Secret,
     task_id: &str,
     headers: &HeaderMap,
     now: SystemTime,
@@ -184,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_fresh_correct_signature_passes_and_anything_else_fails() {
-        let key = ApiKey::new("hmac-key");
+        let key = Secret::new("hmac-key");
         let now = SystemTime::now();
         let ts = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let good = sign("hmac-key", "t1", ts);

@@ -10,29 +10,30 @@
 //! re-read from kie.ai, whose `param` must echo this very URL.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::idempotency::{IdempotencyKey, IdempotencyStore};
+use super::idempotency::{IdempotencyKey, IdempotencyStore};
 use crate::kie::{Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::TaskId;
 
 /// The query parameter of the callback URL that carries the token.
-pub const TOKEN_PARAM: &str = "attempt";
+pub(crate) const TOKEN_PARAM: &str = "attempt";
 /// Re-reads of a task named by a callback, before giving up on it.
 const VERIFY_READS: u32 = 3;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One attempt's callback URL, while its outcome may still be needed.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     token: String,
     /// The `callBackUrl` to send, token included.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 struct Entry {
@@ -93,14 +94,10 @@ impl Attempts {
         })
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A callback URL with a fresh token for an attempt about to be sent,
     /// or `None` when the gateway has no public callback URL (or holds as
     /// many lost attempts as it may: the attempt then goes without one).
-    pub fn begin(
+    pub(crate) fn begin(
         &self,
         key: Option<IdempotencyKey>,
         credential: &Credential,
@@ -110,7 +107,7 @@ impl Attempts {
         let token = format!("{:032x}", rand::random::<u128>());
         url.query_pairs_mut().append_pair(TOKEN_PARAM, &token);
         let url = url.to_string();
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             let ttl = self.ttl;
             entries.retain(|_, e| e.since.elapsed() < ttl);
@@ -133,14 +130,14 @@ impl Attempts {
     }
 
     /// kie.ai answered (with a task or a refusal): the token is done.
-    pub fn answered(&self, ticket: &Ticket) {
-        self.entries().remove(&ticket.token);
+    pub(crate) fn answered(&self, ticket: &Ticket) {
+        self.entries.lock().remove(&ticket.token);
     }
 
     /// The task id a callback delivered while the attempt still waited for
     /// its answer, if any; the token is then done.
-    pub fn take_learned(&self, ticket: &Ticket) -> Option<String> {
-        let mut entries = self.entries();
+    pub(crate) fn take_learned(&self, ticket: &Ticket) -> Option<String> {
+        let mut entries = self.entries.lock();
         let learned = match &entries.get(&ticket.token)?.state {
             State::InFlight { learned } => learned.clone()?,
             State::Lost => return None,
@@ -152,8 +149,8 @@ impl Attempts {
     /// The answer is lost, and the key (if any) is already settled as
     /// unknown: from now on the callback resolves it. A callback that came
     /// in between resolves it at once.
-    pub fn lost(&self, ticket: Ticket) {
-        let mut entries = self.entries();
+    pub(crate) fn lost(&self, ticket: Ticket) {
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(&ticket.token) else {
             return;
         };
@@ -180,9 +177,10 @@ impl Attempts {
     /// kie.ai called back with `token` for `task_id`: if the token is an
     /// attempt's, re-read the task and, once kie.ai confirms it was created
     /// with that attempt's URL, record its id. Returns at once.
-    pub fn callback(self: &Arc<Self>, token: &str, task_id: &TaskId) {
+    pub(crate) fn callback(self: &Arc<Self>, token: &str, task_id: &TaskId) {
         let Some((credential, url)) = self
-            .entries()
+            .entries
+            .lock()
             .get(token)
             .map(|e| (e.credential.clone(), e.url.clone()))
         else {
@@ -232,7 +230,7 @@ impl Attempts {
     }
 
     fn learned(&self, token: &str, task_id: &TaskId) {
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(token) else {
             return;
         };
@@ -264,14 +262,5 @@ impl Attempts {
             task_id,
             "createTask outcome resolved: kie.ai's callback named the task"
         );
-    }
-
-    /// Attempts tracked now (in flight with our callback URL, or lost).
-    pub fn len(&self) -> usize {
-        self.entries().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
