@@ -27,11 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{FleetError, Redis};
-use crate::error::{GatewayError, OutcomeUnknown, Prospect, RelayedError};
 use crate::create::idempotency::{
     CALLBACK_WAIT, Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Reserve,
     Settlement,
 };
+use crate::error::{GatewayError, OutcomeUnknown, Prospect, RelayedError};
 
 /// How long an attempt's replica may go silent before its attempt counts
 /// as lost. Short, so that a dead replica's key is answered soon; renewed

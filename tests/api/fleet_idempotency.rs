@@ -7,10 +7,12 @@
 use std::time::Duration;
 
 use hailuo_gateway::config::Settings;
+use hailuo_gateway::create::idempotency::{
+    IdempotencyKey, IdempotencyStore, Reservation, Settlement,
+};
 use hailuo_gateway::error::{GatewayError, Prospect};
 use hailuo_gateway::fleet::Redis;
 use hailuo_gateway::fleet::idempotency::RedisIdempotencyStore;
-use hailuo_gateway::create::idempotency::{IdempotencyKey, IdempotencyStore, Reservation, Settlement};
 use hailuo_gateway::pb::CreateTaskRequest;
 use tonic::Code;
 use wiremock::matchers::{method, path};
