@@ -17,9 +17,10 @@ use tonic::transport::Server;
 
 use crate::config::Settings;
 use crate::create::Creator;
-use crate::create::attempts::Attempts;
+use crate::create::attempts::{Attempts, FleetLedger};
 use crate::create::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::fleet::Redis;
+use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
@@ -70,20 +71,34 @@ impl Application {
             metrics.clone(),
             shutdown.clone(),
         );
-        let idempotency: Arc<dyn IdempotencyStore> = match &settings.redis {
-            Some(redis) => {
-                tracing::info!(url = %redis.url, prefix = redis.prefix, "request_ids are fleet-wide, in Redis");
-                RedisIdempotencyStore::new(Redis::new(redis)?, settings.idempotency.ttl)
+        let gateway_credential = settings
+            .upstream
+            .api_key
+            .clone()
+            .map(|key| {
+                Credential::new(key, KeySource::Gateway)
+                    .context("KIE_API_KEY has characters an HTTP header cannot carry")
+            })
+            .transpose()?;
+        let redis = settings.redis.as_ref().map(Redis::new).transpose()?;
+        let idempotency: Arc<dyn IdempotencyStore> = match (&redis, &settings.redis) {
+            (Some(redis), Some(redis_settings)) => {
+                tracing::info!(url = %redis_settings.url, prefix = redis_settings.prefix, "request_ids are fleet-wide, in Redis");
+                RedisIdempotencyStore::new(redis.clone(), settings.idempotency.ttl)
             }
-            None => InMemoryStore::new(settings.idempotency),
+            _ => InMemoryStore::new(settings.idempotency),
         };
-        let attempts = Attempts::new(
+        let attempts = Attempts::in_fleet(
             kie.clone(),
             idempotency.clone(),
             metrics.clone(),
             callback_url(&settings, &http_listener)?,
             settings.idempotency.ttl,
             settings.idempotency.max_keys,
+            redis.map(|redis| FleetLedger {
+                attempts: FleetAttempts::new(redis, settings.idempotency.ttl),
+                credential: gateway_credential.clone(),
+            }),
         );
         let creator = Arc::new(Creator {
             kie,
@@ -97,15 +112,7 @@ impl Application {
             hub: hub.clone(),
             metrics: metrics.clone(),
             credentials: Credentials {
-                gateway: settings
-                    .upstream
-                    .api_key
-                    .clone()
-                    .map(|key| {
-                        Credential::new(key, KeySource::Gateway)
-                            .context("KIE_API_KEY has characters an HTTP header cannot carry")
-                    })
-                    .transpose()?,
+                gateway: gateway_credential,
                 passthrough: settings.upstream.key_passthrough,
             },
             watch: settings.watch,

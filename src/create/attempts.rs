@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::idempotency::{IdempotencyKey, IdempotencyStore};
+use crate::fleet::attempts::{FleetAttempts, LostAttempt};
 use crate::kie::{Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::TaskId;
@@ -72,6 +73,17 @@ pub struct Attempts {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<String, Entry>>,
+    /// With several replicas, lost attempts are also written to Redis, so
+    /// that a callback reaching another replica settles them.
+    fleet: Option<FleetLedger>,
+}
+
+/// The fleet's record of lost attempts, and the key a replica re-reads a
+/// task with when the attempt was another replica's (it never sees the
+/// credential that replica used).
+pub(crate) struct FleetLedger {
+    pub(crate) attempts: FleetAttempts,
+    pub(crate) credential: Option<Credential>,
 }
 
 impl Attempts {
@@ -83,6 +95,20 @@ impl Attempts {
         ttl: Duration,
         capacity: usize,
     ) -> Arc<Self> {
+        Self::in_fleet(kie, idempotency, metrics, public_url, ttl, capacity, None)
+    }
+
+    /// The same, with lost attempts shared through Redis when `fleet` is
+    /// given.
+    pub(crate) fn in_fleet(
+        kie: KieClient,
+        idempotency: Arc<dyn IdempotencyStore>,
+        metrics: Arc<Metrics>,
+        public_url: Option<Url>,
+        ttl: Duration,
+        capacity: usize,
+        fleet: Option<FleetLedger>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             kie,
             idempotency,
@@ -91,6 +117,7 @@ impl Attempts {
             ttl,
             capacity,
             entries: Mutex::new(HashMap::new()),
+            fleet,
         })
     }
 
@@ -170,8 +197,36 @@ impl Attempts {
             _ => {
                 entry.state = State::Lost;
                 entry.since = Instant::now();
+                let shared = self.fleet.is_some().then(|| {
+                    entry.key.clone().map(|key| LostAttempt {
+                        key,
+                        url: entry.url.clone(),
+                    })
+                });
+                drop(entries);
+                if let Some(Some(lost)) = shared {
+                    self.share(ticket.token, lost);
+                }
             }
         }
+    }
+
+    /// Writes a lost attempt to Redis, in the background: the caller has its
+    /// answer already, and a replica that cannot reach Redis still settles
+    /// the attempt from a callback to itself.
+    fn share(&self, token: String, lost: LostAttempt) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let attempts = fleet.attempts.clone();
+        tokio::spawn(async move {
+            if let Err(error) = attempts.record(&token, &lost).await {
+                tracing::warn!(
+                    %error,
+                    "a lost create attempt could not be shared: only a callback to this replica can settle it"
+                );
+            }
+        });
     }
 
     /// kie.ai called back with `token` for `task_id`: if the token is an
@@ -184,6 +239,7 @@ impl Attempts {
             .get(token)
             .map(|e| (e.credential.clone(), e.url.clone()))
         else {
+            self.fleet_callback(token, task_id);
             return;
         };
         let this = self.clone();
@@ -192,6 +248,56 @@ impl Attempts {
         tokio::spawn(async move {
             match this.created_with(&credential, &task_id, &url).await {
                 Ok(true) => this.learned(&token, &task_id),
+                Ok(false) => tracing::warn!(
+                    %task_id,
+                    "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"
+                ),
+                Err(error) => tracing::warn!(
+                    %task_id,
+                    %error,
+                    "callback's task could not be re-read: its create attempt stays unknown"
+                ),
+            }
+        });
+    }
+
+    /// A token this replica does not know may be another replica's lost
+    /// attempt: look it up in Redis and settle it here.
+    fn fleet_callback(self: &Arc<Self>, token: &str, task_id: &TaskId) {
+        let Some(FleetLedger {
+            credential: Some(credential),
+            ..
+        }) = &self.fleet
+        else {
+            return;
+        };
+        let credential = credential.clone();
+        let this = self.clone();
+        let token = token.to_owned();
+        let task_id = task_id.clone();
+        tokio::spawn(async move {
+            let Some(fleet) = &this.fleet else {
+                return;
+            };
+            let lost = match fleet.attempts.lookup(&token).await {
+                Ok(Some(lost)) => lost,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%task_id, %error, "callback's attempt could not be looked up in Redis");
+                    return;
+                }
+            };
+            match this.created_with(&credential, &task_id, &lost.url).await {
+                Ok(true) => {
+                    if let Err(error) = fleet.attempts.forget(&token).await {
+                        tracing::debug!(%error, "a settled attempt stays in Redis until its TTL");
+                    }
+                    let learned = Learned {
+                        key: Some(lost.key),
+                        call_id: String::new(),
+                    };
+                    this.resolve(learned, task_id.as_str());
+                }
                 Ok(false) => tracing::warn!(
                     %task_id,
                     "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"

@@ -7,6 +7,7 @@
 //! rather than hang on a reconnect. The connection manager reconnects by
 //! itself on the next call, so nothing needs a restart when Redis returns.
 
+pub mod attempts;
 pub mod idempotency;
 
 use std::future::Future;

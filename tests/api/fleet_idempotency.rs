@@ -12,6 +12,7 @@ use hailuo_gateway::create::idempotency::{
 };
 use hailuo_gateway::error::{GatewayError, Prospect};
 use hailuo_gateway::fleet::Redis;
+use hailuo_gateway::fleet::attempts::FleetAttempts;
 use hailuo_gateway::fleet::idempotency::RedisIdempotencyStore;
 use hailuo_gateway::pb::CreateTaskRequest;
 use tonic::Code;
@@ -320,4 +321,88 @@ async fn waiters_on_another_replica_share_a_certain_failure_and_the_key_is_free_
         b.clone().reserve(key.clone(), [1; 32]).await,
         Reservation::Reserved(_)
     ));
+}
+
+#[tokio::test]
+async fn a_callback_to_another_replica_settles_a_create_whose_answer_was_lost() {
+    let fleet = Fleet::start().await;
+    // kie.ai makes the task but answers after the gateway's upstream timeout.
+    fleet.answer_creates("t_lost", Duration::from_secs(3)).await;
+    let losing = |s: &mut Settings| {
+        s.upstream.timeout = Duration::from_millis(300);
+        s.callbacks.to_self = true;
+    };
+    let a = fleet.replica_with(losing).await;
+    let b = fleet.replica_with(losing).await;
+
+    let status = a
+        .create(with_request_id("r-cross"))
+        .await
+        .expect_err("the answer is lost");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_info(&status).reason, "CREATE_OUTCOME_UNKNOWN");
+
+    let sent = fleet
+        .upstream
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.url.path() == CREATE_PATH)
+        .expect("the create kie.ai received");
+    let body: serde_json::Value = serde_json::from_slice(&sent.body).expect("json");
+    let sent_url = body["callBackUrl"].as_str().expect("callBackUrl");
+    let token = sent_url
+        .split_once("attempt=")
+        .map(|(_, token)| token.to_string())
+        .expect("the attempt's token");
+    // A's lost attempt reaches Redis in the background.
+    let shared = FleetAttempts::new(
+        Redis::new(&fleet.redis.settings()).expect("redis"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            matches!(shared.lookup(&token).await, Ok(Some(_)))
+        })
+        .await,
+        "the lost attempt is in Redis"
+    );
+    // kie.ai's record echoes the create request, A's URL and token included.
+    Mock::given(method("GET"))
+        .and(path(RECORD_PATH))
+        .respond_with(kie_ok(serde_json::json!({
+            "taskId": "t_lost", "state": "success",
+            "param": String::from_utf8(sent.body.clone()).expect("utf-8"),
+        })))
+        .mount(&fleet.upstream)
+        .await;
+
+    // The load balancer gives kie.ai's callback to B.
+    let callback = serde_json::json!({"code": 200, "msg": "success",
+        "data": {"taskId": "t_lost", "state": "success"}});
+    let to_b = b.http_url(&format!("/callbacks/kie?attempt={token}"));
+    assert_eq!(b.post_callback(&to_b, callback.to_string(), &[]).await, 200);
+
+    let learned = wait_for_some(Duration::from_secs(5), || async {
+        a.create(with_request_id("r-cross")).await.ok()
+    })
+    .await;
+    assert_eq!(
+        learned.as_deref(),
+        Some("t_lost"),
+        "A's retry gets the task"
+    );
+    assert_eq!(
+        b.create(with_request_id("r-cross")).await.ok().as_deref(),
+        Some("t_lost")
+    );
+    assert_eq!(fleet.creates().await, 1, "one paid video for the fleet");
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            matches!(shared.lookup(&token).await, Ok(None))
+        })
+        .await,
+        "a settled token is forgotten"
+    );
 }
