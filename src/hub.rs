@@ -176,6 +176,11 @@ impl TaskHub {
         entries.len()
     }
 
+    /// Keeps the read budget fleet-wide (Redis configured).
+    pub fn join_fleet(&self, fleet: Arc<crate::fleet::limits::FleetLimits>) {
+        self.inner.budget.join_fleet(fleet);
+    }
+
     /// Number of tasks being polled now.
     pub fn active_pollers(&self) -> usize {
         self.inner.pollers().values().map(Vec::len).sum()

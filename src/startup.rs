@@ -20,6 +20,8 @@ use crate::config::Settings;
 use crate::create::Creator;
 use crate::fleet::Redis;
 use crate::fleet::idempotency::RedisIdempotencyStore;
+use crate::fleet::limits::FleetLimits;
+use crate::fleet::membership::Membership;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::HttpState;
 use crate::hub::TaskHub;
@@ -72,8 +74,14 @@ impl Application {
         );
         let idempotency: Arc<dyn IdempotencyStore> = match &settings.redis {
             Some(redis) => {
-                tracing::info!(url = %redis.url, prefix = redis.prefix, "request_ids are fleet-wide, in Redis");
-                RedisIdempotencyStore::new(Redis::new(redis)?, settings.idempotency.ttl)
+                tracing::info!(url = %redis.url, prefix = redis.prefix, "request_ids and kie.ai's limits are fleet-wide, in Redis");
+                let redis = Redis::new(redis)?;
+                let membership =
+                    Membership::start(redis.clone(), metrics.clone(), shutdown.clone()).await;
+                let limits = FleetLimits::new(redis.clone(), membership, settings.upstream.timeout);
+                kie.join_fleet(limits.clone());
+                hub.join_fleet(limits);
+                RedisIdempotencyStore::new(redis, settings.idempotency.ttl)
             }
             None => InMemoryStore::new(settings.idempotency),
         };

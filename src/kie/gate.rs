@@ -6,13 +6,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::UpstreamLimits;
+use crate::fleet::limits::{CreateSlot, FleetLimits};
 
 use super::Endpoint;
 
@@ -36,6 +37,9 @@ pub struct Gate {
     queued: AtomicUsize,
     max_queued: usize,
     creates: Option<Mutex<Window>>,
+    /// Set when Redis is configured: its window replaces the local one
+    /// while Redis is up (the in-flight cap and the queue stay local).
+    fleet: OnceLock<Arc<FleetLimits>>,
 }
 
 /// Start times of the createTask calls in the current window, including
@@ -49,7 +53,14 @@ struct Window {
 impl Window {
     /// Reserves the earliest start at or after `now` that keeps at most
     /// `limit` starts in any window, unless that is later than `latest`.
-    fn reserve(&mut self, now: Instant, latest: Duration) -> Result<Instant, Duration> {
+    /// `limit` is this replica's share while the fleet's Redis is away.
+    fn reserve(
+        &mut self,
+        now: Instant,
+        latest: Duration,
+        limit: Option<usize>,
+    ) -> Result<Instant, Duration> {
+        let limit = limit.unwrap_or(self.limit).max(1);
         while self
             .starts
             .front()
@@ -57,10 +68,10 @@ impl Window {
         {
             self.starts.pop_front();
         }
-        let start = if self.starts.len() < self.limit {
+        let start = if self.starts.len() < limit {
             now
         } else {
-            let bound = self.starts[self.starts.len() - self.limit] + self.length;
+            let bound = self.starts[self.starts.len() - limit] + self.length;
             bound.max(now)
         };
         let wait = start - now;
@@ -95,7 +106,41 @@ impl Gate {
             queued: AtomicUsize::new(0),
             max_queued: limits.max_queued,
             creates,
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Keeps the createTask window fleet-wide from now on.
+    pub fn join_fleet(&self, fleet: Arc<FleetLimits>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The start reserved for one createTask, fleet-wide when Redis is up.
+    async fn reserve_create(
+        &self,
+        window: &Mutex<Window>,
+        arrived: Instant,
+        latest: Duration,
+    ) -> Result<Instant, Shed> {
+        let shed = |wait| Shed {
+            reason: "create_rate",
+            retry_after: wait,
+        };
+        let lock = || window.lock().unwrap_or_else(|e| e.into_inner());
+        let mut share = None;
+        if let Some(fleet) = self.fleet.get() {
+            let (limit, length) = {
+                let window = lock();
+                (window.limit, window.length)
+            };
+            match fleet.reserve_create(limit, length, latest).await {
+                CreateSlot::After(wait) => return Ok(Instant::now() + wait),
+                CreateSlot::TooLate(wait) => return Err(shed(wait)),
+                CreateSlot::Share(limit) => share = Some(limit),
+            }
+        }
+        let latest = latest.saturating_sub(arrived.elapsed());
+        lock().reserve(Instant::now(), latest, share).map_err(shed)
     }
 
     /// Waits for the right to send one request to `endpoint`; the permit is
@@ -109,15 +154,11 @@ impl Gate {
         let start = match (&self.creates, endpoint) {
             (Some(window), Endpoint::CreateTask) => {
                 let latest = deadline.unwrap_or(MAX_CREATE_WAIT);
-                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-                Some(window.reserve(arrived, latest).map_err(|wait| Shed {
-                    reason: "create_rate",
-                    retry_after: wait,
-                })?)
+                Some(self.reserve_create(window, arrived, latest).await?)
             }
             _ => None,
         };
-        if start.is_none_or(|s| s <= arrived)
+        if start.is_none_or(|s| s <= Instant::now())
             && let Ok(permit) = self.slots.clone().try_acquire_owned()
         {
             return Ok(permit);
