@@ -80,37 +80,58 @@ impl Replica {
     }
 }
 
-/// When each request reached the scripted kie.ai, and its answer.
+/// When each request reached the scripted kie.ai, with its task id (empty
+/// for a create).
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<Vec<Instant>>>);
+struct Arrivals(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Arrivals {
+    fn push(&self, task_id: String) {
+        self.0.lock().expect("lock").push((Instant::now(), task_id));
+    }
+
     fn times(&self) -> Vec<Instant> {
-        let mut times = self.0.lock().expect("lock").clone();
+        self.times_of("")
+    }
+
+    /// Arrivals for tasks whose id starts with `prefix`, in order.
+    fn times_of(&self, prefix: &str) -> Vec<Instant> {
+        let mut times: Vec<Instant> = self
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, id)| id.starts_with(prefix))
+            .map(|(t, _)| *t)
+            .collect();
         times.sort();
         times
     }
 
     /// The most arrivals within any `window`.
     fn most_within(&self, window: Duration) -> usize {
-        let times = self.times();
-        (0..times.len())
-            .map(|i| {
-                times[i..]
-                    .iter()
-                    .take_while(|t| t.duration_since(times[i]) < window)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
+        most_within(&self.times(), window)
     }
+}
+
+/// The most of `times` (in order) within any `window`.
+fn most_within(times: &[Instant], window: Duration) -> usize {
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| t.duration_since(times[i]) < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 struct CreateOk(Arrivals, std::sync::atomic::AtomicUsize);
 
 impl Respond for CreateOk {
     fn respond(&self, _: &Request) -> ResponseTemplate {
-        self.0.0.lock().expect("lock").push(Instant::now());
+        self.0.push(String::new());
         let n = self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         kie_ok(serde_json::json!({"taskId": format!("t_{n}")}))
     }
@@ -121,13 +142,13 @@ struct Queuing(Arrivals);
 
 impl Respond for Queuing {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        self.0.0.lock().expect("lock").push(Instant::now());
         let task_id = request
             .url
             .query_pairs()
             .find(|(k, _)| k == "taskId")
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
+        self.0.push(task_id.clone());
         kie_ok(record(&task_id, "queuing"))
     }
 }
@@ -288,10 +309,31 @@ async fn without_redis_each_replica_keeps_its_share_until_redis_returns() {
         }
     }
     assert_eq!(fleet.creates.times().len(), 18);
+    let local_windows_over = Instant::now() + CREATE_WINDOW.mul_f64(1.1);
+
+    // Reads: floor(5 / 3) = 1 a second on each replica.
+    let read_from = fleet.reads.times().len();
+    let mut watches = Vec::new();
+    for (r, replica) in replicas.iter().enumerate() {
+        for t in 0..3 {
+            watches.push(replica.caller.watch(&format!("down_{r}_{t}")).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(watches);
+    assert!(fleet.reads.times().len() > read_from, "reads go on");
+    for r in 0..3 {
+        let most = most_within(
+            &fleet.reads.times_of(&format!("down_{r}_")),
+            Duration::from_secs(1),
+        );
+        assert!(most <= 1, "replica {r}: {most} reads within a second");
+    }
 
     // Redis back (empty): one fleet-wide window of 20 again, no restart.
     // Past the local windows first, so that only the fleet's counts.
     fleet.redis.restart().await;
+    tokio::time::sleep_until(local_windows_over.into()).await;
     for replica in &replicas {
         let up = wait_for(Duration::from_secs(5), || async {
             replica.caller.metric("hailuo_gateway_fleet_redis_up").await == Some(1.0)
