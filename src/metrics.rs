@@ -188,7 +188,7 @@ impl Metrics {
         let fleet_replicas = Gauge::default();
         registry.register(
             "fleet_replicas",
-            "replicas in the fleet as this replica last saw it in Redis",
+            "replicas in the fleet as this replica saw it in Redis (the largest count of the last few seconds: what its shares of the limits divide by while Redis is away)",
             fleet_replicas.clone(),
         );
         Self {

@@ -8,11 +8,13 @@
 //! line when it is back. Health stays SERVING either way: without Redis the
 //! gateway is degraded (shares of the limits, no request_ids), not down.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{FleetError, Redis};
@@ -30,8 +32,13 @@ pub struct Membership {
     key: String,
     heartbeat: Script,
     up: AtomicBool,
-    /// The fleet size last seen in Redis, this replica included.
+    /// The fleet size this replica divides limits by: the largest seen in
+    /// Redis within the last [`LAPSE`], this replica included.
     replicas: AtomicUsize,
+    /// Sizes seen within the last [`LAPSE`]. A count can drop for a moment
+    /// without anyone leaving (a restarted Redis is empty until every
+    /// replica has beaten once): using it would grow the shares by mistake.
+    recent: Mutex<VecDeque<(Instant, usize)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -56,6 +63,7 @@ impl Membership {
             // replica starting without Redis logs the loss once.
             up: AtomicBool::new(true),
             replicas: AtomicUsize::new(1),
+            recent: Mutex::new(VecDeque::new()),
             metrics,
         });
         membership.metrics.fleet_replicas.set(1);
@@ -125,7 +133,30 @@ impl Membership {
             .await;
     }
 
+    /// Records a size seen now; returns the largest of the last [`LAPSE`]
+    /// (a replica that left drops out of it as its own membership would).
+    /// `back`: the first size after Redis was away, when the sizes seen
+    /// before the outage are the best known for one more [`LAPSE`].
+    fn remember(&self, seen: usize, back: bool) -> usize {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if back {
+            for (at, _) in recent.iter_mut() {
+                *at = now;
+            }
+        }
+        while recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= LAPSE)
+        {
+            recent.pop_front();
+        }
+        recent.push_back((now, seen));
+        recent.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1)
+    }
+
     async fn beat(&self) {
+        let back = !self.is_up();
         let lapse_ms = super::millis(LAPSE);
         let (key, id, script) = (&self.key, &self.id, &self.heartbeat);
         let seen = self
@@ -140,8 +171,9 @@ impl Membership {
             })
             .await;
         match seen {
-            Ok(replicas) => {
-                self.replicas.store(replicas.max(1), Ordering::Relaxed);
+            Ok(seen) => {
+                let replicas = self.remember(seen, back);
+                self.replicas.store(replicas, Ordering::Relaxed);
                 self.metrics
                     .fleet_replicas
                     .set(i64::try_from(replicas).unwrap_or(i64::MAX));

@@ -341,6 +341,14 @@ async fn without_redis_each_replica_keeps_its_share_until_redis_returns() {
         .await;
         assert!(up, "fleet_redis_up 1");
     }
+    // The restarted Redis is empty: until every replica has beaten again,
+    // a replica may count fewer members there. The size it divides by must
+    // not drop for that (were Redis to go again now, the shares would be
+    // too big).
+    for replica in &replicas {
+        let seen = replica.caller.metric("hailuo_gateway_fleet_replicas").await;
+        assert_eq!(seen, Some(3.0), "the fleet did not shrink");
+    }
     let answers = creates(
         &[&replicas[0], &replicas[1], &replicas[2]],
         24,
