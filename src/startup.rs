@@ -75,13 +75,17 @@ impl Application {
         let idempotency: Arc<dyn IdempotencyStore> = match &settings.redis {
             Some(redis) => {
                 tracing::info!(url = %redis.url, prefix = redis.prefix, "request_ids and kie.ai's limits are fleet-wide, in Redis");
-                let redis = Redis::new(redis)?;
+                // A connection of its own for the heartbeat and the limits:
+                // the heartbeat keeps calling while Redis is away, and a
+                // connection whose last reconnect failed fails its next call
+                // once; request_ids should not pay for that.
+                let shared = Redis::new(redis)?;
                 let membership =
-                    Membership::start(redis.clone(), metrics.clone(), shutdown.clone()).await;
-                let limits = FleetLimits::new(redis.clone(), membership, settings.upstream.timeout);
+                    Membership::start(shared.clone(), metrics.clone(), shutdown.clone()).await;
+                let limits = FleetLimits::new(shared, membership, settings.upstream.timeout);
                 kie.join_fleet(limits.clone());
                 hub.join_fleet(limits);
-                RedisIdempotencyStore::new(redis, settings.idempotency.ttl)
+                RedisIdempotencyStore::new(Redis::new(redis)?, settings.idempotency.ttl)
             }
             None => InMemoryStore::new(settings.idempotency),
         };
