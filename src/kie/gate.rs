@@ -83,6 +83,19 @@ impl Window {
     }
 }
 
+impl Window {
+    /// A start reserved elsewhere (the fleet's window), kept in order.
+    fn record(&mut self, start: Instant) {
+        let at = self.starts.partition_point(|t| *t <= start);
+        self.starts.insert(at, start);
+        // Bounded like the window itself: only the last `limit` starts
+        // can decide a reservation.
+        while self.starts.len() > self.limit {
+            self.starts.pop_front();
+        }
+    }
+}
+
 /// Keeps the queue count right however the wait ends.
 struct Queued<'a>(&'a AtomicUsize);
 
@@ -134,7 +147,13 @@ impl Gate {
                 (window.limit, window.length)
             };
             match fleet.reserve_create(limit, length, latest).await {
-                CreateSlot::After(wait) => return Ok(Instant::now() + wait),
+                CreateSlot::After(wait) => {
+                    // Kept locally too: should Redis go away, this
+                    // replica's share counts its own recent creates.
+                    let start = Instant::now() + wait;
+                    lock().record(start);
+                    return Ok(start);
+                }
                 CreateSlot::TooLate(wait) => return Err(shed(wait)),
                 CreateSlot::Share(limit) => share = Some(limit),
             }
@@ -235,6 +254,25 @@ mod tests {
             gate.admit(Endpoint::RecordInfo, Some(Duration::ZERO))
                 .await
                 .expect("read"),
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_counts_the_creates_reserved_in_the_fleets_window() {
+        let mut window = Window {
+            limit: 20,
+            length: Duration::from_secs(10),
+            starts: VecDeque::new(),
+        };
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            window.record(t0);
+        }
+        // Redis away: a share of 6 leaves room for one more now.
+        assert_eq!(window.reserve(t0, Duration::ZERO, Some(6)), Ok(t0));
+        assert_eq!(
+            window.reserve(t0, Duration::ZERO, Some(6)),
+            Err(Duration::from_secs(10))
         );
     }
 
