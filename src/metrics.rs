@@ -83,6 +83,8 @@ pub struct Metrics {
     read_budget_wait: Histogram,
     pub(crate) cache_hits: Counter,
     creates: Family<OutcomeLabels, Counter>,
+    pub fleet_redis_up: Gauge,
+    pub fleet_replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -174,7 +176,21 @@ impl Metrics {
             "createTask attempts by outcome (created, not_created, maybe_created, resolved_later)",
             creates.clone(),
         );
+        let fleet_redis_up = Gauge::default();
+        registry.register(
+            "fleet_redis_up",
+            "1 while this replica reaches the fleet's Redis, 0 while it keeps to its share of the limits",
+            fleet_redis_up.clone(),
+        );
+        let fleet_replicas = Gauge::default();
+        registry.register(
+            "fleet_replicas",
+            "replicas in the fleet as this replica saw it in Redis (the largest count of the last few seconds: what its shares of the limits divide by while Redis is away)",
+            fleet_replicas.clone(),
+        );
         Self {
+            fleet_redis_up,
+            fleet_replicas,
             creates,
             registry,
             rpcs,

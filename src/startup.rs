@@ -22,6 +22,8 @@ use crate::create::idempotency::{IdempotencyStore, InMemoryStore};
 use crate::fleet::Redis;
 use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
+use crate::fleet::limits::FleetLimits;
+use crate::fleet::membership::Membership;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
@@ -83,7 +85,17 @@ impl Application {
         let redis = settings.redis.as_ref().map(Redis::new).transpose()?;
         let idempotency: Arc<dyn IdempotencyStore> = match (&redis, &settings.redis) {
             (Some(redis), Some(redis_settings)) => {
-                tracing::info!(url = %redis_settings.url, prefix = redis_settings.prefix, "request_ids are fleet-wide, in Redis");
+                tracing::info!(url = %redis_settings.url, prefix = redis_settings.prefix, "request_ids and kie.ai's limits are fleet-wide, in Redis");
+                // A connection of its own for the heartbeat and the limits:
+                // the heartbeat keeps calling while Redis is away, and a
+                // connection whose last reconnect failed fails its next call
+                // once; request_ids should not pay for that.
+                let shared = Redis::new(redis_settings)?;
+                let membership =
+                    Membership::start(shared.clone(), metrics.clone(), shutdown.clone()).await;
+                let limits = FleetLimits::new(shared, membership, settings.upstream.timeout);
+                kie.join_fleet(limits.clone());
+                hub.join_fleet(limits);
                 RedisIdempotencyStore::new(redis.clone(), settings.idempotency.ttl)
             }
             _ => InMemoryStore::new(settings.idempotency),

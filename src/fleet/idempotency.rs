@@ -16,7 +16,9 @@
 //! one can wait for Redis (a dropped lease, a callback).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::Script;
@@ -150,7 +152,7 @@ impl RedisIdempotencyStore {
     }
 
     fn local(&self) -> MutexGuard<'_, HashMap<IdempotencyKey, Local>> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
+        self.local.lock()
     }
 
     /// `<prefix>:idem:{<scope>.<digest>}`: the request_id is the caller's

@@ -9,6 +9,8 @@
 
 pub mod attempts;
 pub mod idempotency;
+pub mod limits;
+pub mod membership;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -97,6 +99,15 @@ impl Redis {
             Err(_elapsed) => Err(FleetError::TimedOut),
         }
     }
+}
+
+/// A script with `now` (Redis's clock, in ms) defined first.
+pub(crate) fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{}\n{body}", include_str!("lua/now.lua")))
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Key names: `<prefix>:<kind>:{<group>}`. The braces are a hash tag:

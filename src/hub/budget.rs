@@ -11,7 +11,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::limits::{FleetLimits, ReadSlot};
 use crate::metrics::Metrics;
 
 /// kie.ai's window: the limit is per second.
@@ -43,6 +44,9 @@ struct Inner {
     state: Mutex<State>,
     changed: Notify,
     metrics: Arc<Metrics>,
+    /// Set when Redis is configured: each read also takes a fleet-wide
+    /// slot, and while Redis is away this replica keeps to its share.
+    fleet: OnceLock<Arc<FleetLimits>>,
 }
 
 #[derive(Default)]
@@ -101,6 +105,7 @@ impl ReadBudget {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             metrics,
+            fleet: OnceLock::new(),
         });
         tokio::spawn(schedule(inner.clone(), shutdown));
         Self { inner }
@@ -113,7 +118,7 @@ impl ReadBudget {
         let started = Instant::now();
         let grant = {
             let mut state = self.inner.state.lock();
-            if state.waiting.is_empty() && state.has_room(started, self.inner.per_window) {
+            if state.waiting.is_empty() && state.has_room(started, self.inner.limit()) {
                 state.in_flight += 1;
                 None
             } else {
@@ -143,17 +148,29 @@ impl ReadBudget {
             }
             pending.done = true;
         }
+        let mut permit = ReadPermit {
+            inner: self.inner.clone(),
+            _fleet: None,
+        };
+        if let Some(fleet) = self.inner.fleet.get() {
+            permit._fleet = fleet.read_slot(self.inner.per_window).await;
+        }
         self.inner.metrics.read_budget_grants.inc();
         self.inner.metrics.budget_waited(started.elapsed());
-        ReadPermit {
-            inner: self.inner.clone(),
-        }
+        permit
+    }
+
+    /// Keeps the budget fleet-wide from now on.
+    pub fn join_fleet(&self, fleet: Arc<FleetLimits>) {
+        let _ = self.inner.fleet.set(fleet);
     }
 }
 
 /// One granted read; dropping it says the answer is in.
 pub(crate) struct ReadPermit {
     inner: Arc<Inner>,
+    /// Released (its last second starts) when the permit drops.
+    _fleet: Option<ReadSlot>,
 }
 
 impl Drop for ReadPermit {
@@ -185,6 +202,14 @@ impl Drop for Pending {
 }
 
 impl Inner {
+    /// The reads this replica may make per window on its own: all of them,
+    /// or its share while the fleet's Redis is away.
+    fn limit(&self) -> usize {
+        self.fleet
+            .get()
+            .map_or(self.per_window, |f| f.local_limit(self.per_window))
+    }
+
     /// A granted read is over; `answered` when it was actually made.
     fn release(&self, answered: bool) {
         {
@@ -208,7 +233,7 @@ async fn schedule(inner: Arc<Inner>, shutdown: CancellationToken) {
                     break None;
                 }
                 let now = Instant::now();
-                if !state.has_room(now, inner.per_window) {
+                if !state.has_room(now, inner.limit()) {
                     // Room opens when the oldest answer leaves the window; a
                     // read in flight wakes the scheduler when it is answered.
                     break Some(state.answered.front().map_or(now + WINDOW, |t| *t + WINDOW));

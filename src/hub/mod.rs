@@ -205,6 +205,11 @@ impl TaskHub {
         }
     }
 
+    /// Keeps the read budget fleet-wide (Redis configured).
+    pub fn join_fleet(&self, fleet: Arc<crate::fleet::limits::FleetLimits>) {
+        self.inner.budget.join_fleet(fleet);
+    }
+
     /// Number of tasks being polled now.
     pub fn active_pollers(&self) -> usize {
         self.inner.pollers.lock().values().map(Vec::len).sum()

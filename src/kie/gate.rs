@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::UpstreamLimits;
+use crate::fleet::limits::{CreateSlot, FleetLimits};
 
 use super::Endpoint;
 
@@ -37,6 +39,9 @@ pub(crate) struct Gate {
     queued: AtomicUsize,
     max_queued: usize,
     creates: Option<Mutex<Window>>,
+    /// Set when Redis is configured: its window replaces the local one
+    /// while Redis is up (the in-flight cap and the queue stay local).
+    fleet: OnceLock<Arc<FleetLimits>>,
 }
 
 /// Start times of the createTask calls in the current window, including
@@ -50,7 +55,14 @@ struct Window {
 impl Window {
     /// Reserves the earliest start at or after `now` that keeps at most
     /// `limit` starts in any window, unless that is later than `latest`.
-    fn reserve(&mut self, now: Instant, latest: Duration) -> Result<Instant, Duration> {
+    /// `limit` is this replica's share while the fleet's Redis is away.
+    fn reserve(
+        &mut self,
+        now: Instant,
+        latest: Duration,
+        limit: Option<usize>,
+    ) -> Result<Instant, Duration> {
+        let limit = limit.unwrap_or(self.limit).max(1);
         while self
             .starts
             .front()
@@ -58,10 +70,10 @@ impl Window {
         {
             self.starts.pop_front();
         }
-        let start = if self.starts.len() < self.limit {
+        let start = if self.starts.len() < limit {
             now
         } else {
-            let bound = self.starts[self.starts.len() - self.limit] + self.length;
+            let bound = self.starts[self.starts.len() - limit] + self.length;
             bound.max(now)
         };
         let wait = start - now;
@@ -70,6 +82,19 @@ impl Window {
         }
         self.starts.push_back(start);
         Ok(start)
+    }
+}
+
+impl Window {
+    /// A start reserved elsewhere (the fleet's window), kept in order.
+    fn record(&mut self, start: Instant) {
+        let at = self.starts.partition_point(|t| *t <= start);
+        self.starts.insert(at, start);
+        // Bounded like the window itself: only the last `limit` starts
+        // can decide a reservation.
+        while self.starts.len() > self.limit {
+            self.starts.pop_front();
+        }
     }
 }
 
@@ -96,7 +121,47 @@ impl Gate {
             queued: AtomicUsize::new(0),
             max_queued: limits.max_queued,
             creates,
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Keeps the createTask window fleet-wide from now on.
+    pub fn join_fleet(&self, fleet: Arc<FleetLimits>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The start reserved for one createTask, fleet-wide when Redis is up.
+    async fn reserve_create(
+        &self,
+        window: &Mutex<Window>,
+        arrived: Instant,
+        latest: Duration,
+    ) -> Result<Instant, Shed> {
+        let shed = |wait| Shed {
+            reason: "create_rate",
+            retry_after: wait,
+        };
+        let lock = || window.lock();
+        let mut share = None;
+        if let Some(fleet) = self.fleet.get() {
+            let (limit, length) = {
+                let window = lock();
+                (window.limit, window.length)
+            };
+            match fleet.reserve_create(limit, length, latest).await {
+                CreateSlot::After(wait) => {
+                    // Kept locally too: should Redis go away, this
+                    // replica's share counts its own recent creates.
+                    let start = Instant::now() + wait;
+                    lock().record(start);
+                    return Ok(start);
+                }
+                CreateSlot::TooLate(wait) => return Err(shed(wait)),
+                CreateSlot::Share(limit) => share = Some(limit),
+            }
+        }
+        let latest = latest.saturating_sub(arrived.elapsed());
+        lock().reserve(Instant::now(), latest, share).map_err(shed)
     }
 
     /// Waits for the right to send one request to `endpoint`; the permit is
@@ -110,15 +175,11 @@ impl Gate {
         let start = match (&self.creates, endpoint) {
             (Some(window), Endpoint::CreateTask) => {
                 let latest = deadline.unwrap_or(MAX_CREATE_WAIT);
-                let mut window = window.lock();
-                Some(window.reserve(arrived, latest).map_err(|wait| Shed {
-                    reason: "create_rate",
-                    retry_after: wait,
-                })?)
+                Some(self.reserve_create(window, arrived, latest).await?)
             }
             _ => None,
         };
-        if start.is_none_or(|s| s <= arrived)
+        if start.is_none_or(|s| s <= Instant::now())
             && let Ok(permit) = self.slots.clone().try_acquire_owned()
         {
             return Ok(permit);
@@ -195,6 +256,25 @@ mod tests {
             gate.admit(Endpoint::RecordInfo, Some(Duration::ZERO))
                 .await
                 .expect("read"),
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_counts_the_creates_reserved_in_the_fleets_window() {
+        let mut window = Window {
+            limit: 20,
+            length: Duration::from_secs(10),
+            starts: VecDeque::new(),
+        };
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            window.record(t0);
+        }
+        // Redis away: a share of 6 leaves room for one more now.
+        assert_eq!(window.reserve(t0, Duration::ZERO, Some(6)), Ok(t0));
+        assert_eq!(
+            window.reserve(t0, Duration::ZERO, Some(6)),
+            Err(Duration::from_secs(10))
         );
     }
 

@@ -81,6 +81,11 @@ impl KieClient {
         })
     }
 
+    /// Keeps the createTask window fleet-wide (Redis configured).
+    pub fn join_fleet(&self, fleet: Arc<crate::fleet::limits::FleetLimits>) {
+        self.gate.join_fleet(fleet);
+    }
+
     /// Starts a generation; returns kie.ai's task id. Never retried: a retry
     /// could buy a second video. `admit_by` bounds only the wait for the
     /// gateway's own limits (nothing is sent if it passes); once sent, the

@@ -8,6 +8,7 @@ mod redis_server;
 mod create_outcome;
 mod create_task;
 mod fleet_idempotency;
+mod fleet_limits;
 mod get_task;
 mod reliability;
 mod rpc_logs;
