@@ -18,9 +18,10 @@
 //! each measured phase and RSS from `/proc/<pid>/status`.
 //!
 //! One file per part: the [`plan`] of a run; the child [`processes`] and the
-//! [`clients`] that talk to them; the four scenarios ([`unary`] overhead
+//! [`clients`] that talk to them; the five scenarios ([`unary`] overhead
 //! against the bare [`forwarder`], watch [`capacity`], [`fanout`], upstream
-//! [`economy`]) filling [`figures`]; the [`report`] written from them and the
+//! [`economy`], and the [`fleet`]'s cost on a CreateTask) filling
+//! [`figures`]; the [`report`] written from them and the
 //! [`smoke`] checks. This file holds the shared constants and `main`.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::capacity::capacity;
 use crate::economy::economy;
 use crate::fanout::fanout;
 use crate::figures::Figures;
+use crate::fleet::fleet;
 use crate::forwarder::run_bare_forwarder;
 use crate::plan::{Mode, Plan};
 use crate::processes::{load_average, start_simulator};
@@ -43,6 +45,7 @@ mod clients;
 mod economy;
 mod fanout;
 mod figures;
+mod fleet;
 mod forwarder;
 mod plan;
 mod processes;
@@ -78,7 +81,7 @@ fn raise_file_limit() {
     }
 }
 
-const SCENARIOS: [&str; 4] = ["unary", "capacity", "fanout", "economy"];
+const SCENARIOS: [&str; 5] = ["unary", "capacity", "fanout", "economy", "fleet"];
 
 async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
@@ -97,6 +100,9 @@ async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
     }
     if wanted("economy") {
         economy(plan, &mut figures, &sim, &logs).await?;
+    }
+    if wanted("fleet") {
+        fleet(plan, &mut figures, &sim, &logs).await?;
     }
     sim.proc.stop().await;
     let _ = std::fs::remove_dir_all(&logs);

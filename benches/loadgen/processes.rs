@@ -42,6 +42,19 @@ impl Proc {
         Ok((Self { child, pid }, line))
     }
 
+    /// Starts a child that says nothing when ready (its caller checks).
+    pub fn spawn(command: &mut Command, what: &str) -> anyhow::Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn the {what}"))?;
+        let pid = child.id().with_context(|| format!("{what} pid"))?;
+        Ok(Self { child, pid })
+    }
+
     pub fn cpu(&self) -> anyhow::Result<Duration> {
         cpu_of(&self.pid.to_string())
     }
@@ -165,6 +178,16 @@ pub async fn start_gateway(
     options: GatewayOptions,
     logs: &Path,
 ) -> anyhow::Result<Gateway> {
+    start_gateway_with(sim, options, logs, &[]).await
+}
+
+/// The same, with extra environment variables (e.g. `GATEWAY_REDIS_URL`).
+pub async fn start_gateway_with(
+    sim: &Simulator,
+    options: GatewayOptions,
+    logs: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Gateway> {
     let grpc_port = free_port()?;
     let http_port = free_port()?;
     let http_url = format!("http://127.0.0.1:{http_port}");
@@ -197,6 +220,7 @@ pub async fn start_gateway(
             }
         }
     }
+    command.envs(env.iter().copied());
     if options.callbacks {
         command.env(
             "GATEWAY_PUBLIC_CALLBACK_URL",

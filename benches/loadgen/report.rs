@@ -96,6 +96,12 @@ pub fn targets(plan: &Plan, f: &Figures) -> Vec<Target> {
         figure: format!("worst {cb_max} reads per task"),
         met: cb_max <= (STATE_CHANGES + 2) as f64,
     });
+    let fleet_ratio = f.median(&format!("fleet/cpu_ratio_vs_request_id/c{c16}"));
+    out.push(Target {
+        what: "CreateTask with request_id in Redis ≤ 1.5× the single-process CPU (gateway + Redis, concurrency 16)",
+        figure: format!("{fleet_ratio:.2}× (median)"),
+        met: fleet_ratio <= 1.5,
+    });
     out
 }
 
@@ -181,11 +187,12 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
     let _ = writeln!(md, "| binary under test | `{}` |", bin());
     let _ = writeln!(
         md,
-        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}) |",
+        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}; fleet reps: {}) |",
         loads("load/unary"),
         loads("load/capacity"),
         loads("load/fanout"),
-        loads("load/economy")
+        loads("load/economy"),
+        loads("load/fleet")
     );
     let _ = writeln!(
         md,
@@ -392,6 +399,49 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
             f.show(&format!("economy/direct/{n}"), 0),
             ratio("polling"),
             ratio("callbacks"),
+        );
+    }
+    let _ = writeln!(md, "\n## 5. Fleet: CreateTask with request_ids in Redis\n");
+    let _ = writeln!(
+        md,
+        "CreateTask closed loop, interleaved, against: the single-process gateway with no \
+         request_id (`plain`), the same with a new request_id per call (`request_id`, the \
+         in-memory store), and a gateway with `GATEWAY_REDIS_URL` pointing at this run's own \
+         `redis-server` with a new request_id per call (`fleet_request_id`: one Redis call \
+         (the reserve script) on the call's path, one (the settle script) after it, plus the \
+         replica's heartbeat each second). CPU per call is the gateway's, and Redis's beside \
+         it; the ratios add Redis's CPU to the fleet gateway's.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| concurrency | path | calls/s | p50 µs | p99 µs | gateway CPU µs/call | Redis CPU µs/call |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for &c in &plan.concurrency {
+        for path in crate::fleet::Path5::ALL {
+            let k = |w: &str| format!("fleet/{}/c{c}/{w}", path.name());
+            let _ = writeln!(
+                md,
+                "| {c} | {} | {} | {} | {} | {} | {} |",
+                path.name(),
+                f.show(&k("rps"), 0),
+                f.show(&k("p50"), 1),
+                f.show(&k("p99"), 1),
+                f.show(&k("cpu_gateway"), 1),
+                f.show(&k("cpu_redis"), 1),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| concurrency | fleet (gateway + Redis) / single process with request_id | fleet / single process without request_id |\n|---|---|---|"
+    );
+    for &c in &plan.concurrency {
+        let _ = writeln!(
+            md,
+            "| {c} | {} | {} |",
+            f.show(&format!("fleet/cpu_ratio_vs_request_id/c{c}"), 2),
+            f.show(&format!("fleet/cpu_ratio_vs_plain/c{c}"), 2),
         );
     }
     // The analysis is written by people, kept beside the tool and carried

@@ -68,5 +68,18 @@ pub fn smoke_checks(plan: &Plan, f: &Figures) -> Vec<String> {
             format!("{mode}: the gateway read no less than {big} polling clients"),
         );
     }
+    for &c in &plan.concurrency {
+        for path in crate::fleet::Path5::ALL {
+            let k = |w: &str| format!("fleet/{}/c{c}/{w}", path.name());
+            check(
+                f.get(&k("rps")).iter().all(|r| *r > 0.0) && !f.get(&k("rps")).is_empty(),
+                format!("fleet {} c{c}: no requests completed", path.name()),
+            );
+            check(
+                f.get(&k("errors")).iter().all(|e| *e == 0.0),
+                format!("fleet {} c{c}: errors", path.name()),
+            );
+        }
+    }
     failures
 }
