@@ -23,6 +23,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== module graph (no room depends back on a room that depends on it)"
+python3 scripts/module_cycles.py src
+
 echo "== lean build (no simulator: cargo build --no-default-features)"
 cargo build --locked --no-default-features
 cargo clippy --locked --no-default-features -- -D warnings

@@ -108,7 +108,7 @@ impl Application {
             settings.idempotency.ttl,
             settings.idempotency.max_keys,
             redis.map(|redis| FleetLedger {
-                attempts: FleetAttempts::new(redis, settings.idempotency.ttl),
+                attempts: Arc::new(FleetAttempts::new(redis, settings.idempotency.ttl)),
                 credential: gateway_credential.clone(),
             }),
         );

@@ -10,6 +10,8 @@
 //! re-read from kie.ai, whose `param` must echo this very URL.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,6 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::idempotency::{IdempotencyKey, IdempotencyStore};
-use crate::fleet::attempts::{FleetAttempts, LostAttempt};
 use crate::kie::{Credential, KieClient, UpstreamError};
 use crate::metrics::{CreateTally, Metrics};
 use crate::task::TaskId;
@@ -82,8 +83,31 @@ pub struct Attempts {
 /// task with when the attempt was another replica's (it never sees the
 /// credential that replica used).
 pub(crate) struct FleetLedger {
-    pub(crate) attempts: FleetAttempts,
+    pub(crate) attempts: Arc<dyn SharedAttempts>,
     pub(crate) credential: Option<Credential>,
+}
+
+/// A lost attempt as the replicas share it: nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostAttempt {
+    pub key: IdempotencyKey,
+    /// The `callBackUrl` the attempt sent, token included.
+    pub url: String,
+}
+
+/// A future a [`SharedAttempts`] call returns.
+pub type Shared<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send>>;
+
+/// Lost attempts shared by several replicas (the fleet's, in Redis:
+/// `fleet::attempts`), so that kie.ai's callback settles one whichever
+/// replica it reaches.
+pub trait SharedAttempts: Send + Sync + 'static {
+    /// Records a lost attempt under its token.
+    fn record(&self, token: String, lost: LostAttempt) -> Shared<()>;
+    /// The lost attempt of `token`, if a replica recorded one.
+    fn lookup(&self, token: String) -> Shared<Option<LostAttempt>>;
+    /// The attempt's task is known: its token is done.
+    fn forget(&self, token: String) -> Shared<()>;
 }
 
 impl Attempts {
@@ -218,9 +242,9 @@ impl Attempts {
         let Some(fleet) = &self.fleet else {
             return;
         };
-        let attempts = fleet.attempts.clone();
+        let recorded = fleet.attempts.record(token, lost);
         tokio::spawn(async move {
-            if let Err(error) = attempts.record(&token, &lost).await {
+            if let Err(error) = recorded.await {
                 tracing::warn!(
                     %error,
                     "a lost create attempt could not be shared: only a callback to this replica can settle it"
@@ -279,7 +303,7 @@ impl Attempts {
             let Some(fleet) = &this.fleet else {
                 return;
             };
-            let lost = match fleet.attempts.lookup(&token).await {
+            let lost = match fleet.attempts.lookup(token.clone()).await {
                 Ok(Some(lost)) => lost,
                 Ok(None) => return,
                 Err(error) => {
@@ -289,7 +313,7 @@ impl Attempts {
             };
             match this.created_with(&credential, &task_id, &lost.url).await {
                 Ok(true) => {
-                    if let Err(error) = fleet.attempts.forget(&token).await {
+                    if let Err(error) = fleet.attempts.forget(token).await {
                         tracing::debug!(%error, "a settled attempt stays in Redis until its TTL");
                     }
                     let learned = Learned {

@@ -13,15 +13,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::{FleetError, Redis};
+use crate::create::attempts::{LostAttempt, Shared, SharedAttempts};
 use crate::create::idempotency::IdempotencyKey;
-
-/// A lost attempt as Redis holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LostAttempt {
-    pub key: IdempotencyKey,
-    /// The `callBackUrl` the attempt sent, token included.
-    pub url: String,
-}
 
 #[derive(Clone)]
 pub struct FleetAttempts {
@@ -93,5 +86,22 @@ impl FleetAttempts {
         self.redis
             .call(|mut c| async move { c.del::<_, ()>(&key).await })
             .await
+    }
+}
+
+impl SharedAttempts for FleetAttempts {
+    fn record(&self, token: String, lost: LostAttempt) -> Shared<()> {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.record(&token, &lost).await?) })
+    }
+
+    fn lookup(&self, token: String) -> Shared<Option<LostAttempt>> {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.lookup(&token).await?) })
+    }
+
+    fn forget(&self, token: String) -> Shared<()> {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forget(&token).await?) })
     }
 }

@@ -14,6 +14,8 @@
 //! so), each replica keeps to its share, floor(limit / replicas last seen),
 //! and goes back to the fleet-wide window on the first good heartbeat.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +24,8 @@ use redis::Script;
 
 use super::membership::Membership;
 use super::{FleetError, Redis};
+use crate::hub::{SharedReadBudget, SharedSlot};
+use crate::kie::{CreateSlot, SharedCreateWindow};
 
 /// Longest pause between two looks at a full read budget: answered slots
 /// free at a known time, but one out at kie.ai frees whenever its answer
@@ -31,18 +35,6 @@ const READ_POLL_MIN: Duration = Duration::from_millis(5);
 /// A read slot whose release never lands (Redis away, replica killed) is
 /// held this much past the upstream timeout, then frees by itself.
 const READ_LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// What the fleet-wide create window said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CreateSlot {
-    /// Reserved: send after this wait.
-    After(Duration),
-    /// The earliest slot is further off than the caller may wait; nothing
-    /// reserved.
-    TooLate(Duration),
-    /// Redis is away: keep to this share of the limit locally.
-    Share(usize),
-}
 
 pub struct FleetLimits {
     redis: Redis,
@@ -203,6 +195,30 @@ impl FleetLimits {
         if let Err(e) = released {
             self.failed(&e);
         }
+    }
+}
+
+impl SharedCreateWindow for FleetLimits {
+    fn reserve_create(
+        &self,
+        limit: usize,
+        window: Duration,
+        longest: Duration,
+    ) -> Pin<Box<dyn Future<Output = CreateSlot> + Send + '_>> {
+        Box::pin(FleetLimits::reserve_create(self, limit, window, longest))
+    }
+}
+
+impl SharedReadBudget for FleetLimits {
+    fn local_limit(&self, limit: usize) -> usize {
+        FleetLimits::local_limit(self, limit)
+    }
+
+    fn read_slot(self: Arc<Self>, limit: usize) -> SharedSlot {
+        Box::pin(async move {
+            let slot = FleetLimits::read_slot(&self, limit).await?;
+            Some(Box::new(slot) as Box<dyn Send + Sync>)
+        })
     }
 }
 

@@ -11,6 +11,8 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,7 +21,6 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::limits::{FleetLimits, ReadSlot};
 use crate::metrics::Metrics;
 
 /// kie.ai's window: the limit is per second.
@@ -39,6 +40,22 @@ pub(crate) struct ReadBudget {
     inner: Arc<Inner>,
 }
 
+/// A read budget shared by several replicas (the fleet's, in Redis:
+/// `fleet::limits`): each granted read also takes one of its slots.
+pub trait SharedReadBudget: Send + Sync + 'static {
+    /// The reads this replica may make per window on its own: all of
+    /// `limit` while the shared budget holds, its share while it is away.
+    fn local_limit(&self, limit: usize) -> usize;
+
+    /// Waits for one of the shared `limit` slots, held until the returned
+    /// value drops (the answer is in); `None` when the shared budget is
+    /// away (the local share applies instead).
+    fn read_slot(self: Arc<Self>, limit: usize) -> SharedSlot;
+}
+
+/// A pending shared read slot: see [`SharedReadBudget::read_slot`].
+pub type SharedSlot = Pin<Box<dyn Future<Output = Option<Box<dyn Send + Sync>>> + Send>>;
+
 struct Inner {
     per_window: usize,
     state: Mutex<State>,
@@ -46,7 +63,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Set when Redis is configured: each read also takes a fleet-wide
     /// slot, and while Redis is away this replica keeps to its share.
-    fleet: OnceLock<Arc<FleetLimits>>,
+    fleet: OnceLock<Arc<dyn SharedReadBudget>>,
 }
 
 #[derive(Default)]
@@ -153,7 +170,7 @@ impl ReadBudget {
             _fleet: None,
         };
         if let Some(fleet) = self.inner.fleet.get() {
-            permit._fleet = fleet.read_slot(self.inner.per_window).await;
+            permit._fleet = fleet.clone().read_slot(self.inner.per_window).await;
         }
         self.inner.metrics.read_budget_grants.inc();
         self.inner.metrics.budget_waited(started.elapsed());
@@ -161,7 +178,7 @@ impl ReadBudget {
     }
 
     /// Keeps the budget fleet-wide from now on.
-    pub fn join_fleet(&self, fleet: Arc<FleetLimits>) {
+    pub fn join_fleet(&self, fleet: Arc<dyn SharedReadBudget>) {
         let _ = self.inner.fleet.set(fleet);
     }
 }
@@ -170,7 +187,7 @@ impl ReadBudget {
 pub(crate) struct ReadPermit {
     inner: Arc<Inner>,
     /// Released (its last second starts) when the permit drops.
-    _fleet: Option<ReadSlot>,
+    _fleet: Option<Box<dyn Send + Sync>>,
 }
 
 impl Drop for ReadPermit {

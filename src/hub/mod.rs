@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
 use budget::{Priority, ReadBudget};
+pub use budget::{SharedReadBudget, SharedSlot};
 
 /// A finished task never changes again: any may make room, and each
 /// expires.
@@ -206,7 +207,7 @@ impl TaskHub {
     }
 
     /// Keeps the read budget fleet-wide (Redis configured).
-    pub fn join_fleet(&self, fleet: Arc<crate::fleet::limits::FleetLimits>) {
+    pub fn join_fleet(&self, fleet: Arc<dyn SharedReadBudget>) {
         self.inner.budget.join_fleet(fleet);
     }
 

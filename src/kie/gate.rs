@@ -15,9 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::UpstreamLimits;
-use crate::fleet::limits::{CreateSlot, FleetLimits};
+use std::future::Future;
+use std::pin::Pin;
 
-use super::Endpoint;
+use super::error::Endpoint;
 
 /// The createTask window is counted with this margin so that network jitter
 /// cannot push one call too many into kie.ai's window.
@@ -34,6 +35,32 @@ pub(crate) struct Shed {
     pub(crate) retry_after: Duration,
 }
 
+/// What a create window kept beyond this process said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateSlot {
+    /// Reserved: send after this wait.
+    After(Duration),
+    /// The earliest slot is further off than the caller may wait; nothing
+    /// reserved.
+    TooLate(Duration),
+    /// The shared window is away: keep to this share of the limit locally.
+    Share(usize),
+}
+
+/// A createTask window shared by several replicas (the fleet's, in Redis:
+/// `fleet::limits`). The gate asks it first and keeps its own window for
+/// the in-flight cap, the queue and the share.
+pub trait SharedCreateWindow: Send + Sync + 'static {
+    /// Reserves a start in a window of `limit` per `window`, unless it is
+    /// more than `longest` away.
+    fn reserve_create(
+        &self,
+        limit: usize,
+        window: Duration,
+        longest: Duration,
+    ) -> Pin<Box<dyn Future<Output = CreateSlot> + Send + '_>>;
+}
+
 pub(crate) struct Gate {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
@@ -41,7 +68,7 @@ pub(crate) struct Gate {
     creates: Option<Mutex<Window>>,
     /// Set when Redis is configured: its window replaces the local one
     /// while Redis is up (the in-flight cap and the queue stay local).
-    fleet: OnceLock<Arc<FleetLimits>>,
+    fleet: OnceLock<Arc<dyn SharedCreateWindow>>,
 }
 
 /// Start times of the createTask calls in the current window, including
@@ -126,7 +153,7 @@ impl Gate {
     }
 
     /// Keeps the createTask window fleet-wide from now on.
-    pub fn join_fleet(&self, fleet: Arc<FleetLimits>) {
+    pub fn join_fleet(&self, fleet: Arc<dyn SharedCreateWindow>) {
         let _ = self.fleet.set(fleet);
     }
 

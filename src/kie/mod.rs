@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
+pub use gate::{CreateSlot, SharedCreateWindow};
 
 use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
@@ -82,7 +83,7 @@ impl KieClient {
     }
 
     /// Keeps the createTask window fleet-wide (Redis configured).
-    pub fn join_fleet(&self, fleet: Arc<crate::fleet::limits::FleetLimits>) {
+    pub fn join_fleet(&self, fleet: Arc<dyn SharedCreateWindow>) {
         self.gate.join_fleet(fleet);
     }
 
