@@ -17,6 +17,9 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
+echo "== deploy/kubernetes.yaml (kubernetes-validate --strict, yamllint; seconds)"
+bash deploy/check.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
