@@ -266,12 +266,20 @@ impl IdempotencyStore for RedisIdempotencyStore {
             let mut waited = String::new();
             let mut pause = POLL_FIRST;
             let mut recorded = self.recorded.subscribe();
+            // A connection whose reconnect failed during an outage fails its
+            // first call once Redis is back: one more try (the script knows
+            // this attempt's own reservation, so repeating it is safe).
+            let mut tried_again = false;
             loop {
                 let answer = self
                     .try_reserve(&redis_key, &fingerprint, &attempt, &waited)
                     .await;
                 let answer = match answer {
                     Ok(answer) => answer,
+                    Err(_) if !tried_again => {
+                        tried_again = true;
+                        continue;
+                    }
                     Err(error) => {
                         tracing::warn!(
                             %error,

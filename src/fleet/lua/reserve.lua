@@ -29,6 +29,11 @@ if st == 'done' then
   return {'done', h[5]}
 end
 if st == 'inflight' then
+  -- This very attempt's reservation, repeated because its answer was lost:
+  -- still this caller's.
+  if h[3] == attempt then
+    return {'reserved'}
+  end
   if tonumber(h[4]) >= now then
     return {'inflight', h[3]}
   end
