@@ -24,6 +24,7 @@ use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
+use crate::fleet::tasks::FleetTasks;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
@@ -96,6 +97,13 @@ impl Application {
                 let limits = FleetLimits::new(shared, membership, settings.upstream.timeout);
                 kie.join_fleet(limits.clone());
                 hub.join_fleet(limits);
+                // Pollers on a connection of their own too: they keep
+                // calling while Redis is away, as the heartbeat does.
+                hub.join_fleet_tasks(FleetTasks::new(
+                    Redis::new(redis_settings)?,
+                    settings.watch.cache_ttl,
+                    metrics.clone(),
+                ));
                 RedisIdempotencyStore::new(redis.clone(), settings.idempotency.ttl)
             }
             _ => InMemoryStore::new(settings.idempotency),

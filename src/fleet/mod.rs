@@ -11,6 +11,8 @@ pub mod attempts;
 pub mod idempotency;
 pub mod limits;
 pub mod membership;
+pub mod tasks;
+pub mod wakeups;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,6 +57,8 @@ impl std::error::Error for FleetError {}
 /// connection for every caller of the process).
 #[derive(Clone)]
 pub struct Redis {
+    /// Kept for the dedicated pub/sub connection (`wakeups`).
+    client: redis::Client,
     connection: ConnectionManager,
     keys: Keys,
 }
@@ -73,9 +77,10 @@ impl Redis {
             .set_number_of_retries(CONNECT_RETRIES)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
         Ok(Self {
+            client,
             connection,
             keys: Keys::new(&settings.prefix),
         })
@@ -83,6 +88,16 @@ impl Redis {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// A new connection of its own for pub/sub, within [`CALL_TIMEOUT`]:
+    /// a subscribed connection can carry nothing else.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, FleetError> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(FleetError::Redis(e)),
+            Err(_elapsed) => Err(FleetError::TimedOut),
+        }
     }
 
     /// Runs one Redis call within [`CALL_TIMEOUT`]. A call cut by the time
@@ -131,6 +146,12 @@ impl Keys {
     /// made of hex digests and dots.
     pub fn key(&self, kind: &str, group: &str) -> String {
         format!("{}:{kind}:{{{group}}}", self.prefix)
+    }
+
+    /// A pub/sub channel: channels are not keys (Redis Cluster broadcasts
+    /// them), so no hash tag.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
     }
 }
 

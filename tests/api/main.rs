@@ -9,6 +9,7 @@ mod create_outcome;
 mod create_task;
 mod fleet_idempotency;
 mod fleet_limits;
+mod fleet_watch;
 mod get_task;
 mod reliability;
 mod rpc_logs;
