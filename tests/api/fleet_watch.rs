@@ -350,3 +350,37 @@ async fn with_redis_away_each_replica_watches_on_its_own() {
     // Each replica polled for itself.
     assert!(board.reads(task_id) >= 4, "reads {}", board.reads(task_id));
 }
+
+#[tokio::test]
+async fn the_shared_state_never_moves_back() {
+    use hailuo_gateway::fleet::Redis;
+    use hailuo_gateway::fleet::tasks::FleetTasks;
+    use hailuo_gateway::metrics::Metrics;
+
+    let redis = RedisServer::start().await;
+    let tasks = FleetTasks::new(
+        Redis::new(&redis.settings()).expect("redis"),
+        Duration::from_secs(60),
+        Arc::new(Metrics::new()),
+    );
+    let keys = tasks.keys("task_forward", &key_digest(TEST_KEY));
+    let write = |rank: i32, bytes: &'static [u8]| {
+        let (tasks, keys) = (tasks.clone(), keys.clone());
+        async move { tasks.write(&keys, rank, bytes).await.expect("write") }
+    };
+    assert!(write(1, b"waiting").await.moved);
+    assert!(write(3, b"generating").await.moved);
+    // A stale writer (a lease holder that lost its lease) is refused.
+    let stale = write(2, b"queuing").await;
+    assert!(stale.refused && stale.task == b"generating");
+    let same = write(3, b"generating 50%").await;
+    assert!(!same.refused && !same.moved);
+    assert!(write(4, b"succeeded").await.moved);
+    // Nothing after a terminal state, not even the other terminal one.
+    let after = write(5, b"failed").await;
+    assert!(after.refused && after.task == b"succeeded");
+    assert_eq!(
+        tasks.read(&keys).await.expect("read").as_deref(),
+        Some(&b"succeeded"[..])
+    );
+}
