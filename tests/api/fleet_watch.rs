@@ -268,7 +268,10 @@ async fn when_the_replica_polling_a_task_stops_another_takes_over() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     board.set(task_id, "success");
     for watch in watches {
-        let seen = states(&drain_to_end(watch).await);
+        let seen = tokio::time::timeout(LEASE + Duration::from_secs(2), drain_to_end(watch))
+            .await
+            .map(|m| states(&m))
+            .unwrap_or_default();
         assert_eq!(
             seen,
             vec![TaskState::Generating, TaskState::Succeeded],
@@ -308,10 +311,13 @@ async fn a_dead_holder_s_lease_lapses_and_a_survivor_polls_on() {
         spawn_gateway(replica_settings(&upstream, &redis)).await,
         spawn_gateway(replica_settings(&upstream, &redis)).await,
     ];
-    let ends: Vec<_> = replicas.iter().map(|r| watch_to_end(r, task_id)).collect();
+    let ends: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::time::timeout(LEASE + FOLLOW_MAX + FOLLOW_MAX, watch_to_end(r, task_id)))
+        .collect();
     let mut all = Vec::new();
     for end in ends {
-        all.push(end.await);
+        all.push(end.await.unwrap_or_default());
     }
     let took = planted.elapsed();
     for seen in &all {
