@@ -174,6 +174,39 @@ async fn watchers_on_three_replicas_cost_the_reads_of_one() {
         before,
         "no upstream read"
     );
+
+    // The shared state is named by a digest of the key, and nothing in
+    // Redis holds the key itself.
+    let client = redis::Client::open(redis.settings().url.expose().as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let task_key = format!(
+        "test-gateway:task:{{task_three_replicas.{}}}",
+        key_digest(TEST_KEY)
+    );
+    assert!(names.contains(&task_key), "{names:?}");
+    for name in names {
+        assert!(!name.contains(TEST_KEY), "{name}");
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .expect("DUMP");
+        let dump = dump.unwrap_or_default();
+        assert!(
+            !dump
+                .windows(TEST_KEY.len())
+                .any(|w| w == TEST_KEY.as_bytes()),
+            "{name} holds the key"
+        );
+    }
 }
 
 #[tokio::test]
