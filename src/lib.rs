@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod hub;
 pub mod kie;
 pub mod metrics;
+pub mod redis_client;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod shutdown;

@@ -85,6 +85,8 @@ pub struct Metrics {
     creates: Family<OutcomeLabels, Counter>,
     pub fleet_redis_up: Gauge,
     pub fleet_replicas: Gauge,
+    pub fleet_leases_held: Gauge,
+    pub fleet_wakeups: Counter,
 }
 
 impl Default for Metrics {
@@ -188,9 +190,23 @@ impl Metrics {
             "replicas in the fleet as this replica saw it in Redis (the largest count of the last few seconds: what its shares of the limits divide by while Redis is away)",
             fleet_replicas.clone(),
         );
+        let fleet_leases_held = Gauge::default();
+        registry.register(
+            "fleet_leases_held",
+            "tasks this replica polls kie.ai for on the fleet's behalf (it holds their poller lease)",
+            fleet_leases_held.clone(),
+        );
+        let fleet_wakeups = Counter::default();
+        registry.register(
+            "fleet_wakeups",
+            "wake-ups received from other replicas (a callback they got, a state their poller wrote)",
+            fleet_wakeups.clone(),
+        );
         Self {
             fleet_redis_up,
             fleet_replicas,
+            fleet_leases_held,
+            fleet_wakeups,
             creates,
             registry,
             rpcs,

@@ -19,7 +19,6 @@ use crate::config::Settings;
 use crate::create::Creator;
 use crate::create::attempts::{Attempts, FleetLedger};
 use crate::create::idempotency::{IdempotencyStore, InMemoryStore};
-use crate::fleet::Redis;
 use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
@@ -27,10 +26,12 @@ use crate::fleet::membership::Membership;
 use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
+use crate::hub::fleet_tasks::FleetTasks;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::video_generation_server::VideoGenerationServer;
+use crate::redis_client::Redis;
 
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
@@ -96,6 +97,13 @@ impl Application {
                 let limits = FleetLimits::new(shared, membership, settings.upstream.timeout);
                 kie.join_fleet(limits.clone());
                 hub.join_fleet(limits);
+                // Pollers on a connection of their own too: they keep
+                // calling while Redis is away, as the heartbeat does.
+                hub.join_fleet_tasks(FleetTasks::new(
+                    Redis::new(redis_settings)?,
+                    settings.watch.cache_ttl,
+                    metrics.clone(),
+                ));
                 RedisIdempotencyStore::new(redis.clone(), settings.idempotency.ttl)
             }
             _ => InMemoryStore::new(settings.idempotency),

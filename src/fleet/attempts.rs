@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{FleetError, Redis};
 use crate::create::attempts::{LostAttempt, Shared, SharedAttempts};
 use crate::create::idempotency::IdempotencyKey;
+use crate::redis_client::{FleetError, Redis};
 
 #[derive(Clone)]
 pub struct FleetAttempts {

@@ -28,12 +28,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{FleetError, Redis};
 use crate::create::idempotency::{
     CALLBACK_WAIT, Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Reserve,
     Settlement,
 };
 use crate::error::{GatewayError, OutcomeUnknown, Prospect, RelayedError};
+use crate::redis_client::{FleetError, Redis};
 
 /// How long an attempt's replica may go silent before its attempt counts
 /// as lost. Short, so that a dead replica's key is answered soon; renewed

@@ -23,9 +23,9 @@ use std::time::Duration;
 use redis::Script;
 
 use super::membership::Membership;
-use super::{FleetError, Redis};
 use crate::hub::{SharedReadBudget, SharedSlot};
 use crate::kie::{CreateSlot, SharedCreateWindow};
+use crate::redis_client::{FleetError, Redis};
 
 /// Longest pause between two looks at a full read budget: answered slots
 /// free at a known time, but one out at kie.ai frees whenever its answer
@@ -106,7 +106,10 @@ impl FleetLimits {
             return CreateSlot::Share(self.membership.share(limit));
         }
         let (key, member, script) = (&self.creates_key, self.member(), &self.create);
-        let (window_ms, longest_ms) = (super::millis(window), super::millis(longest));
+        let (window_ms, longest_ms) = (
+            crate::redis_client::millis(window),
+            crate::redis_client::millis(longest),
+        );
         let answer = self
             .redis
             .call(|mut c| async move {
@@ -137,7 +140,7 @@ impl FleetLimits {
     pub async fn read_slot(self: &Arc<Self>, limit: usize) -> Option<ReadSlot> {
         let _turn = self.read_queue.lock().await;
         let member = self.member();
-        let lease_ms = super::millis(self.read_lease);
+        let lease_ms = crate::redis_client::millis(self.read_lease);
         loop {
             if !self.membership.is_up() {
                 return None;
@@ -178,7 +181,7 @@ impl FleetLimits {
 
     async fn release_read(&self, member: String) {
         let (key, script) = (&self.reads_key, &self.read_release);
-        let lease_ms = super::millis(self.read_lease);
+        let lease_ms = crate::redis_client::millis(self.read_lease);
         let released = self
             .redis
             .call(|mut c| async move {

@@ -19,8 +19,8 @@ use redis::Script;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{FleetError, Redis};
 use crate::metrics::Metrics;
+use crate::redis_client::{FleetError, Redis};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -159,7 +159,7 @@ impl Membership {
 
     async fn beat(&self) {
         let back = !self.is_up();
-        let lapse_ms = super::millis(LAPSE);
+        let lapse_ms = crate::redis_client::millis(LAPSE);
         let (key, id, script) = (&self.key, &self.id, &self.heartbeat);
         let seen = self
             .redis

@@ -1,6 +1,8 @@
 //! `POST /callbacks/kie`: kie.ai's "task finished" callback. A callback is
 //! only a wake-up: the task's poller re-reads recordInfo at once, so a
-//! forged body can never put a state or URL in front of a caller.
+//! forged body can never put a state or URL in front of a caller. With
+//! Redis the wake-up is also published to the other replicas (the
+//! `TaskWaker` does it), as the task's poller may run on any of them.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -92,6 +94,7 @@ pub(crate) async fn receive(
         return reject(StatusCode::BAD_REQUEST, "bad_task_id", "malformed task id");
     };
     metrics.callbacks_accepted.inc();
+    // Wakes this replica's pollers, and announces it to the fleet.
     let woken = state.waker.wake(&task_id);
     tracing::info!(%task_id, woken, "callback accepted");
     // A create attempt whose answer was lost learns its task this way.

@@ -6,9 +6,12 @@
 
 mod budget;
 mod cadence;
+pub mod fleet_tasks;
+mod shared;
+mod wakeups;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -25,6 +28,9 @@ use crate::pb;
 use crate::task::{TaskId, is_terminal};
 use budget::{Priority, ReadBudget};
 pub use budget::{SharedReadBudget, SharedSlot};
+use fleet_tasks::{FOLLOW_MAX, FleetTasks};
+use shared::{Shared, Step};
+use wakeups::{Event, Wake};
 
 /// A finished task never changes again: any may make room, and each
 /// expires.
@@ -67,18 +73,33 @@ struct Poller {
 /// Every running poller, by task.
 type Pollers = Mutex<HashMap<TaskId, Vec<Poller>>>;
 
+/// Set once when Redis is configured: the shared task state and leases.
+type Fleet = Arc<OnceLock<Arc<FleetTasks>>>;
+
 /// Wakes a task's pollers: all that a kie.ai callback may do to the hub.
 /// One made with `default()` belongs to no hub and wakes nothing (for
 /// driving the HTTP router on its own).
 #[derive(Clone, Default)]
 pub struct TaskWaker {
     pollers: Arc<Pollers>,
+    fleet: Fleet,
 }
 
 impl TaskWaker {
-    /// A callback named this task: its pollers re-read it now. Returns how
-    /// many pollers were woken (0 for a task nobody watches).
+    /// A callback named this task: its pollers re-read it now, and so do
+    /// the other replicas' (kie.ai calls back only the replica its load
+    /// balancer picks). Returns how many local pollers were woken (0 for a
+    /// task nobody here watches).
     pub(crate) fn wake(&self, task_id: &TaskId) -> usize {
+        if let Some(tasks) = self.fleet.get() {
+            let (tasks, task_id) = (tasks.clone(), task_id.as_str().to_owned());
+            tokio::spawn(async move { wakeups::announce(&tasks, Wake::Callback, &task_id).await });
+        }
+        self.wake_local(task_id)
+    }
+
+    /// Wakes this replica's pollers of the task only.
+    fn wake_local(&self, task_id: &TaskId) -> usize {
         let pollers = self.pollers.lock();
         let Some(entries) = pollers.get(task_id) else {
             return 0;
@@ -87,6 +108,13 @@ impl TaskWaker {
             poller.wake.notify_one();
         }
         entries.len()
+    }
+
+    /// Wakes every poller here: wake-ups may have been missed.
+    fn wake_all(&self) {
+        for poller in self.pollers.lock().values().flatten() {
+            poller.wake.notify_one();
+        }
     }
 }
 
@@ -102,6 +130,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Shared with the `TaskWaker`s handed out.
     pollers: Arc<Pollers>,
+    fleet: Fleet,
     finished: Mutex<ExpiringMap<TaskKey, Arc<pb::Task>>>,
     /// Tasks kie.ai will call back about: polled only as a safety net.
     called_back: Mutex<ExpiringMap<TaskId, ()>>,
@@ -123,6 +152,7 @@ impl TaskHub {
                 budget,
                 metrics,
                 pollers: Arc::default(),
+                fleet: Arc::default(),
                 finished: Mutex::new(ExpiringMap::new(settings.cache_size, settings.cache_ttl)),
                 called_back: Mutex::new(ExpiringMap::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL)),
                 shutdown,
@@ -186,7 +216,25 @@ impl TaskHub {
         if let Some(task) = self.inner.live_value(&key) {
             return Ok(task);
         }
-        let task = Arc::new(self.inner.read_with_retries(&key, deadline).await?);
+        let fleet = self.inner.fleet.get();
+        if let Some(tasks) = fleet
+            && let Some(task) =
+                shared::finished(tasks, key.task_id.as_str(), key.credential.key.expose()).await
+        {
+            self.inner.metrics.cache_hits.inc();
+            self.inner.finished.lock().insert(key, task.clone());
+            return Ok(task);
+        }
+        let mut task = Arc::new(self.inner.read_with_retries(&key, deadline).await?);
+        if let Some(tasks) = fleet {
+            task = shared::share(
+                tasks,
+                key.task_id.as_str(),
+                key.credential.key.expose(),
+                task,
+            )
+            .await;
+        }
         if is_terminal(task.state()) {
             self.inner.finished.lock().insert(key, task.clone());
         }
@@ -203,7 +251,27 @@ impl TaskHub {
     pub(crate) fn waker(&self) -> TaskWaker {
         TaskWaker {
             pollers: self.inner.pollers.clone(),
+            fleet: self.inner.fleet.clone(),
         }
+    }
+
+    /// One poller per task for the whole fleet (Redis configured): pollers
+    /// lead or follow through `tasks`, and other replicas' wake-ups reach
+    /// this replica's pollers.
+    pub fn join_fleet_tasks(&self, tasks: Arc<FleetTasks>) {
+        if self.inner.fleet.set(tasks.clone()).is_err() {
+            return;
+        }
+        let waker = self.waker();
+        let on_event = move |event: Event<'_>| match event {
+            Event::Wake(task_id) => {
+                if let Ok(task_id) = TaskId::parse(task_id.to_owned()) {
+                    waker.wake_local(&task_id);
+                }
+            }
+            Event::Resubscribed => waker.wake_all(),
+        };
+        wakeups::subscribe(tasks, on_event, self.inner.shutdown.clone());
     }
 
     /// Keeps the read budget fleet-wide (Redis configured).
@@ -316,7 +384,39 @@ async fn poll(
     let mut failures: u32 = 0;
     let mut age = Duration::ZERO;
     let mut woken = false;
+    let mut shared = inner.fleet.get().map(|tasks| {
+        Shared::new(
+            tasks.clone(),
+            key.task_id.as_str(),
+            key.credential.key.expose(),
+        )
+    });
     loop {
+        if let Some(shared) = shared.as_mut() {
+            match shared.step().await {
+                Step::Read => {}
+                Step::Finished(task) => {
+                    inner.finished.lock().insert(key.clone(), task.clone());
+                    publish(&channel, task);
+                    break;
+                }
+                Step::Follow(seen) => {
+                    if let Some(task) = seen {
+                        age = task_age(&task).unwrap_or_else(|| started.elapsed());
+                        publish(&channel, task);
+                    }
+                    // Another replica reads kie.ai: look again at the task's
+                    // cadence (sooner when woken), and at least every
+                    // FOLLOW_MAX, to take over if the holder died.
+                    let wait = settings.cadence.interval_at(age).min(FOLLOW_MAX);
+                    match pause(&inner, &key, &channel, &wake, wait).await {
+                        Some(was_woken) => woken = was_woken,
+                        None => break,
+                    }
+                    continue;
+                }
+            }
+        }
         let priority = if woken {
             Priority::Woken
         } else {
@@ -342,7 +442,10 @@ async fn poll(
             Ok(task) => {
                 failures = 0;
                 age = task_age(&task).unwrap_or_else(|| started.elapsed());
-                let task = Arc::new(task);
+                let mut task = Arc::new(task);
+                if let Some(shared) = &shared {
+                    task = shared.record(task).await;
+                }
                 if is_terminal(task.state()) {
                     inner.finished.lock().insert(key.clone(), task.clone());
                     publish(&channel, task);
@@ -379,16 +482,9 @@ async fn poll(
                 break;
             }
         };
-        woken = false;
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = wake.notified() => woken = true,
-            () = channel.closed() => {
-                if inner.retire(&key, &channel, false) {
-                    break;
-                }
-            }
-            () = inner.shutdown.cancelled() => break,
+        match pause(&inner, &key, &channel, &wake, wait).await {
+            Some(was_woken) => woken = was_woken,
+            None => break,
         }
     }
     // Whatever the way out (the task ended, failed, lost its watchers, or
@@ -396,6 +492,23 @@ async fn poll(
     // the meantime still see the last value.
     inner.retire(&key, &channel, true);
     inner.metrics.active_pollers.dec();
+}
+
+/// Waits `wait` or until woken. `Some(woken)` to go on; `None` when the
+/// poller must stop (its last watcher left, or shutdown).
+async fn pause(
+    inner: &Inner,
+    key: &TaskKey,
+    channel: &Arc<watch::Sender<Observation>>,
+    wake: &Notify,
+    wait: Duration,
+) -> Option<bool> {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => Some(false),
+        () = wake.notified() => Some(true),
+        () = channel.closed() => (!inner.retire(key, channel, false)).then_some(false),
+        () = inner.shutdown.cancelled() => None,
+    }
 }
 
 /// Updates watchers; they are woken only when the state changes.

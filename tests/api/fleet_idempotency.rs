@@ -11,10 +11,10 @@ use hailuo_gateway::create::idempotency::{
     IdempotencyKey, IdempotencyStore, Reservation, Settlement,
 };
 use hailuo_gateway::error::{GatewayError, Prospect};
-use hailuo_gateway::fleet::Redis;
 use hailuo_gateway::fleet::attempts::FleetAttempts;
 use hailuo_gateway::fleet::idempotency::RedisIdempotencyStore;
 use hailuo_gateway::pb::CreateTaskRequest;
+use hailuo_gateway::redis_client::Redis;
 use tonic::Code;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};

@@ -1,0 +1,156 @@
+//! The one Redis client of the replicas of one gateway
+//! (`GATEWAY_REDIS_URL`): the connection, its time box and the key names,
+//! shared by the rooms that keep state in Redis (`fleet/`, and the hub's
+//! fleet-wide pollers).
+//!
+//! Every call to Redis is time boxed: a replica whose Redis is away must
+//! say so at once (callers get UNAVAILABLE and retry elsewhere or later)
+//! rather than hang on a reconnect. The connection manager reconnects by
+//! itself on the next call, so nothing needs a restart when Redis returns.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisSettings;
+
+/// The longest one Redis call may take. Redis answers in well under a
+/// millisecond; this is long enough for a busy one across a zone and
+/// short enough that a caller is told at once when it is away.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connecting is bounded below the call's own time box, so that a
+/// reconnect that cannot succeed ends before the next call's.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
+/// Reconnect attempts inside one connection attempt: few, as every call
+/// that finds the connection broken starts a new one anyway.
+const CONNECT_RETRIES: usize = 1;
+
+/// Why a Redis call failed; never holds the URL (it may carry a password).
+#[derive(Debug)]
+pub enum FleetError {
+    /// No answer within [`CALL_TIMEOUT`].
+    TimedOut,
+    /// Redis answered with an error, or the connection failed.
+    Redis(redis::RedisError),
+}
+
+impl std::fmt::Display for FleetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TimedOut => write!(f, "no answer from Redis within {CALL_TIMEOUT:?}"),
+            Self::Redis(e) => write!(f, "redis: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FleetError {}
+
+/// A handle on the shared Redis: cheap to clone (one multiplexed
+/// connection for every caller of the process).
+#[derive(Clone)]
+pub struct Redis {
+    /// Kept for the dedicated pub/sub connection (`wakeups`).
+    client: redis::Client,
+    connection: ConnectionManager,
+    keys: Keys,
+}
+
+impl Redis {
+    /// Does no I/O: the connection is made on first use, so the gateway
+    /// starts (degraded) while Redis is away and catches up when it comes.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        // redis-rs's errors never quote the URL; the context keeps it out.
+        let client = redis::Client::open(settings.url.expose().as_str()).map_err(|e| {
+            anyhow::anyhow!("GATEWAY_REDIS_URL ({}) cannot be used: {e}", settings.url)
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
+        Ok(Self {
+            client,
+            connection,
+            keys: Keys::new(&settings.prefix),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A new connection of its own for pub/sub, within [`CALL_TIMEOUT`]:
+    /// a subscribed connection can carry nothing else.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, FleetError> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(FleetError::Redis(e)),
+            Err(_elapsed) => Err(FleetError::TimedOut),
+        }
+    }
+
+    /// Runs one Redis call within [`CALL_TIMEOUT`]. A call cut by the time
+    /// box may still have run in Redis: callers whose call changes state
+    /// must make it safe to repeat or to undo.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, FleetError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(CALL_TIMEOUT, call(self.connection.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(FleetError::Redis(e)),
+            Err(_elapsed) => Err(FleetError::TimedOut),
+        }
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Key names: `<prefix>:<kind>:{<group>}`. The braces are a hash tag:
+/// Redis Cluster places every key of one group (one request_id, later one
+/// task) in the same slot, so one script can touch all of them.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    /// `prefix` has no braces (the settings refuse them), so the only hash
+    /// tag is the group's.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// A key of `kind` in `group`. `group` must be free of braces: it is
+    /// made of hex digests and dots.
+    pub fn key(&self, kind: &str, group: &str) -> String {
+        format!("{}:{kind}:{{{group}}}", self.prefix)
+    }
+
+    /// A pub/sub channel: channels are not keys (Redis Cluster broadcasts
+    /// them), so no hash tag.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_prefix_and_one_hash_tag() {
+        let keys = Keys::new("team-a");
+        assert_eq!(keys.key("idem", "ab.cd"), "team-a:idem:{ab.cd}");
+    }
+}
