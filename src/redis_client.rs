@@ -12,7 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
 
 use crate::config::RedisSettings;
 
@@ -62,9 +64,19 @@ impl Redis {
     /// starts (degraded) while Redis is away and catches up when it comes.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         // redis-rs's errors never quote the URL; the context keeps it out.
-        let client = redis::Client::open(settings.url.expose().as_str()).map_err(|e| {
+        let unusable = |e: redis::RedisError| {
             anyhow::anyhow!("GATEWAY_REDIS_URL ({}) cannot be used: {e}", settings.url)
-        })?;
+        };
+        let info = settings
+            .url
+            .expose()
+            .as_str()
+            .into_connection_info()
+            .map_err(unusable)?
+            // redis-rs leaves Nagle on: small commands on the one
+            // multiplexed connection then wait for a delayed ACK (~40 ms).
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(unusable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
