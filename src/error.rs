@@ -415,15 +415,19 @@ pub struct Mapped {
     pub message: String,
 }
 
-/// kie.ai's codes to gRPC: the table in the README.
-pub fn classify(e: &UpstreamError) -> Mapped {
-    let m = |code, reason, retry, message: String| Mapped {
+/// A mapping of a failure kie.ai (or the way to it) reported.
+fn upstream(code: Code, reason: &'static str, retry: Option<Duration>, message: String) -> Mapped {
+    Mapped {
         code,
         reason,
         domain: UPSTREAM_DOMAIN,
         retry,
         message,
-    };
+    }
+}
+
+/// kie.ai's codes to gRPC: the table in the README.
+pub fn classify(e: &UpstreamError) -> Mapped {
     match &e.kind {
         UpstreamErrorKind::Shed { reason } => Mapped {
             code: Code::ResourceExhausted,
@@ -434,13 +438,13 @@ pub fn classify(e: &UpstreamError) -> Mapped {
                 "the gateway is at its limit of upstream calls ({reason}): retry later"
             ),
         },
-        UpstreamErrorKind::TaskNotFound { code, msg } => m(
+        UpstreamErrorKind::TaskNotFound { code, msg } => upstream(
             Code::NotFound,
             "TASK_NOT_FOUND",
             None,
             format!("task not found (kie.ai {code}: {msg})"),
         ),
-        UpstreamErrorKind::Unreachable { detail } => m(
+        UpstreamErrorKind::Unreachable { detail } => upstream(
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE",
             Some(UNAVAILABLE_RETRY),
@@ -448,13 +452,13 @@ pub fn classify(e: &UpstreamError) -> Mapped {
         ),
         // For a read, which is safe to repeat; a createTask that ends this
         // way never gets here (see `CreateOutcome`).
-        UpstreamErrorKind::ConnectionLost { detail } => m(
+        UpstreamErrorKind::ConnectionLost { detail } => upstream(
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE",
             Some(UNAVAILABLE_RETRY),
             format!("the connection to kie.ai was lost: {detail}"),
         ),
-        UpstreamErrorKind::HttpStatus { status } if (502..=504).contains(status) => m(
+        UpstreamErrorKind::HttpStatus { status } if (502..=504).contains(status) => upstream(
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE",
             Some(UNAVAILABLE_RETRY),
@@ -468,13 +472,13 @@ pub fn classify(e: &UpstreamError) -> Mapped {
             let said = format!("(HTTP {status} {reason}, not kie.ai's JSON)");
             by_code(i64::from(*status), said, e.key_source)
         }
-        UpstreamErrorKind::Timeout => m(
+        UpstreamErrorKind::Timeout => upstream(
             Code::DeadlineExceeded,
             "UPSTREAM_TIMEOUT",
             None,
             "kie.ai did not answer in time".into(),
         ),
-        UpstreamErrorKind::BadResponse { detail } => m(
+        UpstreamErrorKind::BadResponse { detail } => upstream(
             Code::Internal,
             "UPSTREAM_BAD_RESPONSE",
             None,
@@ -489,16 +493,9 @@ pub fn classify(e: &UpstreamError) -> Mapped {
 /// The table of kie.ai's codes; `said` quotes what kie.ai (or the HTTP
 /// status) said.
 fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
-    let m = |code, reason, retry, message: String| Mapped {
-        code,
-        reason,
-        domain: UPSTREAM_DOMAIN,
-        retry,
-        message,
-    };
     match code {
         401 => match key_source {
-            KeySource::Gateway => m(
+            KeySource::Gateway => upstream(
                 Code::Internal,
                 "UPSTREAM_UNAUTHENTICATED",
                 None,
@@ -506,62 +503,62 @@ fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
                     "kie.ai refused the gateway's API key {said}; the gateway's operator must fix KIE_API_KEY"
                 ),
             ),
-            KeySource::Caller => m(
+            KeySource::Caller => upstream(
                 Code::Unauthenticated,
                 "UPSTREAM_UNAUTHENTICATED",
                 None,
                 format!("kie.ai refused the API key from the authorization metadata {said}"),
             ),
         },
-        402 => m(
+        402 => upstream(
             Code::FailedPrecondition,
             "INSUFFICIENT_CREDITS",
             None,
             format!("not enough kie.ai credits {said}"),
         ),
-        404 => m(
+        404 => upstream(
             Code::NotFound,
             "TASK_NOT_FOUND",
             None,
             format!("not found {said}"),
         ),
-        422 => m(
+        422 => upstream(
             Code::InvalidArgument,
             "UPSTREAM_VALIDATION_FAILED",
             None,
             format!("kie.ai rejected the request {said}"),
         ),
-        429 | 433 => m(
+        429 | 433 => upstream(
             Code::ResourceExhausted,
             "UPSTREAM_RATE_LIMITED",
             Some(RATE_LIMIT_RETRY),
             format!("kie.ai rate limit reached {said}"),
         ),
-        455 => m(
+        455 => upstream(
             Code::Unavailable,
             "UPSTREAM_MAINTENANCE",
             Some(MAINTENANCE_RETRY),
             format!("kie.ai is under maintenance {said}"),
         ),
-        500 => m(
+        500 => upstream(
             Code::Internal,
             "UPSTREAM_INTERNAL_ERROR",
             None,
             format!("kie.ai had an internal error {said}"),
         ),
-        501 => m(
+        501 => upstream(
             Code::Internal,
             "GENERATION_FAILED",
             None,
             format!("kie.ai could not generate {said}"),
         ),
-        505 => m(
+        505 => upstream(
             Code::Unimplemented,
             "FEATURE_DISABLED",
             None,
             format!("kie.ai has this feature disabled {said}"),
         ),
-        _ => m(
+        _ => upstream(
             Code::Unknown,
             "UPSTREAM_UNKNOWN_CODE",
             None,

@@ -34,7 +34,7 @@ impl FleetAttempts {
     }
 
     /// Records a lost attempt under its token, for the idempotency TTL.
-    pub async fn record(&self, token: &str, lost: &LostAttempt) -> Result<(), FleetError> {
+    async fn write(&self, token: &str, lost: &LostAttempt) -> Result<(), FleetError> {
         let key = self.key(token);
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let fields = [
@@ -57,7 +57,7 @@ impl FleetAttempts {
     }
 
     /// The lost attempt of `token`, if any replica recorded one.
-    pub async fn lookup(&self, token: &str) -> Result<Option<LostAttempt>, FleetError> {
+    async fn read(&self, token: &str) -> Result<Option<LostAttempt>, FleetError> {
         let key = self.key(token);
         let (scope, request_id, url): (Option<String>, Option<String>, Option<String>) = self
             .redis
@@ -81,7 +81,7 @@ impl FleetAttempts {
     }
 
     /// The attempt's task is known: its token is done.
-    pub async fn forget(&self, token: &str) -> Result<(), FleetError> {
+    async fn delete(&self, token: &str) -> Result<(), FleetError> {
         let key = self.key(token);
         self.redis
             .call(|mut c| async move { c.del::<_, ()>(&key).await })
@@ -92,16 +92,16 @@ impl FleetAttempts {
 impl SharedAttempts for FleetAttempts {
     fn record(&self, token: String, lost: LostAttempt) -> Shared<()> {
         let this = self.clone();
-        Box::pin(async move { Ok(this.record(&token, &lost).await?) })
+        Box::pin(async move { Ok(this.write(&token, &lost).await?) })
     }
 
     fn lookup(&self, token: String) -> Shared<Option<LostAttempt>> {
         let this = self.clone();
-        Box::pin(async move { Ok(this.lookup(&token).await?) })
+        Box::pin(async move { Ok(this.read(&token).await?) })
     }
 
     fn forget(&self, token: String) -> Shared<()> {
         let this = self.clone();
-        Box::pin(async move { Ok(this.forget(&token).await?) })
+        Box::pin(async move { Ok(this.delete(&token).await?) })
     }
 }

@@ -17,9 +17,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::script;
 use crate::create::idempotency::{
     CALLBACK_WAIT, Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Reserve,
     Settlement,
@@ -51,10 +52,6 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(2);
 /// An outcome not recorded after this long is given up (and logged): its
 /// lease has long lapsed, so the key already reads as unknown, never free.
 const WRITE_GIVE_UP: Duration = Duration::from_secs(600);
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("lua/now.lua")))
-}
 
 struct Scripts {
     reserve: Script,
@@ -119,6 +116,9 @@ pub struct RedisIdempotencyStore {
     /// at once instead of at their next poll.
     recorded: Arc<watch::Sender<u64>>,
     local: Mutex<HashMap<IdempotencyKey, Local>>,
+    /// The unknown outcome the reserve script records when a lease lapses:
+    /// the same for every key, so encoded once.
+    lapse: String,
 }
 
 impl RedisIdempotencyStore {
@@ -148,6 +148,13 @@ impl RedisIdempotencyStore {
             writes,
             recorded,
             local: Mutex::new(HashMap::new()),
+            lapse: serde_json::to_string(&StoredUnknown {
+                cause: "the replica making the create attempt stopped before it recorded kie.ai's \
+                    answer"
+                    .into(),
+                timed_out: false,
+            })
+            .unwrap_or_default(),
         })
     }
 
@@ -183,13 +190,7 @@ impl RedisIdempotencyStore {
         attempt: &str,
         waited: &str,
     ) -> Result<Vec<String>, FleetError> {
-        let lapse = serde_json::to_string(&StoredUnknown {
-            cause: "the replica making the create attempt stopped before it recorded kie.ai's \
-                    answer"
-                .into(),
-            timed_out: false,
-        })
-        .unwrap_or_default();
+        let lapse = self.lapse.as_str();
         let lease_ms = millis(self.lease);
         let ttl_ms = millis(self.ttl);
         let script = &self.scripts.reserve;

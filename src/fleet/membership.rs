@@ -11,10 +11,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

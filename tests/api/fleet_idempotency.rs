@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use hailuo_gateway::config::Settings;
+use hailuo_gateway::create::attempts::SharedAttempts;
 use hailuo_gateway::create::idempotency::{
     IdempotencyKey, IdempotencyStore, Reservation, Settlement,
 };
@@ -367,7 +368,7 @@ async fn a_callback_to_another_replica_settles_a_create_whose_answer_was_lost() 
     );
     assert!(
         wait_for(Duration::from_secs(5), || async {
-            matches!(shared.lookup(&token).await, Ok(Some(_)))
+            matches!(shared.lookup(token.clone()).await, Ok(Some(_)))
         })
         .await,
         "the lost attempt is in Redis"
@@ -404,7 +405,7 @@ async fn a_callback_to_another_replica_settles_a_create_whose_answer_was_lost() 
     assert_eq!(fleet.creates().await, 1, "one paid video for the fleet");
     assert!(
         wait_for(Duration::from_secs(5), || async {
-            matches!(shared.lookup(&token).await, Ok(None))
+            matches!(shared.lookup(token.clone()).await, Ok(None))
         })
         .await,
         "a settled token is forgotten"
