@@ -274,6 +274,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rustls_finds_its_one_crypto_provider_by_itself() {
+        // redis-rs builds its TLS config with `ClientConfig::builder()`,
+        // which panics unless rustls is built with exactly one provider
+        // (ring): a second one in the tree (aws-lc-rs) breaks rediss://.
+        let _ = rustls::ClientConfig::builder();
+    }
+
+    #[test]
     fn keys_carry_the_prefix_and_one_hash_tag() {
         let keys = Keys::new("team-a");
         assert_eq!(keys.key("idem", "ab.cd"), "team-a:idem:{ab.cd}");

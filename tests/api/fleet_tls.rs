@@ -283,5 +283,27 @@ async fn the_binary_with_a_ca_that_did_not_sign_redis_starts_degraded_and_says_w
         .iter()
         .find(|l| l.contains("Redis is unreachable"))
         .unwrap_or_else(|| panic!("no warning in {logs:#?}"));
+    println!("{warning}");
     assert!(warning.contains("certificate"), "{warning}");
+}
+
+#[tokio::test]
+async fn the_binary_trusts_the_system_roots_when_no_ca_file_is_given() {
+    // rustls-native-certs reads the system's roots, which SSL_CERT_FILE
+    // replaces: here, the test's CA.
+    let redis = RedisServer::start_tls(false, None).await;
+    let upstream = MockServer::start().await;
+    answer_creates(&upstream, "t_system_roots", Duration::ZERO).await;
+    let ca = redis.pki().ca.to_str().expect("utf-8 path").to_owned();
+    let gateway = start_gateway_with(
+        &upstream,
+        &[("GATEWAY_REDIS_URL", &redis.url()), ("SSL_CERT_FILE", &ca)],
+    )
+    .await;
+    let created = gateway
+        .caller()
+        .await
+        .create(with_request_id("r-system-roots"))
+        .await;
+    assert_eq!(created.expect("created"), "t_system_roots");
 }

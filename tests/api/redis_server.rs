@@ -166,11 +166,9 @@ pub struct Pki {
 impl Pki {
     pub fn generate() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hailuo-gateway-pki-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("hailuo-gateway-pki-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("pki dir");
         let write = |name: &str, pem: String| {
             let path = dir.join(name);
@@ -181,7 +179,7 @@ impl Pki {
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name
-            .push(DnType::CommonName, "hailuo-gateway test CA");
+            .push(DnType::CommonName, format!("hailuo-gateway test CA {n}"));
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("ca key"))
             .expect("ca cert");
