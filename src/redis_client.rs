@@ -7,6 +7,11 @@
 //! say so at once (callers get UNAVAILABLE and retry elsewhere or later)
 //! rather than hang on a reconnect. The connection manager reconnects by
 //! itself on the next call, so nothing needs a restart when Redis returns.
+//!
+//! rediss:// is TLS through redis-rs's rustls (ring, the one provider built
+//! in). The CA and client certificate files are read when the client is
+//! made; whether Redis's certificate verifies is only known on connecting,
+//! so a Redis that fails it is a Redis that is away.
 
 use std::future::Future;
 use std::path::Path;

@@ -167,7 +167,8 @@ async fn a_bad_tls_file_stops_the_start_with_a_message_naming_it() {
     std::fs::write(&not_pem, "hello").expect("write");
     let key_text = std::fs::read_to_string(&pki.client_key).expect("key");
     let plain = format!("redis://127.0.0.1:{}/0", redis.port);
-    let cases: Vec<(&str, Box<dyn Fn(&mut RedisSettings)>)> = vec![
+    type Breaks<'a> = Box<dyn Fn(&mut RedisSettings) + 'a>;
+    let cases: Vec<(&str, Breaks)> = vec![
         (
             "GATEWAY_REDIS_CA_FILE (/nonexistent/ca.pem) cannot be read",
             Box::new(|s| s.tls.ca = Some("/nonexistent/ca.pem".into())),
