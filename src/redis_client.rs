@@ -151,6 +151,13 @@ fn tls_certificates(settings: &RedisSettings) -> anyhow::Result<Option<TlsCertif
         );
         return Ok(None);
     }
+    // redis-rs reads `#insecure` as "verify nothing" and then, built
+    // without that feature, fails every connect: say so once, now.
+    anyhow::ensure!(
+        settings.url.expose().fragment() != Some("insecure"),
+        "GATEWAY_REDIS_URL ends in #insecure: Redis's certificate is always checked; \
+         trust its CA with GATEWAY_REDIS_CA_FILE"
+    );
     if !any_file {
         return Ok(None);
     }

@@ -167,6 +167,7 @@ async fn a_bad_tls_file_stops_the_start_with_a_message_naming_it() {
     std::fs::write(&not_pem, "hello").expect("write");
     let key_text = std::fs::read_to_string(&pki.client_key).expect("key");
     let plain = format!("redis://127.0.0.1:{}/0", redis.port);
+    let insecure = format!("rediss://127.0.0.1:{}/0#insecure", redis.port);
     type Breaks<'a> = Box<dyn Fn(&mut RedisSettings) + 'a>;
     let cases: Vec<(&str, Breaks)> = vec![
         (
@@ -193,6 +194,10 @@ async fn a_bad_tls_file_stops_the_start_with_a_message_naming_it() {
         (
             "must then be rediss://",
             Box::new(|s| s.url = plain.parse().expect("url")),
+        ),
+        (
+            "Redis's certificate is always checked",
+            Box::new(|s| s.url = insecure.parse().expect("url")),
         ),
     ];
     let upstream = MockServer::start().await;
