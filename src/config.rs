@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -291,11 +292,25 @@ pub struct ServeArgs {
     #[arg(long, env = "KIE_CREATE_WINDOW", default_value_t = human(defaults::CREATE_WINDOW))]
     pub kie_create_window: humantime::Duration,
 
-    /// Redis shared by the replicas of one gateway (`redis://host:6379/0`;
-    /// a password goes in the URL and is never printed). Unset, the gateway
-    /// keeps its state in this process only.
+    /// Redis shared by the replicas of one gateway (`redis://host:6379/0`,
+    /// `rediss://` for TLS; a password goes in the URL and is never
+    /// printed). Unset, the gateway keeps its state in this process only.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<RedisUrl>,
+
+    /// PEM file of the CA(s) that sign Redis's certificate (rediss://),
+    /// trusted instead of the system's roots.
+    #[arg(long, env = "GATEWAY_REDIS_CA_FILE", requires = "redis_url")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM certificate chain this gateway presents to Redis (mutual TLS,
+    /// Redis's `tls-auth-clients yes`); with --redis-client-key-file.
+    #[arg(long, env = "GATEWAY_REDIS_CLIENT_CERT_FILE", requires = "redis_url")]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert-file.
+    #[arg(long, env = "GATEWAY_REDIS_CLIENT_KEY_FILE", requires = "redis_url")]
+    pub redis_client_key_file: Option<PathBuf>,
 
     /// Namespace of this gateway's keys in Redis, so that several gateways
     /// (several kie.ai accounts) can share one Redis.
@@ -458,6 +473,20 @@ pub struct RedisSettings {
     pub url: RedisUrl,
     /// Every key starts with `<prefix>:`.
     pub prefix: String,
+    /// What TLS trusts and presents (rediss:// only).
+    pub tls: RedisTlsFiles,
+}
+
+/// PEM files for TLS to Redis, read when the gateway starts. All unset, a
+/// rediss:// URL trusts the system's roots and presents no certificate.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTlsFiles {
+    /// The CA(s) trusted instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The certificate chain and key presented for mutual TLS: both or
+    /// neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// Everything the application is built from.
@@ -547,6 +576,11 @@ impl ServeArgs {
             redis: self.redis_url.clone().map(|url| RedisSettings {
                 url,
                 prefix: self.redis_prefix.clone(),
+                tls: RedisTlsFiles {
+                    ca: self.redis_ca_file.clone(),
+                    client_cert: self.redis_client_cert_file.clone(),
+                    client_key: self.redis_client_key_file.clone(),
+                },
             }),
             idempotency: IdempotencySettings {
                 ttl: self.idempotency_ttl.into(),

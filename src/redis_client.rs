@@ -7,14 +7,22 @@
 //! say so at once (callers get UNAVAILABLE and retry elsewhere or later)
 //! rather than hang on a reconnect. The connection manager reconnects by
 //! itself on the next call, so nothing needs a restart when Redis returns.
+//!
+//! rediss:// is TLS through redis-rs's rustls (ring, the one provider built
+//! in). The CA and client certificate files are read when the client is
+//! made; whether Redis's certificate verifies is only known on connecting,
+//! so a Redis that fails it is a Redis that is away.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
+use redis::{ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::RedisSettings;
 
@@ -76,7 +84,13 @@ impl Redis {
             // redis-rs leaves Nagle on: small commands on the one
             // multiplexed connection then wait for a delayed ACK (~40 ms).
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(unusable)?;
+        // Both connections (commands and pub/sub) come from this client, so
+        // both use TLS with a rediss:// URL.
+        let client = match tls_certificates(settings)? {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
+        }
+        .map_err(unusable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
@@ -122,6 +136,117 @@ impl Redis {
     }
 }
 
+/// The CA and client certificate for a rediss:// URL, read and checked
+/// now so that a bad file stops the start rather than every connection.
+/// `None`: plain redis://, or rediss:// with the system's roots (which
+/// redis-rs reads through rustls-native-certs at each connect).
+fn tls_certificates(settings: &RedisSettings) -> anyhow::Result<Option<TlsCertificates>> {
+    let files = &settings.tls;
+    let any_file = files.ca.is_some() || files.client_cert.is_some() || files.client_key.is_some();
+    if settings.url.expose().scheme() != "rediss" {
+        anyhow::ensure!(
+            !any_file,
+            "GATEWAY_REDIS_CA_FILE and GATEWAY_REDIS_CLIENT_*_FILE are for TLS: \
+             GATEWAY_REDIS_URL must then be rediss://"
+        );
+        return Ok(None);
+    }
+    // redis-rs reads `#insecure` as "verify nothing" and then, built
+    // without that feature, fails every connect: say so once, now.
+    anyhow::ensure!(
+        settings.url.expose().fragment() != Some("insecure"),
+        "GATEWAY_REDIS_URL ends in #insecure: Redis's certificate is always checked; \
+         trust its CA with GATEWAY_REDIS_CA_FILE"
+    );
+    if !any_file {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let root_cert = match &files.ca {
+        Some(path) => {
+            let pem = read_file(path, "GATEWAY_REDIS_CA_FILE")?;
+            for cert in certificates(&pem, path, "GATEWAY_REDIS_CA_FILE")? {
+                roots.add(cert).map_err(|e| {
+                    anyhow::anyhow!(
+                        "GATEWAY_REDIS_CA_FILE ({}) holds a certificate that cannot be a CA: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&files.client_cert, &files.client_key) {
+        (None, None) => None,
+        (Some(cert_path), Some(key_path)) => {
+            let client_cert = read_file(cert_path, "GATEWAY_REDIS_CLIENT_CERT_FILE")?;
+            let client_key = read_file(key_path, "GATEWAY_REDIS_CLIENT_KEY_FILE")?;
+            let chain = certificates(&client_cert, cert_path, "GATEWAY_REDIS_CLIENT_CERT_FILE")?;
+            // The parser's error is not quoted: it could echo part of the key.
+            let key = PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
+                anyhow::anyhow!(
+                    "GATEWAY_REDIS_CLIENT_KEY_FILE ({}) holds no PEM private key \
+                     (PKCS#8, PKCS#1 or SEC1)",
+                    key_path.display()
+                )
+            })?;
+            // What redis-rs does at each connect, done once now: rustls
+            // checks that the key is the certificate's.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .and_then(|config| {
+                config
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, key)
+            })
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "GATEWAY_REDIS_CLIENT_CERT_FILE ({}) and GATEWAY_REDIS_CLIENT_KEY_FILE ({}) \
+                     do not make a client certificate: {e}",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?;
+            Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        }
+        _ => anyhow::bail!(
+            "mutual TLS to Redis needs both GATEWAY_REDIS_CLIENT_CERT_FILE and \
+             GATEWAY_REDIS_CLIENT_KEY_FILE"
+        ),
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+fn read_file(path: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("{name} ({}) cannot be read: {e}", path.display()))
+}
+
+/// The PEM certificates in `pem`: at least one.
+fn certificates(
+    pem: &[u8],
+    path: &Path,
+    name: &str,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let not_pem = || anyhow::anyhow!("{name} ({}) holds no PEM certificate", path.display());
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| not_pem())?;
+    if certs.is_empty() {
+        return Err(not_pem());
+    }
+    Ok(certs)
+}
+
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -159,6 +284,14 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_finds_its_one_crypto_provider_by_itself() {
+        // redis-rs builds its TLS config with `ClientConfig::builder()`,
+        // which panics unless rustls is built with exactly one provider
+        // (ring): a second one in the tree (aws-lc-rs) breaks rediss://.
+        let _ = rustls::ClientConfig::builder();
+    }
 
     #[test]
     fn keys_carry_the_prefix_and_one_hash_tag() {

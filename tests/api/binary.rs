@@ -19,6 +19,8 @@ pub struct RunningGateway {
     pub grpc_url: String,
     /// `http://` URL of the HTTP listener.
     pub http_url: String,
+    /// stderr lines up to and including the ready line.
+    pub startup_logs: Vec<String>,
     /// stderr lines after the ready line.
     pub logs: UnboundedReceiver<String>,
 }
@@ -66,8 +68,10 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         let rest = line.split(&format!("{name}=")).nth(1)?;
         rest.split_whitespace().next().map(str::to_string)
     };
+    let mut startup_logs = Vec::new();
     let (grpc, http) = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.expect("read stderr") {
+            startup_logs.push(line.clone());
             if line.contains("gateway ready") {
                 return (
                     field(&line, "grpc_addr").expect("grpc_addr"),
@@ -90,6 +94,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         child,
         grpc_url: format!("http://{grpc}"),
         http_url: format!("http://{http}"),
+        startup_logs,
         logs,
     }
 }

@@ -10,6 +10,7 @@ mod create_task;
 mod fleet_idempotency;
 mod fleet_limits;
 mod fleet_secrets;
+mod fleet_tls;
 mod fleet_watch;
 mod get_task;
 mod reliability;
