@@ -45,6 +45,9 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Server pings keep idle connections through NATs and find dead peers.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stopped gateway waits for its task leases to be handed back
+/// to the fleet: one time-boxed Redis call each, in parallel.
+const HAND_BACK_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct Application {
     grpc_listener: TcpListener,
@@ -252,7 +255,17 @@ impl Application {
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         };
-        supervise(servers, stop, not_serving, &self.shutdown, self.grace).await
+        let stopped = supervise(servers, stop, not_serving, &self.shutdown, self.grace).await;
+        // The pollers stopped with the servers. Without the hand-back, the
+        // process would exit first and the fleet would not poll this
+        // replica's tasks until their leases lapse.
+        if tokio::time::timeout(HAND_BACK_WITHIN, self.hub.hand_back_leases())
+            .await
+            .is_err()
+        {
+            tracing::warn!("task leases not all handed back; they lapse by themselves");
+        }
+        stopped
     }
 }
 

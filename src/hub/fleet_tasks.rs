@@ -4,7 +4,8 @@
 //! - `<prefix>:lease:{<task id>.<key digest>}`: the poller lease, the
 //!   holder's random id, `SET NX PX` [`LEASE`]; its holder renews it every
 //!   [`RENEW_EVERY`] with a compare-and-extend script and deletes it (only
-//!   if still its own) when its last watcher leaves or the task ends. Only
+//!   if still its own) when its last watcher leaves, the task ends or the
+//!   gateway stops (which waits for it: [`FleetTasks::handed_back`]). Only
 //!   the holder reads kie.ai; a holder that dies stops renewing, and the
 //!   lease lapses within [`LEASE`] for a follower to take.
 //! - `<prefix>:task:{<task id>.<key digest>}`: a hash with the task as the
@@ -24,6 +25,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::redis_client::{FleetError, Redis};
@@ -72,6 +74,9 @@ pub struct FleetTasks {
     release: Script,
     ttl: Duration,
     metrics: Arc<Metrics>,
+    /// The renewal tasks of the leases held, each of which hands its lease
+    /// back when dropped.
+    keepers: TaskTracker,
 }
 
 impl FleetTasks {
@@ -86,6 +91,7 @@ impl FleetTasks {
             release: Script::new(include_str!("lua/lease_release.lua")),
             ttl,
             metrics,
+            keepers: TaskTracker::new(),
         })
     }
 
@@ -180,11 +186,20 @@ impl FleetTasks {
         let held = Arc::new(AtomicBool::new(true));
         let stop = CancellationToken::new();
         self.metrics.fleet_leases_held.inc();
-        tokio::spawn(
+        self.keepers.spawn(
             self.clone()
                 .keep(keys.lease.clone(), held.clone(), stop.clone()),
         );
         Ok(Some(Lease { held, stop }))
+    }
+
+    /// Waits until every lease this replica holds is handed back (or
+    /// lost): once the gateway stops, its pollers drop their leases, and
+    /// the process must not exit before the hand-backs reach Redis, or the
+    /// other replicas wait for the leases to lapse.
+    pub async fn handed_back(&self) {
+        self.keepers.close();
+        self.keepers.wait().await;
     }
 
     /// Renews the lease until told to stop (then hands it back) or until it

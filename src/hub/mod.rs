@@ -274,6 +274,15 @@ impl TaskHub {
         wakeups::subscribe(tasks, on_event, self.inner.shutdown.clone());
     }
 
+    /// Once the gateway stops: waits until the task leases this replica
+    /// held are handed back, so that another replica polls on at its next
+    /// look rather than when the leases lapse.
+    pub async fn hand_back_leases(&self) {
+        if let Some(tasks) = self.inner.fleet.get() {
+            tasks.handed_back().await;
+        }
+    }
+
     /// Keeps the read budget fleet-wide (Redis configured).
     pub fn join_fleet(&self, fleet: Arc<dyn SharedReadBudget>) {
         self.inner.budget.join_fleet(fleet);

@@ -70,6 +70,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
     };
     let mut startup_logs = Vec::new();
     let (grpc, http) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut before = Vec::new();
         while let Some(line) = lines.next_line().await.expect("read stderr") {
             startup_logs.push(line.clone());
             if line.contains("gateway ready") {
@@ -78,8 +79,9 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
                     field(&line, "http_addr").expect("http_addr"),
                 );
             }
+            before.push(line);
         }
-        panic!("gateway exited before it was ready");
+        panic!("gateway exited before it was ready: {}", before.join("\n"));
     })
     .await
     .expect("gateway ready in time");

@@ -7,6 +7,8 @@ mod redis_server;
 
 mod create_outcome;
 mod create_task;
+#[cfg(feature = "sandbox")]
+mod fleet_failover;
 mod fleet_idempotency;
 mod fleet_limits;
 mod fleet_secrets;
