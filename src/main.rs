@@ -98,10 +98,11 @@ async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
     let simulator_stop = CancellationToken::new();
     let (simulator, settings) = sandbox::start(args, simulator_stop.clone()).await?;
     let simulator_url = simulator.base_url();
+    let upload_url = simulator.upload_base_url();
     let result = run(settings, |app| {
         println!(
             "{}",
-            sandbox::banner(app.grpc_addr(), app.http_addr(), &simulator_url)
+            sandbox::banner(app.grpc_addr(), app.http_addr(), &simulator_url, &upload_url)
         );
     })
     .await;
