@@ -102,7 +102,12 @@ async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
     let result = run(settings, |app| {
         println!(
             "{}",
-            sandbox::banner(app.grpc_addr(), app.http_addr(), &simulator_url, &upload_url)
+            sandbox::banner(
+                app.grpc_addr(),
+                app.http_addr(),
+                &simulator_url,
+                &upload_url
+            )
         );
     })
     .await;

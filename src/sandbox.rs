@@ -55,12 +55,7 @@ pub async fn start(
 }
 
 /// What a new user sees first: where things are and what to paste.
-pub fn banner(
-    grpc: SocketAddr,
-    http: SocketAddr,
-    simulator_url: &str,
-    upload_url: &str,
-) -> String {
+pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_url: &str) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             format!("localhost:{}", a.port())

@@ -118,7 +118,9 @@ fn uploaded_image_problem(sim: &SimHandle, field: &str, url: &str) -> Option<Str
     let path = files::storage_path(sim.upload_base(), url)?;
     match sim.files().check_image(&path) {
         ImageCheck::Usable => None,
-        ImageCheck::Missing => Some(format!("{field} is not an uploaded file (expired or never uploaded)")),
+        ImageCheck::Missing => Some(format!(
+            "{field} is not an uploaded file (expired or never uploaded)"
+        )),
         ImageCheck::NotAnImage => Some(format!("{field} must be a jpeg, png or webp image")),
         ImageCheck::TooLarge => Some(format!(
             "{field} must be at most {} bytes",
@@ -213,9 +215,15 @@ pub async fn video(
     };
     match links::check(&sim, task_id, made_ms, &query) {
         LinkCheck::Serve => {}
-        LinkCheck::Expired => return (StatusCode::FORBIDDEN, "this link has expired\n").into_response(),
+        LinkCheck::Expired => {
+            return (StatusCode::FORBIDDEN, "this link has expired\n").into_response();
+        }
         LinkCheck::BadSignature => {
-            return (StatusCode::FORBIDDEN, "this link's signature is not valid\n").into_response();
+            return (
+                StatusCode::FORBIDDEN,
+                "this link's signature is not valid\n",
+            )
+                .into_response();
         }
     }
     sim.count_download(Endpoint::Video);

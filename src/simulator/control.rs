@@ -73,7 +73,10 @@ pub async fn set_credits(State(sim): State<SimHandle>, body: Bytes) -> Response 
             sim.set_credits(credits);
             Json(json!({ "credits": credits })).into_response()
         }
-        Ok(_) => problem(StatusCode::UNPROCESSABLE_ENTITY, "credits must be 0 or more"),
+        Ok(_) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "credits must be 0 or more",
+        ),
         Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     }
 }

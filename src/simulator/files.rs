@@ -77,7 +77,11 @@ pub fn storage_path(upload_base_url: &url::Url, url: &str) -> Option<String> {
         return None;
     }
     let decoded: Vec<String> = segments
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     Some(decoded.join("/"))
 }
@@ -191,7 +195,9 @@ pub fn mime_type(bytes: &[u8], file_name: &str, fallback: Option<&str>) -> Strin
     } else {
         None
     };
-    let extension = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let extension = file_name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase());
     let by_name = match extension.as_deref() {
         Some("jpg" | "jpeg") => Some("image/jpeg"),
         Some("png") => Some("image/png"),
@@ -233,7 +239,11 @@ pub fn check_upload_path(path: &str) -> Result<(), &'static str> {
     if path.starts_with('/') || path.ends_with('/') {
         return Err("uploadPath must not start or end with a slash");
     }
-    if path.contains('\\') || path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if path.contains('\\')
+        || path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err("uploadPath must be segments separated by single slashes");
     }
     Ok(())
@@ -264,8 +274,14 @@ mod tests {
 
     #[test]
     fn types_come_from_content_first() {
-        assert_eq!(mime_type(b"\x89PNG\r\n\x1a\n....", "x.jpg", None), "image/png");
-        assert_eq!(mime_type(&[0xFF, 0xD8, 0xFF, 0xE0], "x", None), "image/jpeg");
+        assert_eq!(
+            mime_type(b"\x89PNG\r\n\x1a\n....", "x.jpg", None),
+            "image/png"
+        );
+        assert_eq!(
+            mime_type(&[0xFF, 0xD8, 0xFF, 0xE0], "x", None),
+            "image/jpeg"
+        );
         assert_eq!(mime_type(b"RIFF\0\0\0\0WEBPVP8 ", "x", None), "image/webp");
         assert_eq!(mime_type(b"hello", "notes.txt", None), "text/plain");
         assert_eq!(mime_type(b"hello", "x", Some("text/csv")), "text/csv");
@@ -312,10 +328,28 @@ mod tests {
             ..FileSettings::default()
         };
         let mut store = FileStore::default();
-        store.put(&key("a"), Bytes::from_static(b"12345"), "x".into(), &settings);
-        store.put(&key("b"), Bytes::from_static(b"12345"), "x".into(), &settings);
-        store.put(&key("b"), Bytes::from_static(b"1234"), "x".into(), &settings);
-        assert!(store.get("acct/images/in/a").is_some(), "a replaced b, nothing evicted");
+        store.put(
+            &key("a"),
+            Bytes::from_static(b"12345"),
+            "x".into(),
+            &settings,
+        );
+        store.put(
+            &key("b"),
+            Bytes::from_static(b"12345"),
+            "x".into(),
+            &settings,
+        );
+        store.put(
+            &key("b"),
+            Bytes::from_static(b"1234"),
+            "x".into(),
+            &settings,
+        );
+        assert!(
+            store.get("acct/images/in/a").is_some(),
+            "a replaced b, nothing evicted"
+        );
         assert_eq!(store.total_bytes, 9);
         store.put(&key("c"), Bytes::from_static(b"123"), "x".into(), &settings);
         assert!(store.get("acct/images/in/a").is_none(), "the oldest went");

@@ -52,7 +52,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{FileSettings, Faults, SimulateArgs, SimulatorConfig, StateTimings};
+pub use config::{Faults, FileSettings, SimulateArgs, SimulatorConfig, StateTimings};
 pub use files::IMAGE_MAX_BYTES;
 pub use handle::{
     CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, RecordedRequest,

@@ -144,7 +144,7 @@ async fn handle(
         (Host::Api, _) => {
             let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_BODY).await else {
                 return Ok(
-                    (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response(),
+                    (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
                 );
             };
             recorded.body = json_or_text(&bytes);

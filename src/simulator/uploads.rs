@@ -78,7 +78,11 @@ pub async fn stream(State(sim): State<SimHandle>, request: Request) -> Response 
     with_record(response, seen)
 }
 
-async fn stream_upload(sim: &SimHandle, request: Request, seen: &mut Map<String, Value>) -> Response {
+async fn stream_upload(
+    sim: &SimHandle,
+    request: Request,
+    seen: &mut Map<String, Value>,
+) -> Response {
     let Some(account) = account(sim, request.headers()) else {
         return failed(401, message_for(401));
     };
@@ -101,7 +105,11 @@ async fn stream_upload(sim: &SimHandle, request: Request, seen: &mut Map<String,
         };
         let name = field.name().unwrap_or_default().to_owned();
         let mut bytes = Vec::new();
-        let limit = if name == "file" { max } else { SMALL_FIELD as u64 };
+        let limit = if name == "file" {
+            max
+        } else {
+            SMALL_FIELD as u64
+        };
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
@@ -164,7 +172,11 @@ pub async fn base64(State(sim): State<SimHandle>, request: Request) -> Response 
     with_record(response, seen)
 }
 
-async fn base64_upload(sim: &SimHandle, request: Request, seen: &mut Map<String, Value>) -> Response {
+async fn base64_upload(
+    sim: &SimHandle,
+    request: Request,
+    seen: &mut Map<String, Value>,
+) -> Response {
     let Some(account) = account(sim, request.headers()) else {
         return failed(401, message_for(401));
     };
@@ -238,7 +250,11 @@ async fn url_upload(sim: &SimHandle, request: Request, seen: &mut Map<String, Va
         return failed(400, "the body must be a JSON object");
     };
     seen.extend(fields.clone());
-    let file_url = match fields.get("fileUrl").and_then(Value::as_str).map(url::Url::parse) {
+    let file_url = match fields
+        .get("fileUrl")
+        .and_then(Value::as_str)
+        .map(url::Url::parse)
+    {
         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
         Some(_) => return failed(400, "fileUrl must be an http or https URL"),
         None => return failed(400, "fileUrl is required"),
@@ -263,7 +279,11 @@ async fn url_upload(sim: &SimHandle, request: Request, seen: &mut Map<String, Va
     let from_url = file_url
         .path_segments()
         .and_then(|mut segments| segments.next_back())
-        .map(|last| percent_encoding::percent_decode_str(last).decode_utf8_lossy().into_owned())
+        .map(|last| {
+            percent_encoding::percent_decode_str(last)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .filter(|n| files::check_file_name(n).is_ok());
     let upload = Upload {
         account,
@@ -288,7 +308,10 @@ async fn fetch(sim: &SimHandle, url: url::Url) -> Result<(Bytes, Option<String>)
         .await
         .map_err(|e| Fetch::Failed(e.without_url().to_string()))?;
     if !response.status().is_success() {
-        return Err(Fetch::Failed(format!("HTTP {}", response.status().as_u16())));
+        return Err(Fetch::Failed(format!(
+            "HTTP {}",
+            response.status().as_u16()
+        )));
     }
     if response.content_length().is_some_and(|n| n > max) {
         return Err(Fetch::TooLarge);
@@ -314,7 +337,9 @@ async fn fetch(sim: &SimHandle, url: url::Url) -> Result<(Bytes, Option<String>)
 }
 
 /// `uploadPath` (required) and `fileName` (optional) of a JSON upload.
-fn path_and_name(fields: &Map<String, Value>) -> Result<(Option<String>, Option<String>), &'static str> {
+fn path_and_name(
+    fields: &Map<String, Value>,
+) -> Result<(Option<String>, Option<String>), &'static str> {
     let text = |key: &str, msg: &'static str| match fields.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone())),

@@ -51,7 +51,8 @@ async fn counts_are_kept_per_endpoint() {
         counts,
         json!({
             "createTask": 2, "recordInfo": 3, "credit": 1, "downloadUrl": 0,
-            "video": 0, "callbackAttempts": 0, "callbacksDelivered": 0
+            "video": 0, "fileStreamUpload": 0, "fileBase64Upload": 0, "fileUrlUpload": 0,
+            "file": 0, "callbackAttempts": 0, "callbacksDelivered": 0
         })
     );
     assert_eq!(sim.handle.count(Endpoint::RecordInfo), 3);
@@ -68,7 +69,7 @@ async fn reset_forgets_everything_and_restores_credits() {
     let mut request = body("a cat");
     request["callBackUrl"] = json!(receiver.url);
     let task_id = sim.create_body_ok(&request).await;
-    assert!(sim.handle.credits() < 1000);
+    assert!(sim.handle.credits() < 1000.0);
 
     let reset = sim
         .client
@@ -103,7 +104,7 @@ async fn reset_forgets_everything_and_restores_credits() {
 async fn two_simulators_share_nothing() {
     let a = spawn_sim(config()).await;
     let b = spawn_sim(SimulatorConfig {
-        starting_credits: 500,
+        starting_credits: 500.0,
         ..config()
     })
     .await;
@@ -113,8 +114,8 @@ async fn two_simulators_share_nothing() {
         b.record_info(&task_id).await.json,
         json!({"code": 422, "msg": "recordInfo is null", "data": null})
     );
-    assert_eq!(a.handle.credits(), 970);
-    assert_eq!(b.handle.credits(), 500);
+    assert_eq!(a.handle.credits(), 970.0);
+    assert_eq!(b.handle.credits(), 500.0);
     assert_eq!(a.handle.count(Endpoint::CreateTask), 1);
     assert_eq!(b.handle.count(Endpoint::CreateTask), 0);
     b.handle.reset();
@@ -182,7 +183,7 @@ fn simulate_args_build_the_config() {
     let config = cli.args.config();
     assert_eq!(cli.args.listen.port(), 0);
     assert_eq!(config.api_key.as_deref(), Some("k"));
-    assert_eq!(config.starting_credits, 5);
+    assert_eq!(config.starting_credits, 5.0);
     assert_eq!(config.timings.waiting, Duration::from_millis(250));
     assert_eq!(config.timings.queuing, Duration::from_secs(1), "default");
     assert_eq!(config.timings.generating, Duration::from_secs(2));
