@@ -331,6 +331,15 @@ mod tests {
     }
 
     #[test]
+    fn balances_may_be_fractional_but_not_negative() {
+        assert_eq!(parse_credits("100.5"), Ok(100.5));
+        assert_eq!(parse_credits("1000000000000000"), Ok(1e15));
+        assert!(parse_credits("-1").is_err());
+        assert!(parse_credits("NaN").is_err());
+        assert!(parse_credits("lots").is_err());
+    }
+
+    #[test]
     fn debug_output_hides_keys() {
         let config = SimulatorConfig {
             api_key: Some("sk-secret".into()),
