@@ -209,3 +209,104 @@ fn simulate_args_defaults() {
     assert_eq!(config.starting_credits, default.starting_credits);
     assert_eq!(config.api_key, None);
 }
+
+#[test]
+fn simulate_args_set_the_upload_host_and_its_limits() {
+    let cli = Cli::try_parse_from([
+        "simulate",
+        "--upload-listen",
+        "127.0.0.1:0",
+        "--credits",
+        "100.5",
+        "--upload-max-bytes",
+        "2048",
+        "--file-retention",
+        "3d",
+        "--file-storage-bytes",
+        "4096",
+        "--result-url-ttl",
+        "1h",
+        "--download-link-ttl",
+        "5m",
+    ])
+    .expect("parses");
+    let config = cli.args.config();
+    assert_eq!(cli.args.upload_listen.port(), 0);
+    assert_eq!(config.starting_credits, 100.5);
+    assert_eq!(config.files.max_bytes, 2048);
+    assert_eq!(config.files.retention, Duration::from_secs(3 * 86_400));
+    assert_eq!(config.files.storage_bytes, 4096);
+    assert_eq!(
+        config.files.url_timeout,
+        Duration::from_secs(30),
+        "kie.ai's"
+    );
+    assert_eq!(config.result_url_ttl, Duration::from_secs(3600));
+    assert_eq!(config.download_link_ttl, Duration::from_secs(300));
+    let defaults = Cli::try_parse_from(["simulate"]).expect("parses");
+    assert_eq!(defaults.args.upload_listen.to_string(), "127.0.0.1:8091");
+    let config = defaults.args.config();
+    let default = SimulatorConfig::default();
+    assert_eq!(config.files, default.files);
+    assert_eq!(config.files.max_bytes, 100 * 1024 * 1024);
+    assert_eq!(config.files.retention, Duration::from_secs(86_400));
+    assert_eq!(config.result_url_ttl, default.result_url_ttl);
+    assert_eq!(config.download_link_ttl, Duration::from_secs(20 * 60));
+    assert!(Cli::try_parse_from(["simulate", "--credits", "-5"]).is_err());
+}
+
+/// The standalone simulator names both hosts, in one write, and the upload
+/// host works.
+#[tokio::test]
+async fn the_standalone_simulator_prints_both_hosts() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hailuo-gateway"))
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .args(["--upload-listen", "127.0.0.1:0"])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn simulate");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("in time")
+            .expect("readable")
+            .expect("a line")
+    };
+    let api = next().await;
+    let upload = next().await;
+    let api = api
+        .strip_prefix("kie.ai simulator listening on ")
+        .expect("the API host first");
+    let upload = upload
+        .strip_prefix("kie.ai upload API listening on http://127.0.0.1:")
+        .expect("then the upload host");
+    assert_ne!(api, format!("http://127.0.0.1:{upload}"));
+    let form = crate::helpers::Form::new()
+        .text("uploadPath", "images")
+        .file("file", Some("a.png"), None, &crate::helpers::png(100));
+    let client = crate::helpers::client();
+    let answer = client
+        .post(format!("http://127.0.0.1:{upload}/api/file-stream-upload"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", form.content_type())
+        .body(form.body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let data = crate::helpers::json_of(answer).await["data"].clone();
+    let file = client
+        .get(data["downloadUrl"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(file.status(), StatusCode::OK);
+    child.kill().await.expect("stopped");
+}
