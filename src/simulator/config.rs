@@ -155,9 +155,10 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
     /// Address of the upload host (kie.ai's file API and its file storage),
-    /// a host of its own at kie.ai too.
-    #[arg(long, env = "SIM_UPLOAD_LISTEN", default_value = "127.0.0.1:8091")]
-    pub upload_listen: SocketAddr,
+    /// a host of its own at kie.ai too. Default: --listen's address and the
+    /// next port (8091), or a free port when --listen's port is 0.
+    #[arg(long, env = "SIM_UPLOAD_LISTEN")]
+    pub upload_listen: Option<SocketAddr>,
     /// Only this Bearer key is accepted; without it any non-empty key is.
     #[arg(long, env = "SIM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -215,6 +216,17 @@ pub struct SimulateArgs {
 }
 
 impl SimulateArgs {
+    /// `--upload-listen`, or its default beside `--listen`.
+    pub fn upload_addr(&self) -> SocketAddr {
+        self.upload_listen.unwrap_or_else(|| {
+            let port = match self.listen.port() {
+                0 => 0,
+                port => port.saturating_add(1),
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        })
+    }
+
     pub fn config(&self) -> SimulatorConfig {
         SimulatorConfig {
             api_key: self.api_key.clone(),
@@ -250,7 +262,7 @@ impl fmt::Debug for SimulateArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimulateArgs")
             .field("listen", &self.listen)
-            .field("upload_listen", &self.upload_listen)
+            .field("upload_listen", &self.upload_addr())
             .field("config", &self.config())
             .finish()
     }

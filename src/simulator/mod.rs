@@ -242,7 +242,7 @@ pub async fn run_standalone(
     // soon as it reads the line is never lost to the default handler.
     let stop = crate::shutdown::signal();
     let listener = TcpListener::bind(args.listen).await?;
-    let upload_listener = TcpListener::bind(args.upload_listen).await?;
+    let upload_listener = TcpListener::bind(args.upload_addr()).await?;
     let shutdown = CancellationToken::new();
     let simulator =
         Simulator::start_with_upload(args.config(), listener, upload_listener, shutdown.clone())

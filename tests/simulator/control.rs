@@ -231,7 +231,7 @@ fn simulate_args_set_the_upload_host_and_its_limits() {
     ])
     .expect("parses");
     let config = cli.args.config();
-    assert_eq!(cli.args.upload_listen.port(), 0);
+    assert_eq!(cli.args.upload_addr().port(), 0);
     assert_eq!(config.starting_credits, 100.5);
     assert_eq!(config.files.max_bytes, 2048);
     assert_eq!(config.files.retention, Duration::from_secs(3 * 86_400));
@@ -244,7 +244,16 @@ fn simulate_args_set_the_upload_host_and_its_limits() {
     assert_eq!(config.result_url_ttl, Duration::from_secs(3600));
     assert_eq!(config.download_link_ttl, Duration::from_secs(300));
     let defaults = Cli::try_parse_from(["simulate"]).expect("parses");
-    assert_eq!(defaults.args.upload_listen.to_string(), "127.0.0.1:8091");
+    assert_eq!(defaults.args.upload_addr().to_string(), "127.0.0.1:8091");
+    let beside = |listen: &str| {
+        Cli::try_parse_from(["simulate", "--listen", listen])
+            .expect("parses")
+            .args
+            .upload_addr()
+            .to_string()
+    };
+    assert_eq!(beside("0.0.0.0:9000"), "0.0.0.0:9001");
+    assert_eq!(beside("127.0.0.1:0"), "127.0.0.1:0", "a free port");
     let config = defaults.args.config();
     let default = SimulatorConfig::default();
     assert_eq!(config.files, default.files);
@@ -256,14 +265,14 @@ fn simulate_args_set_the_upload_host_and_its_limits() {
 }
 
 /// The standalone simulator names both hosts, in one write, and the upload
-/// host works.
+/// host works; with `--listen`'s port 0 the upload host's is free too, so
+/// simulators side by side never collide.
 #[tokio::test]
 async fn the_standalone_simulator_prints_both_hosts() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hailuo-gateway"))
         .args(["simulate", "--listen", "127.0.0.1:0"])
-        .args(["--upload-listen", "127.0.0.1:0"])
         .env_clear()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
