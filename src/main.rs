@@ -36,7 +36,7 @@ enum Command {
     /// Run the kie.ai simulator on its own (for tests, benchmarks and local
     /// development against the REST API).
     #[cfg(feature = "sandbox")]
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Create a video task on a running gateway and print its id; with
     /// --wait, follow it and print its video URLs.
     Generate(GenerateArgs),
@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
         #[cfg(feature = "sandbox")]
         Some(Command::Simulate(args)) => {
             let _logs = telemetry::init(Default::default());
-            match run_standalone(args).await {
+            match run_standalone(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hailuo-gateway simulate: {e}");
@@ -98,10 +98,16 @@ async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
     let simulator_stop = CancellationToken::new();
     let (simulator, settings) = sandbox::start(args, simulator_stop.clone()).await?;
     let simulator_url = simulator.base_url();
+    let upload_url = simulator.upload_base_url();
     let result = run(settings, |app| {
         println!(
             "{}",
-            sandbox::banner(app.grpc_addr(), app.http_addr(), &simulator_url)
+            sandbox::banner(
+                app.grpc_addr(),
+                app.http_addr(),
+                &simulator_url,
+                &upload_url
+            )
         );
     })
     .await;

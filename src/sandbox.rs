@@ -13,8 +13,15 @@ use crate::simulator::{Simulator, SimulatorConfig, StateTimings};
 /// The key the sandbox's simulator accepts and its gateway sends.
 const SANDBOX_KEY: &str = "sandbox-key";
 
-/// Starts the simulator on a loopback port and returns the gateway settings
-/// that point at it. Callbacks are on: the simulator signs them with a fresh
+/// The sandbox's balance: enough for 20 million of the dearest task (50
+/// credits), about four months at kie.ai's 20 creates per 10 s, so it never
+/// runs out in ordinary use; a whole number plus a half, since kie.ai's need
+/// not be whole. `POST /sim/credits` still sets it to 0 for a 402.
+pub const SANDBOX_CREDITS: f64 = 1_000_000_000.5;
+
+/// Starts the simulator on two loopback ports (kie.ai's API host and its
+/// upload host, `Simulator::upload_base_url`) and returns the gateway
+/// settings that point at it. Callbacks are on: the simulator signs them with a fresh
 /// HMAC key and sends them to this gateway's own HTTP listener.
 pub async fn start(
     args: &ServeArgs,
@@ -24,6 +31,7 @@ pub async fn start(
     let config = SimulatorConfig {
         api_key: Some(SANDBOX_KEY.into()),
         hmac_key: Some(hmac_key.clone()),
+        starting_credits: SANDBOX_CREDITS,
         // Each state outlasts the default 2 s poll interval, so a watch
         // shows every one of them.
         timings: StateTimings {
@@ -47,7 +55,7 @@ pub async fn start(
 }
 
 /// What a new user sees first: where things are and what to paste.
-pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str) -> String {
+pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_url: &str) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             format!("localhost:{}", a.port())
@@ -59,6 +67,7 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str) -> String
     format!(
         r#"
   hailuo-gateway SANDBOX: kie.ai is simulated at {simulator_url}
+  (its file upload host at {upload_url})
   No kie.ai key is used and no credits are spent. Tasks finish in about 13 s.
 
   gRPC     {g}   (reflection on: no proto files needed)

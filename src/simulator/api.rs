@@ -11,9 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::handle::{InsufficientCredits, Lookup, SimHandle};
+use super::files::{self, ImageCheck};
+use super::handle::{Endpoint, InsufficientCredits, Lookup, SimHandle};
+use super::links::{self, LinkCheck, LinkQuery};
 use super::scenarios::{CreateFault, Scenario, message_for};
-use super::tasks::{self, cost};
+use super::tasks::cost;
 use super::validate;
 
 /// kie.ai's envelope, always with HTTP 200.
@@ -43,7 +45,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-fn authorized(sim: &SimHandle, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(sim: &SimHandle, headers: &HeaderMap) -> bool {
     match (bearer(headers), &sim.config().api_key) {
         (None, _) => false,
         (Some(_), None) => true,
@@ -83,6 +85,15 @@ pub async fn create_task(
         Ok(request) => request,
         Err(msg) => return kie_error(422, &msg),
     };
+    let images = [
+        ("input.image_url", Some(&request.image_url)),
+        ("input.end_image_url", request.end_image_url.as_ref()),
+    ];
+    for (field, url) in images {
+        if let Some(msg) = url.and_then(|url| uploaded_image_problem(&sim, field, url)) {
+            return kie_error(422, &msg);
+        }
+    }
     let price = cost(&request.duration, &request.resolution);
     let task_id = match sim.create_task(&body, request.callback_url, scenario, price) {
         Ok(task_id) => task_id,
@@ -98,6 +109,24 @@ pub async fn create_task(
         }
     }
     answer
+}
+
+/// What is wrong with an image URL on this simulator's own storage: gone
+/// (expired, never uploaded), not a JPEG, PNG or WebP, or over 10 MB. Any
+/// other URL is taken as it is, as before.
+fn uploaded_image_problem(sim: &SimHandle, field: &str, url: &str) -> Option<String> {
+    let path = files::storage_path(sim.upload_base(), url)?;
+    match sim.files().check_image(&path) {
+        ImageCheck::Usable => None,
+        ImageCheck::Missing => Some(format!(
+            "{field} is not an uploaded file (expired or never uploaded)"
+        )),
+        ImageCheck::NotAnImage => Some(format!("{field} must be a jpeg, png or webp image")),
+        ImageCheck::TooLarge => Some(format!(
+            "{field} must be at most {} bytes",
+            files::IMAGE_MAX_BYTES
+        )),
+    }
 }
 
 /// Marks an answer the server must not send: it closes the connection
@@ -130,11 +159,23 @@ pub async fn credit(State(sim): State<SimHandle>, headers: HeaderMap) -> Respons
     if !authorized(&sim, &headers) {
         return unauthorized();
     }
-    kie(200, "success", json!(sim.credits()))
+    kie(200, "success", balance(sim.credits()))
+}
+
+/// A whole balance as an integer (`1000`), any other as a float (`999.5`).
+fn balance(credits: f64) -> Value {
+    // 2^53: every integer below is exact in an f64.
+    if credits.fract() == 0.0 && credits.abs() < 9_007_199_254_740_992.0 {
+        json!(credits as i64)
+    } else {
+        json!(credits)
+    }
 }
 
 /// `POST /api/v1/common/download-url` with `{"url": "<result URL>"}`: a fresh
-/// link, valid 20 minutes; a URL this simulator did not hand out gets 422.
+/// link to a finished task's video, valid `download_link_ttl` (20 minutes);
+/// `data` is the bare URL. Any URL that is not one of this simulator's
+/// result videos (an uploaded file's, another host's) gets 422.
 pub async fn download_url(
     State(sim): State<SimHandle>,
     headers: HeaderMap,
@@ -149,23 +190,43 @@ pub async fn download_url(
     let Some(url) = url else {
         return kie_error(422, "url is required");
     };
-    let prefix = format!("{}/sim/videos/", sim.base_url());
-    if !url.starts_with(&prefix) {
+    let task_id = url
+        .strip_prefix(&format!("{}/sim/videos/", sim.base_url()))
+        .and_then(|rest| rest.split(['?', '#']).next())
+        .and_then(|file| file.strip_suffix(".mp4"))
+        .filter(|task_id| sim.video_made_ms(task_id).is_some());
+    let Some(task_id) = task_id else {
         return kie_error(422, "url is not a kie.ai generated file URL");
-    }
-    let base = url.split('?').next().unwrap_or(&url);
-    let expires = tasks::now_ms() / 1000 + 20 * 60;
-    kie(200, "success", json!(format!("{base}?expires={expires}")))
+    };
+    kie(200, "success", json!(links::fresh(&sim, task_id)))
 }
 
-/// The result video: a small real MP4, served only for a successful task.
-pub async fn video(State(sim): State<SimHandle>, Path(file): Path<String>) -> Response {
-    let ready = file
-        .strip_suffix(".mp4")
-        .is_some_and(|task_id| sim.video_ready(task_id));
-    if !ready {
+/// The result video, a small real MP4, for a successful task: at its result
+/// URL until `result_url_ttl` after the task ended, at a download-url link
+/// until the link expires (then 403, as a storage host answers).
+pub async fn video(
+    State(sim): State<SimHandle>,
+    Path(file): Path<String>,
+    Query(query): Query<LinkQuery>,
+) -> Response {
+    let task_id = file.strip_suffix(".mp4").unwrap_or_default();
+    let Some(made_ms) = sim.video_made_ms(task_id) else {
         return (StatusCode::NOT_FOUND, "no such video\n").into_response();
+    };
+    match links::check(&sim, task_id, made_ms, &query) {
+        LinkCheck::Serve => {}
+        LinkCheck::Expired => {
+            return (StatusCode::FORBIDDEN, "this link has expired\n").into_response();
+        }
+        LinkCheck::BadSignature => {
+            return (
+                StatusCode::FORBIDDEN,
+                "this link's signature is not valid\n",
+            )
+                .into_response();
+        }
     }
+    sim.count_download(Endpoint::Video);
     (
         [(header::CONTENT_TYPE, "video/mp4")],
         Bytes::from_static(SAMPLE_MP4),

@@ -13,7 +13,8 @@ pub struct SimulatorConfig {
     /// When set, callbacks carry `X-Webhook-Timestamp` and `X-Webhook-Signature`.
     pub hmac_key: Option<String>,
     /// Credits at start and after a reset; see `tasks::cost` for the price list.
-    pub starting_credits: u64,
+    /// kie.ai's balance need not be a whole number, so neither is this.
+    pub starting_credits: f64,
     /// How long a task stays in each state before the next one.
     pub timings: StateTimings,
     /// Whole-simulator fault injection on the kie.ai API routes, all off by default.
@@ -24,19 +25,58 @@ pub struct SimulatorConfig {
     pub callback_backoff: Duration,
     /// How late a `[sim:slow-create]` task's createTask answer comes.
     pub slow_create: Duration,
+    /// The file API's and storage host's settings.
+    pub files: FileSettings,
+    /// How long a task's recorded result URL serves the video after the task
+    /// ends (kie.ai: "typically 24 hours"); download-url's links outlive it.
+    pub result_url_ttl: Duration,
+    /// How long a `download-url` link serves the video (kie.ai: 20 minutes).
+    pub download_link_ttl: Duration,
 }
+
+/// The upload host: kie.ai's file API and the storage its `downloadUrl`s
+/// point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSettings {
+    /// Largest file the upload API takes (live: about 100 MB).
+    pub max_bytes: u64,
+    /// How long an uploaded file is served (kie.ai's pages say 3 days and
+    /// 24 hours; the simulator keeps the shorter).
+    pub retention: Duration,
+    /// Bytes all stored files may take together; the oldest file goes first
+    /// when a new one would pass it, so a long sandbox run stays bounded.
+    pub storage_bytes: u64,
+    /// How long `file-url-upload` waits for the remote file (kie.ai: 30 s).
+    pub url_timeout: Duration,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * MIB,
+            retention: Duration::from_secs(24 * 3600),
+            storage_bytes: 1024 * MIB,
+            url_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
         Self {
             api_key: None,
             hmac_key: None,
-            starting_credits: 1000,
+            starting_credits: 1000.0,
             timings: StateTimings::default(),
             faults: Faults::default(),
             callback_retries: 3,
             callback_backoff: Duration::from_millis(200),
             slow_create: Duration::from_secs(5),
+            files: FileSettings::default(),
+            result_url_ttl: Duration::from_secs(24 * 3600),
+            download_link_ttl: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -53,6 +93,9 @@ impl fmt::Debug for SimulatorConfig {
             .field("callback_retries", &self.callback_retries)
             .field("callback_backoff", &self.callback_backoff)
             .field("slow_create", &self.slow_create)
+            .field("files", &self.files)
+            .field("result_url_ttl", &self.result_url_ttl)
+            .field("download_link_ttl", &self.download_link_ttl)
             .finish()
     }
 }
@@ -108,9 +151,14 @@ pub struct Faults {
 /// environment variable named next to it.
 #[derive(Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Address to listen on.
+    /// Address to listen on (kie.ai's API host).
     #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
+    /// Address of the upload host (kie.ai's file API and its file storage),
+    /// a host of its own at kie.ai too. Default: --listen's address and the
+    /// next port (8091), or a free port when --listen's port is 0.
+    #[arg(long, env = "SIM_UPLOAD_LISTEN")]
+    pub upload_listen: Option<SocketAddr>,
     /// Only this Bearer key is accepted; without it any non-empty key is.
     #[arg(long, env = "SIM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -118,8 +166,8 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIM_HMAC_KEY", hide_env_values = true)]
     pub hmac_key: Option<String>,
     /// Credits at start (and after POST /sim/reset).
-    #[arg(long, env = "SIM_CREDITS", default_value_t = 1000)]
-    pub credits: u64,
+    #[arg(long, env = "SIM_CREDITS", default_value_t = 1000.0, value_parser = parse_credits)]
+    pub credits: f64,
     /// Time a task stays `waiting` (e.g. 250ms, 2s, 1m).
     #[arg(long, env = "SIM_WAITING", default_value = "1s", value_parser = humantime::parse_duration)]
     pub waiting: Duration,
@@ -150,9 +198,35 @@ pub struct SimulateArgs {
     /// How late a `[sim:slow-create]` task's createTask answer comes.
     #[arg(long, env = "SIM_SLOW_CREATE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_create: Duration,
+    /// Largest file the upload API takes, in bytes.
+    #[arg(long, env = "SIM_UPLOAD_MAX_BYTES", default_value_t = FileSettings::default().max_bytes)]
+    pub upload_max_bytes: u64,
+    /// How long an uploaded file is served.
+    #[arg(long, env = "SIM_FILE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub file_retention: Duration,
+    /// Bytes all uploaded files may take together (the oldest goes first).
+    #[arg(long, env = "SIM_FILE_STORAGE_BYTES", default_value_t = FileSettings::default().storage_bytes)]
+    pub file_storage_bytes: u64,
+    /// How long a task's result URL serves its video after the task ends.
+    #[arg(long, env = "SIM_RESULT_URL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub result_url_ttl: Duration,
+    /// How long a download-url link serves the video.
+    #[arg(long, env = "SIM_DOWNLOAD_LINK_TTL", default_value = "20m", value_parser = humantime::parse_duration)]
+    pub download_link_ttl: Duration,
 }
 
 impl SimulateArgs {
+    /// `--upload-listen`, or its default beside `--listen`.
+    pub fn upload_addr(&self) -> SocketAddr {
+        self.upload_listen.unwrap_or_else(|| {
+            let port = match self.listen.port() {
+                0 => 0,
+                port => port.saturating_add(1),
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        })
+    }
+
     pub fn config(&self) -> SimulatorConfig {
         SimulatorConfig {
             api_key: self.api_key.clone(),
@@ -172,6 +246,14 @@ impl SimulateArgs {
             callback_retries: self.callback_retries,
             callback_backoff: self.callback_backoff,
             slow_create: self.slow_create,
+            files: FileSettings {
+                max_bytes: self.upload_max_bytes,
+                retention: self.file_retention,
+                storage_bytes: self.file_storage_bytes,
+                ..FileSettings::default()
+            },
+            result_url_ttl: self.result_url_ttl,
+            download_link_ttl: self.download_link_ttl,
         }
     }
 }
@@ -180,8 +262,17 @@ impl fmt::Debug for SimulateArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimulateArgs")
             .field("listen", &self.listen)
+            .field("upload_listen", &self.upload_addr())
             .field("config", &self.config())
             .finish()
+    }
+}
+
+/// Parses a balance: a finite number, not negative, fractions allowed.
+pub fn parse_credits(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(credits) if credits.is_finite() && credits >= 0.0 => Ok(credits),
+        _ => Err(format!("`{text}` is not a balance (a number, 0 or more)")),
     }
 }
 
@@ -249,6 +340,15 @@ mod tests {
         assert!(parse_rate("1.5").is_err());
         assert!(parse_rate("-0.1").is_err());
         assert!(parse_rate("often").is_err());
+    }
+
+    #[test]
+    fn balances_may_be_fractional_but_not_negative() {
+        assert_eq!(parse_credits("100.5"), Ok(100.5));
+        assert_eq!(parse_credits("1000000000000000"), Ok(1e15));
+        assert!(parse_credits("-1").is_err());
+        assert!(parse_credits("NaN").is_err());
+        assert!(parse_credits("lots").is_err());
     }
 
     #[test]

@@ -59,3 +59,24 @@ pub async fn complete(
 fn problem(status: StatusCode, error: &str) -> Response {
     (status, Json(json!({ "error": error }))).into_response()
 }
+
+/// `POST /sim/credits` with `{"credits": N}`: sets the balance (0 makes
+/// createTask answer 402); 200 with `{"credits": N}`.
+pub async fn set_credits(State(sim): State<SimHandle>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SetCredits {
+        credits: f64,
+    }
+    match serde_json::from_slice::<SetCredits>(&body) {
+        Ok(SetCredits { credits }) if credits.is_finite() && credits >= 0.0 => {
+            sim.set_credits(credits);
+            Json(json!({ "credits": credits })).into_response()
+        }
+        Ok(_) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "credits must be 0 or more",
+        ),
+        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+    }
+}

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::callbacks::{self, Callback};
 use super::config::SimulatorConfig;
+use super::files::FileStore;
 use super::scenarios::CallbackMode;
 use super::scenarios::Scenario;
 use super::tasks::{self, DEFAULT_FAIL_CODE, DEFAULT_FAIL_MSG, Ending, Task, TaskState};
@@ -25,6 +26,12 @@ pub enum Endpoint {
     DownloadUrl,
     /// Result video downloads from `/sim/videos/...`.
     Video,
+    /// The upload host's three upload endpoints.
+    FileStreamUpload,
+    FileBase64Upload,
+    FileUrlUpload,
+    /// Uploaded files served from the upload host's `/files/...`.
+    File,
     /// Every callback POST tried, failed or not.
     CallbackAttempt,
     /// Callback POSTs answered 2xx.
@@ -41,6 +48,10 @@ pub struct Counts {
     pub credit: u64,
     pub download_url: u64,
     pub video: u64,
+    pub file_stream_upload: u64,
+    pub file_base64_upload: u64,
+    pub file_url_upload: u64,
+    pub file: u64,
     pub callback_attempts: u64,
     pub callbacks_delivered: u64,
 }
@@ -61,6 +72,10 @@ impl Counts {
             Endpoint::Credit => &self.credit,
             Endpoint::DownloadUrl => &self.download_url,
             Endpoint::Video => &self.video,
+            Endpoint::FileStreamUpload => &self.file_stream_upload,
+            Endpoint::FileBase64Upload => &self.file_base64_upload,
+            Endpoint::FileUrlUpload => &self.file_url_upload,
+            Endpoint::File => &self.file,
             Endpoint::CallbackAttempt => &self.callback_attempts,
             Endpoint::CallbackDelivered => &self.callbacks_delivered,
         }
@@ -73,6 +88,10 @@ impl Counts {
             Endpoint::Credit => &mut self.credit,
             Endpoint::DownloadUrl => &mut self.download_url,
             Endpoint::Video => &mut self.video,
+            Endpoint::FileStreamUpload => &mut self.file_stream_upload,
+            Endpoint::FileBase64Upload => &mut self.file_base64_upload,
+            Endpoint::FileUrlUpload => &mut self.file_url_upload,
+            Endpoint::File => &mut self.file,
             Endpoint::CallbackAttempt => &mut self.callback_attempts,
             Endpoint::CallbackDelivered => &mut self.callbacks_delivered,
         }
@@ -86,6 +105,9 @@ pub struct RecordedRequest {
     pub path: String,
     pub query: BTreeMap<String, String>,
     /// The body parsed as JSON; a non-JSON body is kept as a string, an empty one as null.
+    /// An upload's file is shown by its name, type and size, never its bytes
+    /// (multipart: `{"uploadPath","fileName","file":{"fileName","contentType","size"}}`;
+    /// base64: `base64Data` as `{"chars": N}`).
     pub body: Value,
     /// Whether an `Authorization: Bearer <non-empty>` header came with it.
     pub bearer: bool,
@@ -193,6 +215,12 @@ impl std::fmt::Debug for SimHandle {
 struct Shared {
     config: SimulatorConfig,
     base_url: String,
+    upload_base_url: url::Url,
+    /// Signs download-url's links; per instance, never shown.
+    link_key: [u8; 32],
+    /// Uploaded files, apart from the task state: big copies never hold up
+    /// task reads.
+    files: Mutex<FileStore>,
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
@@ -208,7 +236,7 @@ struct SimState {
     requests: VecDeque<RecordedRequest>,
     callbacks: VecDeque<CallbackAttempt>,
     counts: Counts,
-    credits: u64,
+    credits: f64,
     next_seq: u64,
     /// Cancelled by a reset (and by shutdown, as its parent): stops the
     /// timers and deliveries of the tasks it forgets.
@@ -219,6 +247,7 @@ impl SimHandle {
     pub(crate) fn new(
         config: SimulatorConfig,
         base_url: String,
+        upload_base_url: url::Url,
         http: reqwest::Client,
         shutdown: CancellationToken,
     ) -> Self {
@@ -235,6 +264,9 @@ impl SimHandle {
             shared: Arc::new(Shared {
                 config,
                 base_url,
+                upload_base_url,
+                link_key: rand::random(),
+                files: Mutex::new(FileStore::default()),
                 http,
                 runtime: tokio::runtime::Handle::current(),
                 shutdown,
@@ -248,6 +280,15 @@ impl SimHandle {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
+    }
+
+    /// The upload host, `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn upload_base_url(&self) -> String {
+        self.shared
+            .upload_base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     pub fn config(&self) -> &SimulatorConfig {
@@ -273,7 +314,8 @@ impl SimHandle {
         self.shared.state.lock().callbacks.iter().cloned().collect()
     }
 
-    pub fn credits(&self) -> u64 {
+    /// The balance `GET /api/v1/chat/credit` shows.
+    pub fn credits(&self) -> f64 {
         self.shared.state.lock().credits
     }
 
@@ -286,9 +328,15 @@ impl SimHandle {
 
     // === control ===
 
-    /// Forgets tasks, requests, callbacks and counts, restores the credits and
-    /// cancels pending callbacks.
+    /// Sets the balance, e.g. to 0 to see createTask answer 402.
+    pub fn set_credits(&self, credits: f64) {
+        self.shared.state.lock().credits = credits;
+    }
+
+    /// Forgets tasks, uploaded files, requests, callbacks and counts, restores
+    /// the credits and cancels pending callbacks.
     pub fn reset(&self) {
+        self.shared.files.lock().clear();
         let mut state = self.shared.state.lock();
         state.tasks.clear();
         state.requests.clear();
@@ -354,7 +402,7 @@ impl SimHandle {
         body: &Value,
         callback_url: Option<String>,
         scenario: Scenario,
-        cost: u64,
+        cost: f64,
     ) -> Result<String, InsufficientCredits> {
         let mut state = self.shared.state.lock();
         if state.credits < cost {
@@ -402,17 +450,30 @@ impl SimHandle {
         Lookup::Found(task.record(Instant::now(), &self.shared.base_url))
     }
 
-    /// Whether `/sim/videos/{task_id}.mp4` exists: only for a successful task.
-    pub(crate) fn video_ready(&self, task_id: &str) -> bool {
-        let mut state = self.shared.state.lock();
-        let ready = state
-            .tasks
-            .get(task_id)
-            .is_some_and(|t| t.snapshot(Instant::now()).state == TaskState::Success);
-        if ready {
-            state.counts.bump(Endpoint::Video);
-        }
-        ready
+    /// When a task's video was made (Unix ms): only a successful task has one.
+    pub(crate) fn video_made_ms(&self, task_id: &str) -> Option<u64> {
+        let state = self.shared.state.lock();
+        let snapshot = state.tasks.get(task_id)?.snapshot(Instant::now());
+        (snapshot.state == TaskState::Success)
+            .then_some(snapshot.complete_ms)
+            .flatten()
+    }
+
+    /// Counts a download of something the simulator serves outside `/api/`.
+    pub(crate) fn count_download(&self, endpoint: Endpoint) {
+        self.shared.state.lock().counts.bump(endpoint);
+    }
+
+    pub(crate) fn files(&self) -> parking_lot::MutexGuard<'_, FileStore> {
+        self.shared.files.lock()
+    }
+
+    pub(crate) fn upload_base(&self) -> &url::Url {
+        &self.shared.upload_base_url
+    }
+
+    pub(crate) fn link_key(&self) -> &[u8; 32] {
+        &self.shared.link_key
     }
 
     pub(crate) fn record_request(&self, endpoint: Option<Endpoint>, request: RecordedRequest) {

@@ -5,6 +5,10 @@
 //!   `GET /api/v1/jobs/recordInfo`, `GET /api/v1/chat/credit`,
 //!   `POST /api/v1/common/download-url`. Errors are HTTP 200 with the code in
 //!   the JSON body, as live.
+//! - The upload host (`uploads`) on a listener of its own, as kie.ai's file
+//!   API is on a host of its own: `POST /api/file-stream-upload`,
+//!   `/api/file-base64-upload`, `/api/file-url-upload`, and the uploaded
+//!   files (`files`) at their `downloadUrl`s under `/files/`.
 //! - Tasks (`tasks`) move waiting → queuing → generating → success/fail,
 //!   computed from elapsed time; a per-task timer sends the callback
 //!   (`callbacks`) at the moment the task ends.
@@ -30,21 +34,26 @@ mod callbacks;
 mod config;
 mod control;
 mod faults;
+mod files;
 mod handle;
+mod links;
 mod scenarios;
 mod server;
 mod tasks;
+mod uploads;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Faults, SimulateArgs, SimulatorConfig, StateTimings};
+pub use config::{Faults, FileSettings, SimulateArgs, SimulatorConfig, StateTimings};
+pub use files::IMAGE_MAX_BYTES;
 pub use handle::{
     CallbackAttempt, CompleteError, Completion, CompletionState, Counts, Endpoint, RecordedRequest,
     SimHandle,
@@ -53,36 +62,82 @@ pub use handle::{
 /// A running simulator.
 pub struct Simulator {
     local_addr: SocketAddr,
+    upload_addr: SocketAddr,
     handle: SimHandle,
-    server: JoinHandle<()>,
+    servers: [JoinHandle<()>; 2],
 }
 
 impl Simulator {
-    /// Serves on an already bound listener until `shutdown` is cancelled.
+    /// Serves kie.ai's API on an already bound listener, and its upload host
+    /// on a new port of the same address, until `shutdown` is cancelled.
     pub async fn start(
         config: SimulatorConfig,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<Simulator> {
+        let upload_listener = TcpListener::bind((listener.local_addr()?.ip(), 0)).await?;
+        Self::start_with_upload(config, listener, upload_listener, shutdown).await
+    }
+
+    /// Serves kie.ai's API on `listener` and its upload host (the file API
+    /// and the files' storage) on `upload_listener`.
+    pub async fn start_with_upload(
+        config: SimulatorConfig,
+        listener: TcpListener,
+        upload_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Simulator> {
         let local_addr = listener.local_addr()?;
+        let upload_addr = upload_listener.local_addr()?;
         let base_url = format!("http://{}", reachable(local_addr));
-        let handle = SimHandle::new(config, base_url, callback_client()?, shutdown.clone());
-        tracing::debug!(base_url = handle.base_url(), "kie.ai simulator started");
-        let server = tokio::spawn(server::serve(
+        let upload_base_url = url::Url::parse(&format!("http://{}", reachable(upload_addr)))
+            .map_err(std::io::Error::other)?;
+        let handle = SimHandle::new(
+            config,
+            base_url,
+            upload_base_url,
+            callback_client()?,
+            shutdown.clone(),
+        );
+        tracing::debug!(
+            base_url = handle.base_url(),
+            upload_base_url = handle.upload_base_url(),
+            "kie.ai simulator started"
+        );
+        let api = tokio::spawn(server::serve(
             listener,
+            server::Host::Api,
             router(handle.clone()),
+            handle.clone(),
+            shutdown.clone(),
+        ));
+        let upload = tokio::spawn(server::serve(
+            upload_listener,
+            server::Host::Upload,
+            upload_router(handle.clone()),
             handle.clone(),
             shutdown,
         ));
         Ok(Simulator {
             local_addr,
+            upload_addr,
             handle,
-            server,
+            servers: [api, upload],
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn upload_addr(&self) -> SocketAddr {
+        self.upload_addr
+    }
+
+    /// The upload host, `http://127.0.0.1:PORT`: what the gateway's upload
+    /// base URL points at (kie.ai: `https://kieai.redpandaai.co`).
+    pub fn upload_base_url(&self) -> String {
+        self.handle.upload_base_url()
     }
 
     /// `http://127.0.0.1:PORT` (an unspecified bind address is replaced by
@@ -96,9 +151,11 @@ impl Simulator {
         self.handle.clone()
     }
 
-    /// Waits until the accept loop has stopped (after `shutdown` is cancelled).
+    /// Waits until both accept loops have stopped (after `shutdown` is cancelled).
     pub async fn stopped(self) {
-        let _ = self.server.await;
+        for server in self.servers {
+            let _ = server.await;
+        }
     }
 }
 
@@ -106,6 +163,7 @@ impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Simulator")
             .field("base_url", &self.handle.base_url())
+            .field("upload_base_url", &self.handle.upload_base_url())
             .finish_non_exhaustive()
     }
 }
@@ -122,8 +180,32 @@ fn router(sim: SimHandle) -> Router {
         .route("/sim/counts", get(control::counts))
         .route("/sim/callbacks", get(control::callbacks))
         .route("/sim/reset", post(control::reset))
+        .route("/sim/credits", post(control::set_credits))
         .route("/sim/tasks/{task_id}/complete", post(control::complete))
         .fallback(api::not_found)
+        .with_state(sim)
+}
+
+/// The upload host's routes. Uploads are read by their handlers under their
+/// own limit (`FileSettings::max_bytes`), so axum's default one is off.
+fn upload_router(sim: SimHandle) -> Router {
+    let only_post = uploads::method_not_allowed;
+    Router::new()
+        .route(
+            "/api/file-stream-upload",
+            post(uploads::stream).fallback(only_post),
+        )
+        .route(
+            "/api/file-base64-upload",
+            post(uploads::base64).fallback(only_post),
+        )
+        .route(
+            "/api/file-url-upload",
+            post(uploads::from_url).fallback(only_post),
+        )
+        .route("/files/{*path}", get(uploads::file))
+        .fallback(uploads::not_found)
+        .layer(DefaultBodyLimit::disable())
         .with_state(sim)
 }
 
@@ -149,9 +231,10 @@ fn callback_client() -> std::io::Result<reqwest::Client> {
         .map_err(std::io::Error::other)
 }
 
-/// Runs the standalone simulator until SIGINT or SIGTERM. Prints exactly one
-/// line to stdout, `kie.ai simulator listening on http://127.0.0.1:PORT`, for
-/// a parent process to parse.
+/// Runs the standalone simulator until SIGINT or SIGTERM. Prints two lines
+/// to stdout in one write, for a parent process to parse:
+/// `kie.ai simulator listening on http://127.0.0.1:PORT`, then
+/// `kie.ai upload API listening on http://127.0.0.1:PORT`.
 pub async fn run_standalone(
     args: SimulateArgs,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -159,16 +242,22 @@ pub async fn run_standalone(
     // soon as it reads the line is never lost to the default handler.
     let stop = crate::shutdown::signal();
     let listener = TcpListener::bind(args.listen).await?;
+    let upload_listener = TcpListener::bind(args.upload_addr()).await?;
     let shutdown = CancellationToken::new();
-    let simulator = Simulator::start(args.config(), listener, shutdown.clone()).await?;
+    let simulator =
+        Simulator::start_with_upload(args.config(), listener, upload_listener, shutdown.clone())
+            .await?;
     {
         use std::io::Write as _;
+        // One write: a parent that reads the first line and closes the pipe
+        // must not make a second write fail.
+        let ready = format!(
+            "kie.ai simulator listening on {}\nkie.ai upload API listening on {}\n",
+            simulator.base_url(),
+            simulator.upload_base_url()
+        );
         let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "kie.ai simulator listening on {}",
-            simulator.base_url()
-        )?;
+        stdout.write_all(ready.as_bytes())?;
         stdout.flush()?;
     }
     let signal = stop.await;

@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::api;
+use super::config::Faults;
 use super::faults::{self, Fault};
 use super::handle::{Endpoint, RecordedRequest, SimHandle};
 use super::tasks;
+use super::uploads::RecordedBody;
 
 /// kie.ai bodies are small; anything bigger is refused before parsing.
 const MAX_BODY: usize = 1024 * 1024;
@@ -39,10 +41,21 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
+/// Which of kie.ai's two hosts a listener plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// `api.kie.ai`: small JSON bodies, buffered and recorded on arrival.
+    Api,
+    /// `kieai.redpandaai.co`: uploads stream to their handler, which says
+    /// what to record (`uploads::RecordedBody`).
+    Upload,
+}
+
 /// Accepts until `shutdown` is cancelled; each connection then gets
 /// `DRAIN_GRACE` to finish.
 pub async fn serve(
     listener: TcpListener,
+    host: Host,
     app: Router,
     sim: SimHandle,
     shutdown: CancellationToken,
@@ -72,7 +85,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                handle(request, app.clone(), sim.clone())
+                handle(request, host, app.clone(), sim.clone())
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -89,9 +102,11 @@ pub async fn serve(
 }
 
 /// Records kie.ai API requests and applies the whole-simulator faults before
-/// the router sees them; `/sim/` routes pass straight through.
+/// the router sees them; other routes (`/sim/`, `/files/`) pass straight
+/// through.
 async fn handle(
     request: Request<Incoming>,
+    host: Host,
     app: Router,
     sim: SimHandle,
 ) -> Result<Response, DropConnection> {
@@ -100,9 +115,6 @@ async fn handle(
         return Ok(route(app, request.map(Body::new)).await);
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_BODY).await else {
-        return Ok((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response());
-    };
     let faults = sim.config().faults;
     let fault = if parts.headers.contains_key(axum::http::header::USER_AGENT) {
         Fault::pick(&faults)
@@ -118,43 +130,81 @@ async fn handle(
                 .collect::<BTreeMap<_, _>>()
         })
         .unwrap_or_default();
-    let body = if bytes.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+    let mut recorded = RecordedRequest {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query,
+        body: serde_json::Value::Null,
+        bearer: api::bearer(&parts.headers).is_some(),
+        fault: fault.map(|f| f.as_str().to_owned()),
+        received_ms: tasks::now_ms(),
     };
-    sim.record_request(
-        endpoint(&path),
-        RecordedRequest {
-            method: parts.method.to_string(),
-            path,
-            query,
-            body,
-            bearer: api::bearer(&parts.headers).is_some(),
-            fault: fault.map(|f| f.as_str().to_owned()),
-            received_ms: tasks::now_ms(),
-        },
-    );
+    let endpoint = endpoint(host, &path);
+    let body = match (host, fault) {
+        (Host::Api, _) => {
+            let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_BODY).await else {
+                return Ok(
+                    (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+                );
+            };
+            recorded.body = json_or_text(&bytes);
+            sim.record_request(endpoint, recorded);
+            Body::from(bytes)
+        }
+        // A faulted upload is recorded now, without its body; the others once
+        // their handler has read it.
+        (Host::Upload, Some(fault)) => {
+            sim.record_request(endpoint, recorded);
+            return faulted(fault, &faults).await;
+        }
+        (Host::Upload, None) => {
+            if !faults.latency.is_zero() {
+                tokio::time::sleep(faults.latency).await;
+            }
+            let mut response = route(app, Request::from_parts(parts, Body::new(body))).await;
+            if let Some(RecordedBody(seen)) = response.extensions_mut().remove::<RecordedBody>() {
+                recorded.body = seen;
+            }
+            sim.record_request(endpoint, recorded);
+            return Ok(response);
+        }
+    };
+    if let Some(fault) = fault {
+        return faulted(fault, &faults).await;
+    }
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    let response = route(app, Request::from_parts(parts, body)).await;
+    if response
+        .extensions()
+        .get::<api::DropInsteadOfAnswer>()
+        .is_some()
+    {
+        return Err(DropConnection);
+    }
+    Ok(response)
+}
+
+/// A fault's answer, after the configured latency.
+async fn faulted(fault: Fault, faults: &Faults) -> Result<Response, DropConnection> {
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
     match fault {
-        Some(Fault::Drop) => Err(DropConnection),
-        Some(Fault::Html502) => Ok(faults::html_502()),
-        Some(Fault::Error500) => Ok(faults::error_500()),
-        Some(Fault::NoUserAgent) => Ok(faults::no_user_agent()),
-        None => {
-            let response = route(app, Request::from_parts(parts, Body::from(bytes))).await;
-            if response
-                .extensions()
-                .get::<api::DropInsteadOfAnswer>()
-                .is_some()
-            {
-                return Err(DropConnection);
-            }
-            Ok(response)
-        }
+        Fault::Drop => Err(DropConnection),
+        Fault::Html502 => Ok(faults::html_502()),
+        Fault::Error500 => Ok(faults::error_500()),
+        Fault::NoUserAgent => Ok(faults::no_user_agent()),
+    }
+}
+
+fn json_or_text(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into()))
     }
 }
 
@@ -164,12 +214,15 @@ async fn route(app: Router, request: Request<Body>) -> Response {
         .unwrap_or_else(|never: Infallible| match never {})
 }
 
-fn endpoint(path: &str) -> Option<Endpoint> {
-    match path {
-        "/api/v1/jobs/createTask" => Some(Endpoint::CreateTask),
-        "/api/v1/jobs/recordInfo" => Some(Endpoint::RecordInfo),
-        "/api/v1/chat/credit" => Some(Endpoint::Credit),
-        "/api/v1/common/download-url" => Some(Endpoint::DownloadUrl),
+fn endpoint(host: Host, path: &str) -> Option<Endpoint> {
+    match (host, path) {
+        (Host::Api, "/api/v1/jobs/createTask") => Some(Endpoint::CreateTask),
+        (Host::Api, "/api/v1/jobs/recordInfo") => Some(Endpoint::RecordInfo),
+        (Host::Api, "/api/v1/chat/credit") => Some(Endpoint::Credit),
+        (Host::Api, "/api/v1/common/download-url") => Some(Endpoint::DownloadUrl),
+        (Host::Upload, "/api/file-stream-upload") => Some(Endpoint::FileStreamUpload),
+        (Host::Upload, "/api/file-base64-upload") => Some(Endpoint::FileBase64Upload),
+        (Host::Upload, "/api/file-url-upload") => Some(Endpoint::FileUrlUpload),
         _ => None,
     }
 }

@@ -45,12 +45,12 @@ impl TaskState {
 /// Credits one task costs, by duration and resolution (roughly kie.ai's
 /// price ratios for Hailuo 02 standard): 512P 6 s = 12, 512P 10 s = 20,
 /// 768P 6 s = 30, 768P 10 s = 50.
-pub fn cost(duration: &str, resolution: &str) -> u64 {
+pub fn cost(duration: &str, resolution: &str) -> f64 {
     match (duration, resolution) {
-        ("6", "512P") => 12,
-        ("10", "512P") => 20,
-        ("6", _) => 30,
-        _ => 50,
+        ("6", "512P") => 12.0,
+        ("10", "512P") => 20.0,
+        ("6", _) => 30.0,
+        _ => 50.0,
     }
 }
 
@@ -74,7 +74,8 @@ pub struct Task {
     pub timings: StateTimings,
     pub created: Instant,
     pub create_ms: u64,
-    pub credits: u64,
+    /// Live, `creditsConsumed` is a float.
+    pub credits: f64,
     pub ending: Option<Ending>,
     pub poll_fault: Option<u16>,
     pub poll_faults_left: u32,
@@ -104,7 +105,7 @@ impl Task {
         timings: StateTimings,
         created: Instant,
         create_ms: u64,
-        credits: u64,
+        credits: f64,
     ) -> Self {
         let timings = if scenario.slow {
             timings.scaled(10)
@@ -254,7 +255,7 @@ mod tests {
             timings,
             created,
             1_000_000,
-            30,
+            30.0,
         )
     }
 
@@ -323,9 +324,9 @@ mod tests {
 
     #[test]
     fn prices_follow_duration_and_resolution() {
-        assert_eq!(cost("6", "512P"), 12);
-        assert_eq!(cost("10", "512P"), 20);
-        assert_eq!(cost("6", "768P"), 30);
-        assert_eq!(cost("10", "768P"), 50);
+        assert_eq!(cost("6", "512P"), 12.0);
+        assert_eq!(cost("10", "512P"), 20.0);
+        assert_eq!(cost("6", "768P"), 30.0);
+        assert_eq!(cost("10", "768P"), 50.0);
     }
 }

@@ -16,6 +16,8 @@ pub const DEFAULT_RESOLUTION: &str = "768P";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateRequest {
     pub callback_url: Option<String>,
+    pub image_url: String,
+    pub end_image_url: Option<String>,
     pub duration: String,
     pub resolution: String,
 }
@@ -54,13 +56,14 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, String> {
             "input.prompt must be at most {PROMPT_MAX_CHARS} characters"
         ));
     }
-    match present(input, "image_url") {
+    let image_url = match present(input, "image_url") {
         None => return Err("input.image_url is required".into()),
         Some(url) => http_url("input.image_url", url)?,
     };
-    if let Some(url) = present(input, "end_image_url") {
-        http_url("input.end_image_url", url)?;
-    }
+    let end_image_url = match present(input, "end_image_url") {
+        None => None,
+        Some(url) => Some(http_url("input.end_image_url", url)?),
+    };
     let duration = one_of(input, "duration", &DURATIONS, DEFAULT_DURATION)?;
     let resolution = one_of(input, "resolution", &RESOLUTIONS, DEFAULT_RESOLUTION)?;
     for flag in ["prompt_optimizer", "nsfw_checker"] {
@@ -70,6 +73,8 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, String> {
     }
     Ok(CreateRequest {
         callback_url,
+        image_url,
+        end_image_url,
         duration,
         resolution,
     })

@@ -51,7 +51,8 @@ async fn counts_are_kept_per_endpoint() {
         counts,
         json!({
             "createTask": 2, "recordInfo": 3, "credit": 1, "downloadUrl": 0,
-            "video": 0, "callbackAttempts": 0, "callbacksDelivered": 0
+            "video": 0, "fileStreamUpload": 0, "fileBase64Upload": 0, "fileUrlUpload": 0,
+            "file": 0, "callbackAttempts": 0, "callbacksDelivered": 0
         })
     );
     assert_eq!(sim.handle.count(Endpoint::RecordInfo), 3);
@@ -68,7 +69,7 @@ async fn reset_forgets_everything_and_restores_credits() {
     let mut request = body("a cat");
     request["callBackUrl"] = json!(receiver.url);
     let task_id = sim.create_body_ok(&request).await;
-    assert!(sim.handle.credits() < 1000);
+    assert!(sim.handle.credits() < 1000.0);
 
     let reset = sim
         .client
@@ -103,7 +104,7 @@ async fn reset_forgets_everything_and_restores_credits() {
 async fn two_simulators_share_nothing() {
     let a = spawn_sim(config()).await;
     let b = spawn_sim(SimulatorConfig {
-        starting_credits: 500,
+        starting_credits: 500.0,
         ..config()
     })
     .await;
@@ -113,8 +114,8 @@ async fn two_simulators_share_nothing() {
         b.record_info(&task_id).await.json,
         json!({"code": 422, "msg": "recordInfo is null", "data": null})
     );
-    assert_eq!(a.handle.credits(), 970);
-    assert_eq!(b.handle.credits(), 500);
+    assert_eq!(a.handle.credits(), 970.0);
+    assert_eq!(b.handle.credits(), 500.0);
     assert_eq!(a.handle.count(Endpoint::CreateTask), 1);
     assert_eq!(b.handle.count(Endpoint::CreateTask), 0);
     b.handle.reset();
@@ -182,7 +183,7 @@ fn simulate_args_build_the_config() {
     let config = cli.args.config();
     assert_eq!(cli.args.listen.port(), 0);
     assert_eq!(config.api_key.as_deref(), Some("k"));
-    assert_eq!(config.starting_credits, 5);
+    assert_eq!(config.starting_credits, 5.0);
     assert_eq!(config.timings.waiting, Duration::from_millis(250));
     assert_eq!(config.timings.queuing, Duration::from_secs(1), "default");
     assert_eq!(config.timings.generating, Duration::from_secs(2));
@@ -207,4 +208,114 @@ fn simulate_args_defaults() {
     assert_eq!(config.faults, default.faults);
     assert_eq!(config.starting_credits, default.starting_credits);
     assert_eq!(config.api_key, None);
+}
+
+#[test]
+fn simulate_args_set_the_upload_host_and_its_limits() {
+    let cli = Cli::try_parse_from([
+        "simulate",
+        "--upload-listen",
+        "127.0.0.1:0",
+        "--credits",
+        "100.5",
+        "--upload-max-bytes",
+        "2048",
+        "--file-retention",
+        "3d",
+        "--file-storage-bytes",
+        "4096",
+        "--result-url-ttl",
+        "1h",
+        "--download-link-ttl",
+        "5m",
+    ])
+    .expect("parses");
+    let config = cli.args.config();
+    assert_eq!(cli.args.upload_addr().port(), 0);
+    assert_eq!(config.starting_credits, 100.5);
+    assert_eq!(config.files.max_bytes, 2048);
+    assert_eq!(config.files.retention, Duration::from_secs(3 * 86_400));
+    assert_eq!(config.files.storage_bytes, 4096);
+    assert_eq!(
+        config.files.url_timeout,
+        Duration::from_secs(30),
+        "kie.ai's"
+    );
+    assert_eq!(config.result_url_ttl, Duration::from_secs(3600));
+    assert_eq!(config.download_link_ttl, Duration::from_secs(300));
+    let defaults = Cli::try_parse_from(["simulate"]).expect("parses");
+    assert_eq!(defaults.args.upload_addr().to_string(), "127.0.0.1:8091");
+    let beside = |listen: &str| {
+        Cli::try_parse_from(["simulate", "--listen", listen])
+            .expect("parses")
+            .args
+            .upload_addr()
+            .to_string()
+    };
+    assert_eq!(beside("0.0.0.0:9000"), "0.0.0.0:9001");
+    assert_eq!(beside("127.0.0.1:0"), "127.0.0.1:0", "a free port");
+    let config = defaults.args.config();
+    let default = SimulatorConfig::default();
+    assert_eq!(config.files, default.files);
+    assert_eq!(config.files.max_bytes, 100 * 1024 * 1024);
+    assert_eq!(config.files.retention, Duration::from_secs(86_400));
+    assert_eq!(config.result_url_ttl, default.result_url_ttl);
+    assert_eq!(config.download_link_ttl, Duration::from_secs(20 * 60));
+    assert!(Cli::try_parse_from(["simulate", "--credits", "-5"]).is_err());
+}
+
+/// The standalone simulator names both hosts, in one write, and the upload
+/// host works; with `--listen`'s port 0 the upload host's is free too, so
+/// simulators side by side never collide.
+#[tokio::test]
+async fn the_standalone_simulator_prints_both_hosts() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hailuo-gateway"))
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn simulate");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("in time")
+            .expect("readable")
+            .expect("a line")
+    };
+    let api = next().await;
+    let upload = next().await;
+    let api = api
+        .strip_prefix("kie.ai simulator listening on ")
+        .expect("the API host first");
+    let upload = upload
+        .strip_prefix("kie.ai upload API listening on http://127.0.0.1:")
+        .expect("then the upload host");
+    assert_ne!(api, format!("http://127.0.0.1:{upload}"));
+    let form = crate::helpers::Form::new()
+        .text("uploadPath", "images")
+        .file("file", Some("a.png"), None, &crate::helpers::png(100));
+    let client = crate::helpers::client();
+    let answer = client
+        .post(format!("http://127.0.0.1:{upload}/api/file-stream-upload"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", form.content_type())
+        .body(form.body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let data = crate::helpers::json_of(answer).await["data"].clone();
+    let file = client
+        .get(data["downloadUrl"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(file.status(), StatusCode::OK);
+    child.kill().await.expect("stopped");
 }

@@ -63,7 +63,7 @@ async fn a_missing_or_empty_bearer_is_401_inside_http_200() {
             .json,
         expected
     );
-    assert_eq!(sim.handle.credits(), 1000, "nothing charged");
+    assert_eq!(sim.handle.credits(), 1000.0, "nothing charged");
 }
 
 #[tokio::test]
@@ -197,7 +197,11 @@ async fn each_invalid_field_is_422_naming_the_field() {
             "{name}"
         );
     }
-    assert_eq!(sim.handle.credits(), 1000, "rejected requests cost nothing");
+    assert_eq!(
+        sim.handle.credits(),
+        1000.0,
+        "rejected requests cost nothing"
+    );
 }
 
 #[tokio::test]
@@ -227,7 +231,7 @@ async fn a_body_that_is_not_json_is_422() {
 #[tokio::test]
 async fn credit_reports_the_balance() {
     let sim = spawn_sim(SimulatorConfig {
-        starting_credits: 777,
+        starting_credits: 777.0,
         ..config()
     })
     .await;
@@ -242,7 +246,7 @@ async fn credit_reports_the_balance() {
 #[tokio::test]
 async fn tasks_consume_credits_and_402_when_spent() {
     let sim = spawn_sim(SimulatorConfig {
-        starting_credits: 62,
+        starting_credits: 62.0,
         ..config()
     })
     .await;

@@ -42,7 +42,7 @@ async fn an_error_rate_of_one_answers_http_500() {
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(answer.json["code"], 500);
     assert_eq!(answer.json["data"], Value::Null);
-    assert_eq!(sim.handle.credits(), 1000, "no task was created");
+    assert_eq!(sim.handle.credits(), 1000.0, "no task was created");
     assert_eq!(sim.handle.requests()[0].fault.as_deref(), Some("error500"));
 }
 
@@ -116,7 +116,8 @@ async fn partial_rates_fault_some_requests_only() {
         ok,
         json!({
             "createTask": 0, "recordInfo": 0, "credit": 60, "downloadUrl": 0,
-            "video": 0, "callbackAttempts": 0, "callbacksDelivered": 0
+            "video": 0, "fileStreamUpload": 0, "fileBase64Upload": 0, "fileUrlUpload": 0,
+            "file": 0, "callbackAttempts": 0, "callbacksDelivered": 0
         })
     );
 }

@@ -34,6 +34,8 @@ pub fn config() -> SimulatorConfig {
 
 pub struct TestSim {
     pub base_url: String,
+    /// The upload host, a listener of its own.
+    pub upload_base_url: String,
     pub handle: SimHandle,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
@@ -68,8 +70,14 @@ pub async fn spawn_sim(config: SimulatorConfig) -> TestSim {
         sim.base_url(),
         format!("http://127.0.0.1:{}", sim.local_addr().port())
     );
+    assert_eq!(
+        sim.upload_base_url(),
+        format!("http://127.0.0.1:{}", sim.upload_addr().port())
+    );
+    assert_ne!(sim.upload_addr(), sim.local_addr());
     TestSim {
         base_url: sim.base_url(),
+        upload_base_url: sim.upload_base_url(),
         handle: sim.state(),
         client: client(),
         shutdown,
@@ -116,6 +124,42 @@ impl TestSim {
             request = request.header("authorization", format!("Bearer {key}"));
         }
         answer(request.send().await.expect("request answered")).await
+    }
+
+    /// A JSON POST to the upload host.
+    pub async fn upload_json(&self, path: &str, key: Option<&str>, body: &Value) -> Answer {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.upload_base_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        answer(request.send().await.expect("request answered")).await
+    }
+
+    /// `POST /api/file-stream-upload` with this multipart form.
+    pub async fn upload_form(&self, key: Option<&str>, form: &Form) -> Answer {
+        let mut request = self
+            .client
+            .post(format!("{}/api/file-stream-upload", self.upload_base_url))
+            .header("content-type", form.content_type())
+            .body(form.body());
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        answer(request.send().await.expect("request answered")).await
+    }
+
+    /// Uploads `bytes` as `file` under `images/tests` and returns `data`.
+    pub async fn upload_ok(&self, file_name: &str, bytes: &[u8]) -> Value {
+        let form = Form::new()
+            .file("file", Some(file_name), None, bytes)
+            .text("uploadPath", "images/tests");
+        let answer = self.upload_form(Some(KEY), &form).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        answer.json["data"].clone()
     }
 
     pub async fn create(&self, body: &Value) -> Answer {
@@ -290,4 +334,81 @@ pub async fn closed_port_url() -> String {
 pub async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.expect("body readable");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// A multipart/form-data body, built by hand so that tests control every
+/// byte (reqwest's multipart feature is not enabled).
+#[derive(Default)]
+pub struct Form {
+    parts: Vec<u8>,
+}
+
+pub const BOUNDARY: &str = "sim-test-boundary-7MA4YWxkTrZu0gW";
+
+impl Form {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn text(self, name: &str, value: &str) -> Self {
+        self.part(
+            &format!("Content-Disposition: form-data; name=\"{name}\""),
+            value.as_bytes(),
+        )
+    }
+
+    pub fn file(
+        self,
+        name: &str,
+        file_name: Option<&str>,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Self {
+        let mut headers = format!("Content-Disposition: form-data; name=\"{name}\"");
+        if let Some(file_name) = file_name {
+            headers.push_str(&format!("; filename=\"{file_name}\""));
+        }
+        if let Some(content_type) = content_type {
+            headers.push_str(&format!("\r\nContent-Type: {content_type}"));
+        }
+        self.part(&headers, bytes)
+    }
+
+    fn part(mut self, headers: &str, bytes: &[u8]) -> Self {
+        self.parts
+            .extend_from_slice(format!("--{BOUNDARY}\r\n{headers}\r\n\r\n").as_bytes());
+        self.parts.extend_from_slice(bytes);
+        self.parts.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={BOUNDARY}")
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut body = self.parts.clone();
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        body
+    }
+}
+
+/// `len` bytes that start like a PNG (the simulator, like kie.ai, knows a
+/// type by its first bytes).
+pub fn png(len: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.resize(len.max(8), 7);
+    bytes
+}
+
+pub fn jpeg(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    bytes.resize(len.max(4), 3);
+    bytes
+}
+
+pub fn webp(len: usize) -> Vec<u8> {
+    let mut bytes = b"RIFF\0\0\0\0WEBPVP8 ".to_vec();
+    bytes.resize(len.max(16), 5);
+    bytes
 }

@@ -5,7 +5,10 @@
 mod callbacks;
 mod control;
 mod create_task;
+mod credits;
+mod downloads;
 mod faults;
 mod helpers;
 mod record_info;
 mod scenarios;
+mod uploads;

@@ -158,28 +158,3 @@ async fn the_result_url_serves_a_real_mp4() {
     );
     assert_eq!(&bytes[4..8], b"ftyp", "an ISO media file");
 }
-
-#[tokio::test]
-async fn download_url_refreshes_result_urls_only() {
-    let sim = spawn_sim(config()).await;
-    let task_id = sim.create_ok("a cat").await;
-    let video = format!("{}/sim/videos/{task_id}.mp4", sim.base_url);
-    let answer = sim
-        .post(
-            "/api/v1/common/download-url",
-            Some(KEY),
-            &json!({"url": video}),
-        )
-        .await;
-    assert_eq!(answer.json["code"], 200);
-    let fresh = answer.json["data"].as_str().expect("data is the URL");
-    assert!(fresh.starts_with(&format!("{video}?expires=")), "{fresh}");
-    let foreign = sim
-        .post(
-            "/api/v1/common/download-url",
-            Some(KEY),
-            &json!({"url": "https://example.com/x.mp4"}),
-        )
-        .await;
-    assert_eq!(foreign.json["code"], 422);
-}

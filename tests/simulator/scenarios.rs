@@ -42,7 +42,7 @@ async fn code_markers_answer_that_kie_code_in_http_200() {
             assert_eq!(retry_after, None, "{code}");
         }
     }
-    assert_eq!(sim.handle.credits(), 1000, "refused tasks cost nothing");
+    assert_eq!(sim.handle.credits(), 1000.0, "refused tasks cost nothing");
 }
 
 #[tokio::test]
