@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod hub;
+pub mod image;
 pub mod kie;
 pub mod metrics;
 pub mod redis_client;
@@ -23,6 +24,7 @@ pub mod simulator;
 pub mod startup;
 pub mod task;
 pub mod telemetry;
+pub mod uploads;
 
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {

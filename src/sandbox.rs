@@ -39,6 +39,8 @@ pub async fn start(
         simulator.base_url().parse()?,
         Some(Secret::new(SANDBOX_KEY)),
     );
+    // The simulator serves kie.ai's file API too.
+    settings.upstream.upload_base_url = settings.upstream.base_url.clone();
     if settings.callbacks.public_url.is_none() {
         settings.callbacks.to_self = true;
     }

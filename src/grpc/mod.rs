@@ -1,6 +1,7 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod image_stream;
 mod task_stream;
 
 use std::future::Future;
@@ -14,7 +15,7 @@ use axum::http;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::StatusExt;
 
 use crate::config::{Secret, WatchSettings};
@@ -25,9 +26,11 @@ use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, UploadImageRequest,
+    UploadImageResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
+use crate::uploads::Uploader;
 pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
@@ -71,6 +74,7 @@ pub(crate) struct VideoGenerationService {
     pub(crate) credentials: Credentials,
     pub(crate) watch: WatchSettings,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) uploads: Arc<Uploader>,
 }
 
 #[tonic::async_trait]
@@ -166,6 +170,43 @@ impl VideoGeneration for VideoGenerationService {
             on_end,
         );
         Ok(respond(&request_id, stream))
+    }
+
+    async fn upload_image(
+        &self,
+        request: Request<Streaming<UploadImageRequest>>,
+    ) -> Result<Response<UploadImageResponse>, Status> {
+        let mut call = Call::start("UploadImage", &request, &self.metrics);
+        let (metadata, _, stream) = request.into_parts();
+        let result = async {
+            let credential = self.credentials.for_call(&metadata)?;
+            // Taken before the stream is read: the slots bound how many
+            // images are held in memory at once.
+            let slot = self.uploads.slot(&credential, call.deadline).await?;
+            let image = image_stream::read_image(stream).await?;
+            let left = call
+                .deadline
+                .map(|d| d.saturating_sub(call.started.elapsed()));
+            Ok::<_, GatewayError>(
+                self.uploads
+                    .upload(&slot, &credential, &image, left)
+                    .await?,
+            )
+        }
+        .await;
+        match result {
+            Ok(uploaded) => {
+                call.end(Outcome::Ok);
+                let response = UploadImageResponse {
+                    url: uploaded.url,
+                    expire_time: Some(uploaded.expire_time.into()),
+                    size_bytes: i64::try_from(uploaded.size_bytes).unwrap_or(i64::MAX),
+                    content_type: uploaded.format.mime_type().into(),
+                };
+                Ok(respond(&call.request_id, response))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
     }
 }
 
@@ -482,6 +523,7 @@ fn our_method(path: &str) -> Option<&'static str> {
         "CreateTask" => Some("CreateTask"),
         "GetTask" => Some("GetTask"),
         "WatchTask" => Some("WatchTask"),
+        "UploadImage" => Some("UploadImage"),
         _ => None,
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub enum Endpoint {
     CreateTask,
     RecordInfo,
+    /// kie.ai's file-stream upload, on its own host.
+    FileUpload,
 }
 
 impl Endpoint {
@@ -15,6 +17,7 @@ impl Endpoint {
         match self {
             Self::CreateTask => "createTask",
             Self::RecordInfo => "recordInfo",
+            Self::FileUpload => "fileStreamUpload",
         }
     }
 }
