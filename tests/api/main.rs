@@ -20,6 +20,7 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+mod uploads;
 mod validation;
 mod watch_at_scale;
 mod watch_task;
