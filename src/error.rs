@@ -507,9 +507,9 @@ pub fn classify(e: &UpstreamError) -> Mapped {
 fn by_code(code: i64, said: String, e: &UpstreamError) -> Mapped {
     let upload = e.endpoint == Endpoint::FileUpload;
     match code {
-        // The file API names the caller's request bad; the gateway sent
-        // only an image it had checked, so kie.ai refused that image.
-        400 => upstream(
+        // The file API names the request bad; the gateway sent only an
+        // image it had checked, so kie.ai refused that image.
+        400 if upload => upstream(
             Code::InvalidArgument,
             "UPSTREAM_VALIDATION_FAILED",
             None,
@@ -524,12 +524,6 @@ fn by_code(code: i64, said: String, e: &UpstreamError) -> Mapped {
                 "kie.ai's file upload API is not at the configured address {said}; \
                  the gateway's operator must fix KIE_UPLOAD_BASE_URL"
             ),
-        ),
-        405 => upstream(
-            Code::Internal,
-            "UPSTREAM_MISCONFIGURED",
-            None,
-            format!("kie.ai refused the gateway's request method {said}"),
         ),
         401 => match e.key_source {
             KeySource::Gateway => upstream(

@@ -40,7 +40,7 @@ use crate::uploads::Uploader;
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 20_000;
 /// Largest request message accepted: a CreateTask with two images of
 /// `MAX_IMAGE_BYTES` and the rest of its fields; a larger one still gets a
-/// clear error (RESOURCE_EXHAUSTED from tonic) before it is read.
+/// clear error (OUT_OF_RANGE from tonic) before it is read.
 pub(crate) const MAX_MESSAGE_SIZE: usize = 2 * MAX_IMAGE_BYTES + 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".

@@ -389,7 +389,9 @@ async fn each_answer_of_kies_file_api_maps_to_a_status_with_error_info() {
         ResponseTemplate::new(200)
             .set_body_json(json!({"success": true, "code": 200, "msg": "ok", "data": data}))
     };
-    let cases: Vec<(&str, ResponseTemplate, Option<(Code, &str)>)> = vec![
+    // A case's name, kie.ai's answer, and the status expected (None: OK).
+    type Case = (&'static str, ResponseTemplate, Option<(Code, &'static str)>);
+    let cases: Vec<Case> = vec![
         ("documented", upload_ok("https://f.example/a.png"), None),
         (
             "success without a code",
