@@ -52,6 +52,10 @@ pub mod defaults {
     pub const UPLOAD_PATH: &str = "hailuo-gateway";
     /// Each upload holds its image (at most 10 MiB) in memory.
     pub const MAX_CONCURRENT_UPLOADS: usize = 8;
+
+    // Credits (issue 13).
+    pub const CREDITS_REFRESH: Duration = Duration::from_secs(300);
+    pub const CREDITS_WARN_BELOW: f64 = 100.0;
 }
 
 /// A secret: a kie.ai API key, or the key kie.ai signs its callbacks with.
@@ -344,6 +348,18 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_MAX_CONCURRENT_UPLOADS", default_value_t = defaults::MAX_CONCURRENT_UPLOADS, value_parser = at_least_one)]
     pub max_concurrent_uploads: usize,
 
+    // === Credits ===
+    /// How often the gateway reads its kie.ai account's credits into the
+    /// hailuo_gateway_kie_credits gauge; 0 turns it off (it is always off
+    /// with key pass-through).
+    #[arg(long, env = "GATEWAY_CREDITS_REFRESH", default_value_t = human(defaults::CREDITS_REFRESH))]
+    pub credits_refresh: humantime::Duration,
+
+    /// Below this balance each refresh logs a warning, before kie.ai starts
+    /// refusing creates with 402.
+    #[arg(long, env = "GATEWAY_CREDITS_WARN_BELOW", default_value_t = defaults::CREDITS_WARN_BELOW)]
+    pub credits_warn_below: f64,
+
     /// Run against a built-in kie.ai simulator: no key, no credits spent.
     #[cfg(feature = "sandbox")]
     #[arg(long, env = "GATEWAY_SANDBOX")]
@@ -522,6 +538,23 @@ impl Default for UploadSettings {
     }
 }
 
+/// The credits gauge and its low-balance warning.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CreditSettings {
+    /// Zero: no refresh, no gauge.
+    pub refresh: Duration,
+    pub warn_below: f64,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        Self {
+            refresh: defaults::CREDITS_REFRESH,
+            warn_below: defaults::CREDITS_WARN_BELOW,
+        }
+    }
+}
+
 /// Everything the application is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -535,6 +568,7 @@ pub struct Settings {
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
     pub uploads: UploadSettings,
+    pub credits: CreditSettings,
 }
 
 impl Settings {
@@ -561,6 +595,7 @@ impl Settings {
             watch: WatchSettings::default(),
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             uploads: UploadSettings::default(),
+            credits: CreditSettings::default(),
         }
     }
 }
@@ -650,6 +685,10 @@ impl ServeArgs {
             uploads: UploadSettings {
                 path: self.kie_upload_path.clone(),
                 max_concurrent: self.max_concurrent_uploads,
+            },
+            credits: CreditSettings {
+                refresh: self.credits_refresh.into(),
+                warn_below: self.credits_warn_below,
             },
         }
     }

@@ -50,6 +50,8 @@ pub enum GatewayError {
     CoordinationUnavailable,
     /// A failure another replica's attempt met, as its caller saw it.
     Relayed(Box<RelayedError>),
+    /// Download links were asked for a task that has no video (yet).
+    TaskNotSucceeded { state: crate::pb::TaskState },
     /// The caller's request stream broke off or carried a message that
     /// could not be read (tonic's status says which).
     RequestStream { code: Code, message: String },
@@ -164,7 +166,7 @@ impl GatewayError {
     pub fn severity(&self) -> Severity {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
-            Self::RequestStream { .. } => Severity::Caller,
+            Self::RequestStream { .. } | Self::TaskNotSucceeded { .. } => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
@@ -265,6 +267,22 @@ impl GatewayError {
                     details.set_retry_info(Some(Duration::from_millis(ms)));
                 }
                 Status::with_error_details(e.code(), e.message.clone(), details)
+            }
+            Self::TaskNotSucceeded { state } => {
+                let state = state.as_str_name();
+                details.set_error_info(
+                    "TASK_NOT_SUCCEEDED",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([("state".to_string(), state.to_string())]),
+                );
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!(
+                        "the task has no video to link to: it is {state}, and links exist only \
+                         for TASK_STATE_SUCCEEDED"
+                    ),
+                    details,
+                )
             }
             Self::RequestStream { code, message } => {
                 details.set_error_info("REQUEST_STREAM_FAILED", GATEWAY_DOMAIN, HashMap::new());

@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod create;
+mod credits;
+pub mod downloads;
 pub mod error;
 mod expiring_map;
 pub mod fleet;

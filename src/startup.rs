@@ -124,8 +124,19 @@ impl Application {
             }),
         );
         let uploads = Arc::new(Uploader::new(kie.clone(), &settings.uploads));
+        // Whose balance would a pass-through gateway show? Nobody's.
+        if let (Some(credential), false) = (&gateway_credential, settings.upstream.key_passthrough)
+        {
+            crate::credits::spawn_refresh(
+                kie.clone(),
+                credential.clone(),
+                settings.credits,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+        }
         let creator = Arc::new(Creator {
-            kie,
+            kie: kie.clone(),
             uploads: uploads.clone(),
             hub: hub.clone(),
             idempotency,
@@ -143,6 +154,7 @@ impl Application {
             watch: settings.watch,
             shutdown: shutdown.clone(),
             uploads,
+            kie,
         };
         let callbacks = CallbackState {
             waker: hub.waker(),

@@ -22,12 +22,14 @@ use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
+use crate::kie::KieClient;
 use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, UploadImageRequest,
-    UploadImageResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GetCreditsRequest, GetCreditsResponse,
+    GetDownloadLinksRequest, GetDownloadLinksResponse, GetTaskRequest, GetTaskResponse,
+    UploadImageRequest, UploadImageResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
 use crate::uploads::Uploader;
@@ -75,6 +77,8 @@ pub(crate) struct VideoGenerationService {
     pub(crate) watch: WatchSettings,
     pub(crate) shutdown: CancellationToken,
     pub(crate) uploads: Arc<Uploader>,
+    /// For the calls that are one kie.ai read: download links, credits.
+    pub(crate) kie: KieClient,
 }
 
 #[tonic::async_trait]
@@ -204,6 +208,52 @@ impl VideoGeneration for VideoGenerationService {
                     content_type: uploaded.format.mime_type().into(),
                 };
                 Ok(respond(&call.request_id, response))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
+    }
+
+    async fn get_download_links(
+        &self,
+        request: Request<GetDownloadLinksRequest>,
+    ) -> Result<Response<GetDownloadLinksResponse>, Status> {
+        let mut call = Call::start("GetDownloadLinks", &request, &self.metrics);
+        let (metadata, _, message) = request.into_parts();
+        let raw_id = message.task_id;
+        call.task_id = loggable_id(&raw_id);
+        let result = async {
+            let task_id = TaskId::parse(raw_id)?;
+            let credential = self.credentials.for_call(&metadata)?;
+            crate::downloads::fresh_links(&self.hub, &self.kie, credential, task_id, call.deadline)
+                .await
+        }
+        .await;
+        match result {
+            Ok(links) => {
+                call.end(Outcome::Ok);
+                Ok(respond(
+                    &call.request_id,
+                    GetDownloadLinksResponse { links },
+                ))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
+    }
+
+    async fn get_credits(
+        &self,
+        request: Request<GetCreditsRequest>,
+    ) -> Result<Response<GetCreditsResponse>, Status> {
+        let mut call = Call::start("GetCredits", &request, &self.metrics);
+        let result = async {
+            let credential = self.credentials.for_call(request.metadata())?;
+            Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
+        }
+        .await;
+        match result {
+            Ok(credits) => {
+                call.end(Outcome::Ok);
+                Ok(respond(&call.request_id, GetCreditsResponse { credits }))
             }
             Err(e) => Err(call.fail(&e)),
         }
@@ -524,6 +574,8 @@ fn our_method(path: &str) -> Option<&'static str> {
         "GetTask" => Some("GetTask"),
         "WatchTask" => Some("WatchTask"),
         "UploadImage" => Some("UploadImage"),
+        "GetDownloadLinks" => Some("GetDownloadLinks"),
+        "GetCredits" => Some("GetCredits"),
         _ => None,
     }
 }

@@ -10,6 +10,10 @@ pub enum Endpoint {
     RecordInfo,
     /// kie.ai's file-stream upload, on its own host.
     FileUpload,
+    /// A fresh link to a result URL (`common/download-url`).
+    DownloadUrl,
+    /// The account's credits (`chat/credit`).
+    Credit,
 }
 
 impl Endpoint {
@@ -18,6 +22,8 @@ impl Endpoint {
             Self::CreateTask => "createTask",
             Self::RecordInfo => "recordInfo",
             Self::FileUpload => "fileStreamUpload",
+            Self::DownloadUrl => "downloadUrl",
+            Self::Credit => "credit",
         }
     }
 }

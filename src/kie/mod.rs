@@ -59,6 +59,8 @@ pub struct KieClient {
     record_url: Url,
     /// On the file API's own host (`KIE_UPLOAD_BASE_URL`).
     upload_url: Url,
+    download_url: Url,
+    credit_url: Url,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -78,12 +80,16 @@ impl KieClient {
         let create_url = settings.base_url.join("api/v1/jobs/createTask")?;
         let record_url = settings.base_url.join("api/v1/jobs/recordInfo")?;
         let upload_url = settings.upload_base_url.join("api/file-stream-upload")?;
+        let download_url = settings.base_url.join("api/v1/common/download-url")?;
+        let credit_url = settings.base_url.join("api/v1/chat/credit")?;
         Ok(Self {
             http,
             gate: Arc::new(gate::Gate::new(settings.limits)),
             create_url,
             record_url,
             upload_url,
+            download_url,
+            credit_url,
             timeout: settings.timeout,
             metrics,
         })
@@ -177,6 +183,59 @@ impl KieClient {
                 "downloadUrl is not an http(s) URL".into(),
             )),
         }
+    }
+
+    /// A fresh link (valid 20 minutes at kie.ai) to `result_url`, a result
+    /// URL of a task the gateway read itself. A read: safe to repeat.
+    pub(crate) async fn fresh_link(
+        &self,
+        credential: &Credential,
+        result_url: &str,
+        deadline: Option<Duration>,
+    ) -> Result<String, UpstreamError> {
+        let endpoint = Endpoint::DownloadUrl;
+        let body = serde_json::json!({ "url": result_url }).to_string();
+        let request = self
+            .http
+            .request(Method::POST, self.download_url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        let answer: Answer<wire::Link> = self
+            .send(endpoint, credential, request, deadline, deadline)
+            .await?;
+        let link = answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
+        match link.url() {
+            Some(url) if Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {
+                Ok(url.to_owned())
+            }
+            _ => Err(bad_response(
+                endpoint,
+                credential,
+                "data is not an http(s) URL".into(),
+            )),
+        }
+    }
+
+    /// The account's remaining credits.
+    pub(crate) async fn credits(
+        &self,
+        credential: &Credential,
+        deadline: Option<Duration>,
+    ) -> Result<f64, UpstreamError> {
+        let endpoint = Endpoint::Credit;
+        let request = self.http.request(Method::GET, self.credit_url.clone());
+        let answer: Answer<wire::Credits> = self
+            .send(endpoint, credential, request, deadline, deadline)
+            .await?;
+        answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?
+            .value()
+            .ok_or_else(|| bad_response(endpoint, credential, "data is not a number".into()))
     }
 
     /// Reads a task's current state.

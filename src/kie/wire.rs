@@ -105,6 +105,46 @@ pub struct Uploaded {
     pub download_url: Option<String>,
 }
 
+/// `data` of a download-url answer: documented as the bare URL; an object
+/// with `url` or `downloadUrl` is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Link {
+    Bare(String),
+    Object {
+        #[serde(alias = "downloadUrl")]
+        url: String,
+    },
+}
+
+impl Link {
+    pub fn url(&self) -> Option<&str> {
+        let url = match self {
+            Self::Bare(url) | Self::Object { url } => url,
+        };
+        (!url.is_empty()).then_some(url)
+    }
+}
+
+/// `data` of a credit answer: a number, possibly fractional, or the same
+/// as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Credits {
+    Number(f64),
+    Text(String),
+}
+
+impl Credits {
+    pub fn value(&self) -> Option<f64> {
+        let value = match self {
+            Self::Number(n) => *n,
+            Self::Text(s) => s.trim().parse().ok()?,
+        };
+        value.is_finite().then_some(value)
+    }
+}
+
 /// `data` of a recordInfo answer (and of a callback).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]

@@ -7,6 +7,8 @@ mod redis_server;
 
 mod create_outcome;
 mod create_task;
+mod credits;
+mod download_links;
 mod fleet_idempotency;
 mod fleet_limits;
 mod fleet_secrets;
