@@ -28,7 +28,8 @@ use crate::task::{CreateTaskInput, ImageSource, TaskId};
 use crate::uploads::Uploader;
 use attempts::{Attempts, Ticket};
 use idempotency::{
-    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
+    Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint,
+    scope_of,
 };
 
 pub(crate) struct Creator {
@@ -103,10 +104,11 @@ impl Creator {
             scope: scope_of(attempt.credential.key.expose()),
             request_id,
         };
+        let fingerprint = fingerprint_of(&attempt.input).await;
         let reservation = self
             .idempotency
             .clone()
-            .reserve(key.clone(), fingerprint(&attempt.input))
+            .reserve(key.clone(), fingerprint)
             .await;
         match reservation {
             Reservation::Reserved(lease) => {
@@ -297,5 +299,20 @@ impl Creator {
             self.attempts.lost(ticket);
         }
         Err(GatewayError::CreateOutcomeUnknown(unknown))
+    }
+}
+
+/// The input's fingerprint. Hashing up to 20 MiB of image bytes would hold
+/// a runtime thread for tens of milliseconds: that goes to the blocking pool.
+async fn fingerprint_of(input: &CreateTaskInput) -> Fingerprint {
+    let carries_bytes = |source: Option<&ImageSource>| matches!(source, Some(ImageSource::Data(_)));
+    if !carries_bytes(Some(&input.image)) && !carries_bytes(input.end_image.as_ref()) {
+        return fingerprint(input);
+    }
+    let owned = input.clone();
+    match tokio::task::spawn_blocking(move || fingerprint(&owned)).await {
+        Ok(fingerprint) => fingerprint,
+        // Only if the blocking pool is gone (the runtime shutting down).
+        Err(_) => fingerprint(input),
     }
 }
