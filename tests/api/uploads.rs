@@ -483,7 +483,8 @@ async fn each_answer_of_kies_file_api_maps_to_a_status_with_error_info() {
 #[tokio::test]
 async fn uploads_beyond_the_bound_wait_then_are_shed_with_retry_info() {
     let app = spawn_upload_app_with(|s| s.uploads.max_concurrent = 1).await;
-    app.answer_uploads(upload_ok("https://f.example/a.png").set_delay(Duration::from_secs(2)))
+    // The first upload holds the one slot well past the second's deadline.
+    app.answer_uploads(upload_ok("https://f.example/a.png").set_delay(Duration::from_secs(8)))
         .await;
     let first = {
         let mut client = app.client.clone();
@@ -501,9 +502,11 @@ async fn uploads_beyond_the_bound_wait_then_are_shed_with_retry_info() {
     );
 
     let mut client = app.client.clone();
+    // A deadline long enough that the gateway's answer (at 2.9 s) beats
+    // the client's own timer on a loaded machine.
     let request = with_timeout(
         tokio_stream::iter(chunks(&png(1000), 1000)),
-        Duration::from_millis(500),
+        Duration::from_secs(3),
     );
     let status = client.upload_image(request).await.expect_err("shed");
 
