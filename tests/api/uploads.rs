@@ -691,3 +691,47 @@ async fn concurrent_repeats_with_image_bytes_and_a_request_id_upload_once_and_cr
     let status = app.create(other).await.expect_err("a different image");
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
 }
+
+#[tokio::test]
+async fn repeats_with_image_bytes_over_two_replicas_sharing_redis_upload_once_and_create_once() {
+    let redis = crate::redis_server::RedisServer::start().await;
+    let api = MockServer::start().await;
+    let files = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(UPLOAD_PATH))
+        .respond_with(
+            upload_ok("https://f.example/fleet.png").set_delay(Duration::from_millis(300)),
+        )
+        .mount(&files)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(CREATE_PATH))
+        .respond_with(kie_ok(json!({"taskId": "task_fleet_bytes"})))
+        .mount(&api)
+        .await;
+    let replica = || async {
+        let mut settings = test_settings(&api.uri());
+        settings.upstream.upload_base_url = files.uri().parse().expect("url");
+        settings.redis = Some(redis.settings());
+        spawn_gateway(settings).await
+    };
+    let (a, b) = (replica().await, replica().await);
+    let request = CreateTaskRequest {
+        request_id: "fleet-bytes".into(),
+        ..with_image_data(png(MIB))
+    };
+
+    let calls = (0..10).map(|i| {
+        let mut client = if i % 2 == 0 { &a } else { &b }.client.clone();
+        let request = request.clone();
+        async move { client.create_task(request).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+
+    for answer in answers {
+        let task_id = answer.expect("created").into_inner().task_id;
+        assert_eq!(task_id, "task_fleet_bytes");
+    }
+    assert_eq!(received(&files, UPLOAD_PATH).await, 1, "one upload");
+    assert_eq!(received(&api, CREATE_PATH).await, 1, "one create");
+}
