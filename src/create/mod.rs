@@ -144,11 +144,12 @@ impl Creator {
             call_id,
         } = attempt;
         let started = Instant::now();
-        if let Err(error) = self.upload_images(&credential, &mut input, admit_by).await {
-            return Err(self.not_created(error, None, lease));
-        }
+        let uploaded = match self.upload_images(&credential, &mut input, admit_by).await {
+            Ok(uploaded) => uploaded,
+            Err(error) => return Err(self.not_created(error, None, lease)),
+        };
         let admit_by = admit_by.map(|d| d.saturating_sub(started.elapsed()));
-        if admit_by == Some(Duration::ZERO) {
+        if uploaded && admit_by == Some(Duration::ZERO) {
             // The caller's deadline ended during the upload: a task now
             // would be paid for with nobody told its id.
             let error = UpstreamError {
@@ -193,24 +194,26 @@ impl Creator {
     }
 
     /// Uploads the frames sent as bytes and puts their URLs in their place,
-    /// within the caller's deadline.
+    /// within the caller's deadline; whether there were any.
     async fn upload_images(
         &self,
         credential: &Credential,
         input: &mut CreateTaskInput,
         deadline: Option<Duration>,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<bool, UpstreamError> {
         let started = Instant::now();
+        let mut any = false;
         for source in std::iter::once(&mut input.image).chain(input.end_image.as_mut()) {
             let ImageSource::Data(image) = source else {
                 continue;
             };
             let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let slot = self.uploads.slot(credential, left).await?;
-            let uploaded = self.uploads.upload(&slot, credential, image, left).await?;
-            *source = ImageSource::Url(uploaded.url);
+            let file = self.uploads.upload(&slot, credential, image, left).await?;
+            *source = ImageSource::Url(file.url);
+            any = true;
         }
-        Ok(())
+        Ok(any)
     }
 
     /// Certainly no task: the key (if any) is free again.

@@ -22,8 +22,7 @@ use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
-use crate::kie::KieClient;
-use crate::kie::{Credential, KeySource};
+use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
