@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Image bytes as `Bytes`: handed on to the upload without a copy.
+        .bytes(".hailuo.v1")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -46,6 +46,17 @@ pub mod defaults {
     pub const CREATE_LIMIT: usize = 20;
     pub const CREATE_WINDOW: Duration = Duration::from_secs(10);
     pub const REDIS_PREFIX: &str = "hailuo-gateway";
+
+    // Image uploads (issue 13).
+    /// kie.ai's file API lives on its own host.
+    pub const KIE_UPLOAD_BASE_URL: &str = "https://kieai.redpandaai.co";
+    pub const UPLOAD_PATH: &str = "hailuo-gateway";
+    /// Each upload holds its image (at most 10 MiB) in memory.
+    pub const MAX_CONCURRENT_UPLOADS: usize = 8;
+
+    // Credits (issue 13).
+    pub const CREDITS_REFRESH: Duration = Duration::from_secs(300);
+    pub const CREDITS_WARN_BELOW: f64 = 100.0;
 }
 
 /// A secret: a kie.ai API key, or the key kie.ai signs its callbacks with.
@@ -129,6 +140,25 @@ impl std::str::FromStr for RedisUrl {
                 "scheme {other:?}: use redis://host:port/db (or rediss:// for TLS)"
             )),
         }
+    }
+}
+
+/// kie.ai's `uploadPath`: segments of letters, digits, `_`, `-` and `.`,
+/// no leading or trailing slash.
+fn upload_path(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be path segments of A-Z, a-z, 0-9, '_', '-', '.', without a leading or trailing slash".into())
     }
 }
 
@@ -317,6 +347,34 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX, value_parser = redis_prefix)]
     pub redis_prefix: String,
 
+    // === Image uploads ===
+    /// Base URL of kie.ai's file upload API (another host than its API).
+    #[arg(long, env = "KIE_UPLOAD_BASE_URL", default_value = defaults::KIE_UPLOAD_BASE_URL)]
+    pub kie_upload_base_url: Url,
+
+    /// kie.ai `uploadPath` the gateway's uploads go under (no leading or
+    /// trailing slash); files get random names within it.
+    #[arg(long, env = "KIE_UPLOAD_PATH", default_value = defaults::UPLOAD_PATH, value_parser = upload_path)]
+    pub kie_upload_path: String,
+
+    /// Most image uploads at once (UploadImage streams and CreateTask's
+    /// image bytes); each holds up to 10 MiB. Beyond it calls wait, then get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT_UPLOADS", default_value_t = defaults::MAX_CONCURRENT_UPLOADS, value_parser = at_least_one)]
+    pub max_concurrent_uploads: usize,
+
+    // === Credits ===
+    /// How often the gateway reads its kie.ai account's credits into the
+    /// hailuo_gateway_kie_credits gauge; 0 turns it off (it is always off
+    /// with key pass-through).
+    #[arg(long, env = "GATEWAY_CREDITS_REFRESH", default_value_t = human(defaults::CREDITS_REFRESH))]
+    pub credits_refresh: humantime::Duration,
+
+    /// Below this balance each refresh logs a warning, before kie.ai starts
+    /// refusing creates with 402.
+    #[arg(long, env = "GATEWAY_CREDITS_WARN_BELOW", default_value_t = defaults::CREDITS_WARN_BELOW)]
+    pub credits_warn_below: f64,
+
     /// Run against a built-in kie.ai simulator: no key, no credits spent.
     #[cfg(feature = "sandbox")]
     #[arg(long, env = "GATEWAY_SANDBOX")]
@@ -331,6 +389,8 @@ pub struct ServeArgs {
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
     pub base_url: Url,
+    /// kie.ai's file upload API (`KIE_UPLOAD_BASE_URL`).
+    pub upload_base_url: Url,
     /// The gateway's own key; `None` only with key pass-through.
     pub api_key: Option<Secret>,
     pub key_passthrough: bool,
@@ -489,6 +549,41 @@ pub struct RedisTlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
+/// Image uploads to kie.ai's file storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadSettings {
+    /// kie.ai's `uploadPath`.
+    pub path: String,
+    /// Uploads at once, each holding up to 10 MiB.
+    pub max_concurrent: usize,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self {
+            path: defaults::UPLOAD_PATH.into(),
+            max_concurrent: defaults::MAX_CONCURRENT_UPLOADS,
+        }
+    }
+}
+
+/// The credits gauge and its low-balance warning.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CreditSettings {
+    /// Zero: no refresh, no gauge.
+    pub refresh: Duration,
+    pub warn_below: f64,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        Self {
+            refresh: defaults::CREDITS_REFRESH,
+            warn_below: defaults::CREDITS_WARN_BELOW,
+        }
+    }
+}
+
 /// Everything the application is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -501,15 +596,19 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
+    pub uploads: UploadSettings,
+    pub credits: CreditSettings,
 }
 
 impl Settings {
-    /// Defaults for everything but where kie.ai is, with listeners on
-    /// ephemeral loopback ports: the starting point of tests and the sandbox.
+    /// Defaults for everything but where kie.ai is (its file API on the
+    /// same host), with listeners on ephemeral loopback ports: the starting
+    /// point of tests and the sandbox.
     pub fn local(base_url: Url, api_key: Option<Secret>) -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             upstream: UpstreamSettings {
+                upload_base_url: base_url.clone(),
                 base_url,
                 api_key,
                 key_passthrough: false,
@@ -524,6 +623,8 @@ impl Settings {
             http_addr: loopback,
             watch: WatchSettings::default(),
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            uploads: UploadSettings::default(),
+            credits: CreditSettings::default(),
         }
     }
 }
@@ -562,6 +663,7 @@ impl ServeArgs {
         Settings {
             upstream: UpstreamSettings {
                 base_url,
+                upload_base_url: self.kie_upload_base_url.clone(),
                 api_key,
                 key_passthrough: self.key_passthrough,
                 connect_timeout: self.kie_connect_timeout.into(),
@@ -614,6 +716,14 @@ impl ServeArgs {
                 max_duration: self.watch_max_duration.into(),
             },
             shutdown_grace: self.shutdown_grace.into(),
+            uploads: UploadSettings {
+                path: self.kie_upload_path.clone(),
+                max_concurrent: self.max_concurrent_uploads,
+            },
+            credits: CreditSettings {
+                refresh: self.credits_refresh.into(),
+                warn_below: self.credits_warn_below,
+            },
         }
     }
 }
@@ -642,5 +752,15 @@ mod tests {
         assert!("http://x".parse::<RedisUrl>().is_err());
         assert!(redis_prefix("a{b}").is_err());
         assert!(redis_prefix("team-a").is_ok());
+    }
+
+    #[test]
+    fn an_upload_path_has_no_outer_slashes_or_dot_segments() {
+        for bad in ["", "/a", "a/", "a//b", "a/../b", "a b", "a?b"] {
+            assert!(upload_path(bad).is_err(), "{bad:?}");
+        }
+        for good in ["images", "team-a/hailuo_in", "v1.2/x"] {
+            assert!(upload_path(good).is_ok(), "{good:?}");
+        }
     }
 }

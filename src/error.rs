@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::kie::{KeySource, UpstreamError, UpstreamErrorKind};
+use crate::kie::{Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
 use crate::task::{FieldViolation, InvalidRequest};
 
 /// ErrorInfo domain of failures reported by kie.ai.
@@ -50,6 +50,11 @@ pub enum GatewayError {
     CoordinationUnavailable,
     /// A failure another replica's attempt met, as its caller saw it.
     Relayed(Box<RelayedError>),
+    /// Download links were asked for a task that has no video (yet).
+    TaskNotSucceeded { state: crate::pb::TaskState },
+    /// The caller's request stream broke off or carried a message that
+    /// could not be read (tonic's status says which).
+    RequestStream { code: Code, message: String },
 }
 
 /// A failure as a caller sees it, in a form that can travel between
@@ -161,6 +166,7 @@ impl GatewayError {
     pub fn severity(&self) -> Severity {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
+            Self::RequestStream { .. } | Self::TaskNotSucceeded { .. } => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
@@ -261,6 +267,30 @@ impl GatewayError {
                     details.set_retry_info(Some(Duration::from_millis(ms)));
                 }
                 Status::with_error_details(e.code(), e.message.clone(), details)
+            }
+            Self::TaskNotSucceeded { state } => {
+                let state = state.as_str_name();
+                details.set_error_info(
+                    "TASK_NOT_SUCCEEDED",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([("state".to_string(), state.to_string())]),
+                );
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!(
+                        "the task has no video to link to: it is {state}, and links exist only \
+                         for TASK_STATE_SUCCEEDED"
+                    ),
+                    details,
+                )
+            }
+            Self::RequestStream { code, message } => {
+                details.set_error_info("REQUEST_STREAM_FAILED", GATEWAY_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    *code,
+                    format!("the request stream failed: {message}"),
+                    details,
+                )
             }
             Self::Internal(what) => {
                 details.set_error_info("INTERNAL_ERROR", GATEWAY_DOMAIN, HashMap::new());
@@ -470,7 +500,7 @@ pub fn classify(e: &UpstreamError) -> Mapped {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("no reason");
             let said = format!("(HTTP {status} {reason}, not kie.ai's JSON)");
-            by_code(i64::from(*status), said, e.key_source)
+            by_code(i64::from(*status), said, e)
         }
         UpstreamErrorKind::Timeout => upstream(
             Code::DeadlineExceeded,
@@ -485,16 +515,35 @@ pub fn classify(e: &UpstreamError) -> Mapped {
             format!("kie.ai sent an answer the gateway cannot read: {detail}"),
         ),
         UpstreamErrorKind::Code { code, msg } => {
-            by_code(*code, format!("(kie.ai {code}: {msg})"), e.key_source)
+            by_code(*code, format!("(kie.ai {code}: {msg})"), e)
         }
     }
 }
 
 /// The table of kie.ai's codes; `said` quotes what kie.ai (or the HTTP
 /// status) said.
-fn by_code(code: i64, said: String, key_source: KeySource) -> Mapped {
+fn by_code(code: i64, said: String, e: &UpstreamError) -> Mapped {
+    let upload = e.endpoint == Endpoint::FileUpload;
     match code {
-        401 => match key_source {
+        // The file API names the request bad; the gateway sent only an
+        // image it had checked, so kie.ai refused that image.
+        400 if upload => upstream(
+            Code::InvalidArgument,
+            "UPSTREAM_VALIDATION_FAILED",
+            None,
+            format!("kie.ai rejected the request {said}"),
+        ),
+        // The upload API not found where configured: the operator's to fix.
+        404 | 405 if upload => upstream(
+            Code::Internal,
+            "UPSTREAM_MISCONFIGURED",
+            None,
+            format!(
+                "kie.ai's file upload API is not at the configured address {said}; \
+                 the gateway's operator must fix KIE_UPLOAD_BASE_URL"
+            ),
+        ),
+        401 => match e.key_source {
             KeySource::Gateway => upstream(
                 Code::Internal,
                 "UPSTREAM_UNAUTHENTICATED",

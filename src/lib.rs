@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod create;
+mod credits;
+pub mod downloads;
 pub mod error;
 mod expiring_map;
 pub mod fleet;
@@ -12,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod hub;
+pub mod image;
 pub mod kie;
 pub mod metrics;
 pub mod redis_client;
@@ -23,6 +26,7 @@ pub mod simulator;
 pub mod startup;
 pub mod task;
 pub mod telemetry;
+pub mod uploads;
 
 /// The generated `hailuo.v1` messages, client and server.
 pub mod pb {

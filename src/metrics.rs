@@ -2,6 +2,7 @@
 //! listener.
 
 use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +32,12 @@ struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabels {
+    /// Whose key: the gateway's own (pass-through keys are never read).
+    account: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +94,9 @@ pub struct Metrics {
     pub fleet_replicas: Gauge,
     pub fleet_leases_held: Gauge,
     pub fleet_wakeups: Counter,
+    /// The kie.ai account's credits, as last read: absent until then, so
+    /// that no one reads an unknown balance as zero.
+    kie_credits: Family<AccountLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -202,7 +212,14 @@ impl Metrics {
             "wake-ups received from other replicas (a callback they got, a state their poller wrote)",
             fleet_wakeups.clone(),
         );
+        let kie_credits = Family::<AccountLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "kie_credits",
+            "the kie.ai account's remaining credits, read every GATEWAY_CREDITS_REFRESH",
+            kie_credits.clone(),
+        );
         Self {
+            kie_credits,
             fleet_redis_up,
             fleet_replicas,
             fleet_leases_held,
@@ -252,6 +269,12 @@ impl Metrics {
         self.callbacks_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub(crate) fn credits(&self, credits: f64) {
+        self.kie_credits
+            .get_or_create(&AccountLabels { account: "gateway" })
+            .set(credits);
     }
 
     pub(crate) fn create_attempt(&self, tally: CreateTally) {

@@ -47,6 +47,8 @@ pub async fn start(
         simulator.base_url().parse()?,
         Some(Secret::new(SANDBOX_KEY)),
     );
+    // kie.ai's file API is another host; the simulator serves it on its own port.
+    settings.upstream.upload_base_url = simulator.upload_base_url().parse()?;
     if settings.callbacks.public_url.is_none() {
         settings.callbacks.to_self = true;
     }

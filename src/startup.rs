@@ -27,18 +27,21 @@ use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
 use crate::hub::fleet_tasks::FleetTasks;
+use crate::image::MAX_IMAGE_BYTES;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::video_generation_server::VideoGenerationServer;
 use crate::redis_client::Redis;
+use crate::uploads::Uploader;
 
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 20_000;
-/// Largest request message accepted (tonic's default, stated): a valid
-/// request is a few KiB, and a larger one still gets a clear error.
-pub(crate) const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// Largest request message accepted: a CreateTask with two images of
+/// `MAX_IMAGE_BYTES` and the rest of its fields; a larger one still gets a
+/// clear error (OUT_OF_RANGE from tonic) before it is read.
+pub(crate) const MAX_MESSAGE_SIZE: usize = 2 * MAX_IMAGE_BYTES + 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -123,8 +126,21 @@ impl Application {
                 credential: gateway_credential.clone(),
             }),
         );
+        let uploads = Arc::new(Uploader::new(kie.clone(), &settings.uploads));
+        // Whose balance would a pass-through gateway show? Nobody's.
+        if let (Some(credential), false) = (&gateway_credential, settings.upstream.key_passthrough)
+        {
+            crate::credits::spawn_refresh(
+                kie.clone(),
+                credential.clone(),
+                settings.credits,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+        }
         let creator = Arc::new(Creator {
-            kie,
+            kie: kie.clone(),
+            uploads: uploads.clone(),
             hub: hub.clone(),
             idempotency,
             attempts: attempts.clone(),
@@ -140,6 +156,8 @@ impl Application {
             },
             watch: settings.watch,
             shutdown: shutdown.clone(),
+            uploads,
+            kie,
         };
         let callbacks = CallbackState {
             waker: hub.waker(),

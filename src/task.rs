@@ -4,8 +4,10 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use url::Url;
 
+use crate::image::ImageData;
 use crate::pb::{self, Model, Resolution, TaskState, VideoDuration};
 
 /// Longest prompt kie.ai accepts, in Unicode characters.
@@ -122,14 +124,33 @@ pub(crate) fn is_terminal(state: TaskState) -> bool {
     matches!(state, TaskState::Succeeded | TaskState::Failed)
 }
 
+/// Where a frame comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ImageSource {
+    /// A URL kie.ai fetches itself.
+    Url(String),
+    /// Bytes the gateway uploads to kie.ai's file storage first.
+    Data(ImageData),
+}
+
+impl ImageSource {
+    /// The URL kie.ai gets; `None` until the bytes are uploaded.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Self::Url(url) => Some(url),
+            Self::Data(_) => None,
+        }
+    }
+}
+
 /// A CreateTask request that passed validation. The defaults are applied:
 /// kie.ai has been seen not to fill in documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CreateTaskInput {
     pub model: &'static str,
     pub prompt: String,
-    pub image_url: String,
-    pub end_image_url: Option<String>,
+    pub image: ImageSource,
+    pub end_image: Option<ImageSource>,
     pub duration: &'static str,
     pub resolution: &'static str,
     pub prompt_optimizer: Option<bool>,
@@ -179,20 +200,36 @@ impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
             }
         }
 
-        if req.image_url.is_empty() {
-            bad.push(FieldViolation::new("image_url", "image_url is required"));
-        } else if let Err(why) = check_http_url(&req.image_url) {
-            bad.push(FieldViolation::new("image_url", format!("image_url {why}")));
-        }
-        for (field, value) in [
-            ("end_image_url", &req.end_image_url),
-            ("callback_url", &req.callback_url),
-        ] {
-            if !value.is_empty()
-                && let Err(why) = check_http_url(value)
-            {
-                bad.push(FieldViolation::new(field, format!("{field} {why}")));
+        let image = match image_source(("image_url", req.image_url), ("image_data", req.image_data))
+        {
+            Ok(Some(image)) => Some(image),
+            Ok(None) => {
+                bad.push(FieldViolation::new(
+                    "image_url",
+                    "image_url or image_data is required",
+                ));
+                None
             }
+            Err(violation) => {
+                bad.push(violation);
+                None
+            }
+        };
+        let end_image = image_source(
+            ("end_image_url", req.end_image_url),
+            ("end_image_data", req.end_image_data),
+        )
+        .unwrap_or_else(|violation| {
+            bad.push(violation);
+            None
+        });
+        if !req.callback_url.is_empty()
+            && let Err(why) = check_http_url(&req.callback_url)
+        {
+            bad.push(FieldViolation::new(
+                "callback_url",
+                format!("callback_url {why}"),
+            ));
         }
 
         if !req.request_id.is_empty() {
@@ -212,20 +249,41 @@ impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
             }
         }
 
-        if !bad.is_empty() {
+        let (true, Some(image)) = (bad.is_empty(), image) else {
             return Err(InvalidRequest(bad));
-        }
+        };
         Ok(Self {
             model,
             prompt: req.prompt,
-            image_url: req.image_url,
-            end_image_url: non_empty(req.end_image_url),
+            image,
+            end_image,
             duration,
             resolution,
             prompt_optimizer: req.prompt_optimizer,
             callback_url: non_empty(req.callback_url),
             request_id: non_empty(req.request_id),
         })
+    }
+}
+
+/// A frame given as a URL or as bytes, at most one of them; `None` when
+/// neither is set. (proto3 cannot tell empty bytes from unset ones.)
+fn image_source(
+    (url_field, url): (&'static str, String),
+    (data_field, data): (&'static str, Bytes),
+) -> Result<Option<ImageSource>, FieldViolation> {
+    match (url.is_empty(), data.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Err(FieldViolation::new(
+            data_field,
+            format!("set {url_field} or {data_field}, not both"),
+        )),
+        (false, true) => check_http_url(&url)
+            .map(|()| Some(ImageSource::Url(url)))
+            .map_err(|why| FieldViolation::new(url_field, format!("{url_field} {why}"))),
+        (true, false) => ImageData::parse(data_field, data)
+            .map(|image| Some(ImageSource::Data(image)))
+            .map_err(|why| FieldViolation::new(data_field, why)),
     }
 }
 
@@ -274,7 +332,7 @@ mod tests {
         assert_eq!(input.model, "hailuo/02-image-to-video-standard");
         assert_eq!(input.duration, "10");
         assert_eq!(input.resolution, "768P");
-        assert_eq!(input.end_image_url, None);
+        assert_eq!(input.end_image, None);
         assert_eq!(input.callback_url, None);
     }
 

@@ -103,6 +103,27 @@ impl VideoGeneration for BareForwarder {
     ) -> Result<tonic::Response<Self::WatchTaskStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("bare forwarder"))
     }
+
+    async fn get_download_links(
+        &self,
+        _: tonic::Request<hailuo_gateway::pb::GetDownloadLinksRequest>,
+    ) -> Result<tonic::Response<hailuo_gateway::pb::GetDownloadLinksResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
+    async fn get_credits(
+        &self,
+        _: tonic::Request<hailuo_gateway::pb::GetCreditsRequest>,
+    ) -> Result<tonic::Response<hailuo_gateway::pb::GetCreditsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
+    async fn upload_image(
+        &self,
+        _: tonic::Request<tonic::Streaming<hailuo_gateway::pb::UploadImageRequest>>,
+    ) -> Result<tonic::Response<hailuo_gateway::pb::UploadImageResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
 }
 
 /// `loadgen forwarder UPSTREAM_URL PORT`: serves until killed.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::config::IdempotencySettings;
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::expiring_map::{ExpiringMap, Retention};
-use crate::task::CreateTaskInput;
+use crate::task::{CreateTaskInput, ImageSource};
 
 /// A digest of every parameter that shapes the upstream request.
 pub(crate) type Fingerprint = [u8; 32];
@@ -139,14 +139,8 @@ pub(crate) fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
     };
     field(input.model.as_bytes());
     field(input.prompt.as_bytes());
-    field(input.image_url.as_bytes());
-    field(
-        input
-            .end_image_url
-            .as_deref()
-            .unwrap_or("\0none")
-            .as_bytes(),
-    );
+    image(&mut field, Some(&input.image));
+    image(&mut field, input.end_image.as_ref());
     field(input.duration.as_bytes());
     field(input.resolution.as_bytes());
     field(match input.prompt_optimizer {
@@ -156,6 +150,22 @@ pub(crate) fn fingerprint(input: &CreateTaskInput) -> Fingerprint {
     });
     field(input.callback_url.as_deref().unwrap_or("\0none").as_bytes());
     hash.finalize().into()
+}
+
+/// A frame in a fingerprint: its URL, or a SHA-256 digest of its bytes
+/// (never the bytes), each tagged so that neither can pass for the other.
+fn image(field: &mut impl FnMut(&[u8]), source: Option<&ImageSource>) {
+    match source {
+        None => field(b"\0none"),
+        Some(ImageSource::Url(url)) => {
+            field(b"url");
+            field(url.as_bytes());
+        }
+        Some(ImageSource::Data(data)) => {
+            field(b"sha256");
+            field(&Sha256::digest(data.bytes()));
+        }
+    }
 }
 
 /// The scope of a kie.ai key: a digest, so that the map never holds keys.
@@ -495,5 +505,39 @@ mod tests {
         let mut optimizer = base.clone();
         optimizer.prompt_optimizer = Some(false);
         assert_ne!(fingerprint(&base), fingerprint(&optimizer));
+    }
+
+    #[test]
+    fn the_fingerprint_covers_image_bytes_by_their_digest() {
+        let png = |tail: u8| {
+            let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+            bytes.push(tail);
+            let data = crate::image::ImageData::parse("image_data", bytes.into()).expect("png");
+            ImageSource::Data(data)
+        };
+        let base = CreateTaskInput::try_from(crate::pb::CreateTaskRequest {
+            prompt: "p".into(),
+            image_url: "https://x/y.png".into(),
+            ..Default::default()
+        })
+        .expect("valid");
+        let with = |image: ImageSource, end: Option<ImageSource>| CreateTaskInput {
+            image,
+            end_image: end,
+            ..base.clone()
+        };
+        assert_eq!(
+            fingerprint(&with(png(1), None)),
+            fingerprint(&with(png(1), None))
+        );
+        assert_ne!(
+            fingerprint(&with(png(1), None)),
+            fingerprint(&with(png(2), None))
+        );
+        assert_ne!(
+            fingerprint(&with(png(1), None)),
+            fingerprint(&with(png(1), Some(png(1))))
+        );
+        assert_ne!(fingerprint(&base), fingerprint(&with(png(1), None)));
     }
 }

@@ -7,21 +7,29 @@
 //! answer says whether a video is being paid for. A caller whose deadline
 //! ends first is told the outcome is unknown; with a request_id its retry
 //! waits for the same attempt.
+//!
+//! Frames sent as bytes are uploaded by the attempt before it creates: the
+//! upload is part of the one attempt a request_id makes, and an upload that
+//! fails is a certain "not created" (uploads are free and make no task).
 
 pub mod attempts;
 pub mod idempotency;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::hub::TaskHub;
-use crate::kie::{CreateOutcome, Credential, KieClient, UpstreamError};
+use crate::kie::{
+    CreateOutcome, Credential, Endpoint, KieClient, UpstreamError, UpstreamErrorKind,
+};
 use crate::metrics::{CreateTally, Metrics};
-use crate::task::{CreateTaskInput, TaskId};
+use crate::task::{CreateTaskInput, ImageSource, TaskId};
+use crate::uploads::Uploader;
 use attempts::{Attempts, Ticket};
 use idempotency::{
-    IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint, scope_of,
+    Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint,
+    scope_of,
 };
 
 pub(crate) struct Creator {
@@ -31,6 +39,8 @@ pub(crate) struct Creator {
     /// Callback URLs per attempt, to learn the task of a lost answer.
     pub(crate) attempts: Arc<Attempts>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Uploads the frames sent as bytes.
+    pub(crate) uploads: Arc<Uploader>,
 }
 
 /// One attempt's inputs, moved onto its own task.
@@ -94,10 +104,11 @@ impl Creator {
             scope: scope_of(attempt.credential.key.expose()),
             request_id,
         };
+        let fingerprint = fingerprint_of(&attempt.input).await;
         let reservation = self
             .idempotency
             .clone()
-            .reserve(key.clone(), fingerprint(&attempt.input))
+            .reserve(key.clone(), fingerprint)
             .await;
         match reservation {
             Reservation::Reserved(lease) => {
@@ -127,11 +138,30 @@ impl Creator {
     async fn run(&self, attempt: Attempt) -> Result<String, GatewayError> {
         let Attempt {
             credential,
-            input,
+            mut input,
             admit_by,
             lease,
             call_id,
         } = attempt;
+        let started = Instant::now();
+        let uploaded = match self.upload_images(&credential, &mut input, admit_by).await {
+            Ok(uploaded) => uploaded,
+            Err(error) => return Err(self.not_created(error, None, lease)),
+        };
+        let admit_by = admit_by.map(|d| d.saturating_sub(started.elapsed()));
+        if uploaded && admit_by == Some(Duration::ZERO) {
+            // The caller's deadline ended during the upload: a task now
+            // would be paid for with nobody told its id.
+            let error = UpstreamError {
+                endpoint: Endpoint::CreateTask,
+                key_source: credential.source,
+                retry_after: None,
+                kind: UpstreamErrorKind::Shed {
+                    reason: "deadline_passed_during_upload",
+                },
+            };
+            return Err(self.not_created(error, None, lease));
+        }
         // Our own callback URL carries a token that can name the task
         // should the answer be lost; a caller's URL is left as it is.
         let ticket = match input.callback_url {
@@ -155,22 +185,53 @@ impl Creator {
             Err(error) => error,
         };
         match error.create_outcome() {
-            CreateOutcome::NotCreated => {
-                self.metrics.create_attempt(CreateTally::NotCreated);
-                if let Some(ticket) = &ticket {
-                    self.attempts.answered(ticket);
-                }
-                let error = GatewayError::Upstream(error);
-                if let Some(lease) = lease {
-                    lease.settle(Settlement::NotCreated(&error));
-                }
-                Err(error)
-            }
+            CreateOutcome::NotCreated => Err(self.not_created(error, ticket.as_ref(), lease)),
             CreateOutcome::MaybeCreated => {
                 self.metrics.create_attempt(CreateTally::MaybeCreated);
                 self.maybe_created(&error, &input, ticket, lease, &call_id)
             }
         }
+    }
+
+    /// Uploads the frames sent as bytes and puts their URLs in their place,
+    /// within the caller's deadline; whether there were any.
+    async fn upload_images(
+        &self,
+        credential: &Credential,
+        input: &mut CreateTaskInput,
+        deadline: Option<Duration>,
+    ) -> Result<bool, UpstreamError> {
+        let started = Instant::now();
+        let mut any = false;
+        for source in std::iter::once(&mut input.image).chain(input.end_image.as_mut()) {
+            let ImageSource::Data(image) = source else {
+                continue;
+            };
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let slot = self.uploads.slot(credential, left).await?;
+            let file = self.uploads.upload(&slot, credential, image, left).await?;
+            *source = ImageSource::Url(file.url);
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Certainly no task: the key (if any) is free again.
+    fn not_created(
+        &self,
+        error: UpstreamError,
+        ticket: Option<&Ticket>,
+        lease: Option<Lease>,
+    ) -> GatewayError {
+        self.metrics.create_attempt(CreateTally::NotCreated);
+        if let Some(ticket) = ticket {
+            self.attempts.answered(ticket);
+        }
+        let error = GatewayError::Upstream(error);
+        if let Some(lease) = lease {
+            lease.settle(Settlement::NotCreated(&error));
+        }
+        error
     }
 
     fn created(&self, task_id: String, ticket: Option<&Ticket>, lease: Option<Lease>) -> String {
@@ -241,5 +302,20 @@ impl Creator {
             self.attempts.lost(ticket);
         }
         Err(GatewayError::CreateOutcomeUnknown(unknown))
+    }
+}
+
+/// The input's fingerprint. Hashing up to 20 MiB of image bytes would hold
+/// a runtime thread for tens of milliseconds: that goes to the blocking pool.
+async fn fingerprint_of(input: &CreateTaskInput) -> Fingerprint {
+    let carries_bytes = |source: Option<&ImageSource>| matches!(source, Some(ImageSource::Data(_)));
+    if !carries_bytes(Some(&input.image)) && !carries_bytes(input.end_image.as_ref()) {
+        return fingerprint(input);
+    }
+    let owned = input.clone();
+    match tokio::task::spawn_blocking(move || fingerprint(&owned)).await {
+        Ok(fingerprint) => fingerprint,
+        // Only if the blocking pool is gone (the runtime shutting down).
+        Err(_) => fingerprint(input),
     }
 }

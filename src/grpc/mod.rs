@@ -1,6 +1,7 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod image_stream;
 mod task_stream;
 
 use std::future::Future;
@@ -14,20 +15,23 @@ use axum::http;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::StatusExt;
 
 use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
-use crate::kie::{Credential, KeySource};
+use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GetCreditsRequest, GetCreditsResponse,
+    GetDownloadLinksRequest, GetDownloadLinksResponse, GetTaskRequest, GetTaskResponse,
+    UploadImageRequest, UploadImageResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
+use crate::uploads::Uploader;
 pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
@@ -71,6 +75,9 @@ pub(crate) struct VideoGenerationService {
     pub(crate) credentials: Credentials,
     pub(crate) watch: WatchSettings,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) uploads: Arc<Uploader>,
+    /// For the calls that are one kie.ai read: download links, credits.
+    pub(crate) kie: KieClient,
 }
 
 #[tonic::async_trait]
@@ -166,6 +173,89 @@ impl VideoGeneration for VideoGenerationService {
             on_end,
         );
         Ok(respond(&request_id, stream))
+    }
+
+    async fn upload_image(
+        &self,
+        request: Request<Streaming<UploadImageRequest>>,
+    ) -> Result<Response<UploadImageResponse>, Status> {
+        let mut call = Call::start("UploadImage", &request, &self.metrics);
+        let (metadata, _, stream) = request.into_parts();
+        let result = async {
+            let credential = self.credentials.for_call(&metadata)?;
+            // Taken before the stream is read: the slots bound how many
+            // images are held in memory at once.
+            let slot = self.uploads.slot(&credential, call.deadline).await?;
+            let image = image_stream::read_image(stream).await?;
+            let left = call
+                .deadline
+                .map(|d| d.saturating_sub(call.started.elapsed()));
+            Ok::<_, GatewayError>(
+                self.uploads
+                    .upload(&slot, &credential, &image, left)
+                    .await?,
+            )
+        }
+        .await;
+        match result {
+            Ok(uploaded) => {
+                call.end(Outcome::Ok);
+                let response = UploadImageResponse {
+                    url: uploaded.url,
+                    expire_time: Some(uploaded.expire_time.into()),
+                    size_bytes: i64::try_from(uploaded.size_bytes).unwrap_or(i64::MAX),
+                    content_type: uploaded.format.mime_type().into(),
+                };
+                Ok(respond(&call.request_id, response))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
+    }
+
+    async fn get_download_links(
+        &self,
+        request: Request<GetDownloadLinksRequest>,
+    ) -> Result<Response<GetDownloadLinksResponse>, Status> {
+        let mut call = Call::start("GetDownloadLinks", &request, &self.metrics);
+        let (metadata, _, message) = request.into_parts();
+        let raw_id = message.task_id;
+        call.task_id = loggable_id(&raw_id);
+        let result = async {
+            let task_id = TaskId::parse(raw_id)?;
+            let credential = self.credentials.for_call(&metadata)?;
+            crate::downloads::fresh_links(&self.hub, &self.kie, credential, task_id, call.deadline)
+                .await
+        }
+        .await;
+        match result {
+            Ok(links) => {
+                call.end(Outcome::Ok);
+                Ok(respond(
+                    &call.request_id,
+                    GetDownloadLinksResponse { links },
+                ))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
+    }
+
+    async fn get_credits(
+        &self,
+        request: Request<GetCreditsRequest>,
+    ) -> Result<Response<GetCreditsResponse>, Status> {
+        let mut call = Call::start("GetCredits", &request, &self.metrics);
+        let result = async {
+            let credential = self.credentials.for_call(request.metadata())?;
+            Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
+        }
+        .await;
+        match result {
+            Ok(credits) => {
+                call.end(Outcome::Ok);
+                Ok(respond(&call.request_id, GetCreditsResponse { credits }))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
     }
 }
 
@@ -482,6 +572,9 @@ fn our_method(path: &str) -> Option<&'static str> {
         "CreateTask" => Some("CreateTask"),
         "GetTask" => Some("GetTask"),
         "WatchTask" => Some("WatchTask"),
+        "UploadImage" => Some("UploadImage"),
+        "GetDownloadLinks" => Some("GetDownloadLinks"),
+        "GetCredits" => Some("GetCredits"),
         _ => None,
     }
 }

@@ -8,6 +8,12 @@ use std::time::Duration;
 pub enum Endpoint {
     CreateTask,
     RecordInfo,
+    /// kie.ai's file-stream upload, on its own host.
+    FileUpload,
+    /// A fresh link to a result URL (`common/download-url`).
+    DownloadUrl,
+    /// The account's credits (`chat/credit`).
+    Credit,
 }
 
 impl Endpoint {
@@ -15,6 +21,9 @@ impl Endpoint {
         match self {
             Self::CreateTask => "createTask",
             Self::RecordInfo => "recordInfo",
+            Self::FileUpload => "fileStreamUpload",
+            Self::DownloadUrl => "downloadUrl",
+            Self::Credit => "credit",
         }
     }
 }

@@ -3,13 +3,15 @@
 
 mod error;
 mod gate;
+mod multipart;
 pub mod wire;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
@@ -21,7 +23,8 @@ use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
-use wire::{CreateTaskBody, Created, Envelope, Record};
+use multipart::Multipart;
+use wire::{CreateTaskBody, Created, Envelope, Record, Uploaded};
 
 /// kie.ai sits behind a CDN that refuses requests without a User-Agent.
 pub(crate) const USER_AGENT: &str = concat!("hailuo-gateway/", env!("CARGO_PKG_VERSION"));
@@ -54,6 +57,10 @@ pub struct KieClient {
     gate: Arc<gate::Gate>,
     create_url: Url,
     record_url: Url,
+    /// On the file API's own host (`KIE_UPLOAD_BASE_URL`).
+    upload_url: Url,
+    download_url: Url,
+    credit_url: Url,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -72,11 +79,17 @@ impl KieClient {
         // Parsed once here rather than per call.
         let create_url = settings.base_url.join("api/v1/jobs/createTask")?;
         let record_url = settings.base_url.join("api/v1/jobs/recordInfo")?;
+        let upload_url = settings.upload_base_url.join("api/file-stream-upload")?;
+        let download_url = settings.base_url.join("api/v1/common/download-url")?;
+        let credit_url = settings.base_url.join("api/v1/chat/credit")?;
         Ok(Self {
             http,
             gate: Arc::new(gate::Gate::new(settings.limits)),
             create_url,
             record_url,
+            upload_url,
+            download_url,
+            credit_url,
             timeout: settings.timeout,
             metrics,
         })
@@ -101,19 +114,19 @@ impl KieClient {
         admit_by: Option<Duration>,
     ) -> Result<String, UpstreamError> {
         let endpoint = Endpoint::CreateTask;
-        // Serialising borrowed strings and bools cannot fail; were it to, the
+        // Serialising borrowed strings and bools cannot fail, and the
+        // creator uploads every image first; were either to fail, the
         // request was never sent, and the gateway's shedding says as much.
+        let not_sent = |reason| UpstreamError {
+            endpoint,
+            key_source: credential.source,
+            retry_after: None,
+            kind: UpstreamErrorKind::Shed { reason },
+        };
+        let body = CreateTaskBody::new(input, call_back_url)
+            .ok_or_else(|| not_sent("an image was not uploaded"))?;
         let body =
-            serde_json::to_vec(&CreateTaskBody::new(input, call_back_url)).map_err(|_| {
-                UpstreamError {
-                    endpoint,
-                    key_source: credential.source,
-                    retry_after: None,
-                    kind: UpstreamErrorKind::Shed {
-                        reason: "request body could not be encoded",
-                    },
-                }
-            })?;
+            serde_json::to_vec(&body).map_err(|_| not_sent("request body could not be encoded"))?;
         let request = self
             .http
             .request(Method::POST, self.create_url.clone())
@@ -129,6 +142,100 @@ impl KieClient {
         created
             .task_id
             .ok_or_else(|| bad_response(endpoint, credential, "data has no taskId".into()))
+    }
+
+    /// Uploads a file to kie.ai's storage (free, on its own host) under
+    /// `upload_path`/`file_name`: the URL it can be fetched at. Not gated
+    /// by kie.ai's API limits (the caller bounds uploads itself); answered
+    /// within `deadline`, capped by the upstream timeout.
+    pub(crate) async fn upload_file(
+        &self,
+        credential: &Credential,
+        upload: FileUpload<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<String, UpstreamError> {
+        let endpoint = Endpoint::FileUpload;
+        let body = Multipart::upload(upload.path, upload.file_name, upload.mime, upload.file);
+        let request = self
+            .http
+            .request(Method::POST, self.upload_url.clone())
+            .header(CONTENT_TYPE, body.content_type())
+            .header(CONTENT_LENGTH, body.len())
+            .body(reqwest::Body::wrap(body));
+        let started = Instant::now();
+        let answer = self
+            .exchange::<Uploaded>(endpoint, credential, request, deadline)
+            .await;
+        self.count(endpoint, &answer, started);
+        let uploaded = answer?
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
+        let url = uploaded
+            .download_url
+            .ok_or_else(|| bad_response(endpoint, credential, "data has no downloadUrl".into()))?;
+        // It goes to createTask as image_url, which must be a web URL.
+        match Url::parse(&url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(url),
+            _ => Err(bad_response(
+                endpoint,
+                credential,
+                "downloadUrl is not an http(s) URL".into(),
+            )),
+        }
+    }
+
+    /// A fresh link (valid 20 minutes at kie.ai) to `result_url`, a result
+    /// URL of a task the gateway read itself. A read: safe to repeat.
+    pub(crate) async fn fresh_link(
+        &self,
+        credential: &Credential,
+        result_url: &str,
+        deadline: Option<Duration>,
+    ) -> Result<String, UpstreamError> {
+        let endpoint = Endpoint::DownloadUrl;
+        let body = serde_json::json!({ "url": result_url }).to_string();
+        let request = self
+            .http
+            .request(Method::POST, self.download_url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        let answer: Answer<wire::Link> = self
+            .send(endpoint, credential, request, deadline, deadline)
+            .await?;
+        let link = answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?;
+        match link.url() {
+            Some(url) if Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {
+                Ok(url.to_owned())
+            }
+            _ => Err(bad_response(
+                endpoint,
+                credential,
+                "data is not an http(s) URL".into(),
+            )),
+        }
+    }
+
+    /// The account's remaining credits.
+    pub(crate) async fn credits(
+        &self,
+        credential: &Credential,
+        deadline: Option<Duration>,
+    ) -> Result<f64, UpstreamError> {
+        let endpoint = Endpoint::Credit;
+        let request = self.http.request(Method::GET, self.credit_url.clone());
+        let answer: Answer<wire::Credits> = self
+            .send(endpoint, credential, request, deadline, deadline)
+            .await?;
+        answer
+            .data
+            .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
+            .map_err(|e| bad_response(endpoint, credential, format!("data: {e}")))?
+            .value()
+            .ok_or_else(|| bad_response(endpoint, credential, "data is not a number".into()))
     }
 
     /// Reads a task's current state.
@@ -201,13 +308,17 @@ impl KieClient {
         // Time spent waiting at the gate comes out of the caller's deadline.
         let deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
         let answer = self.exchange(endpoint, credential, request, deadline).await;
-        let code = match &answer {
+        self.count(endpoint, &answer, started);
+        answer
+    }
+
+    fn count<T>(&self, endpoint: Endpoint, answer: &Result<T, UpstreamError>, started: Instant) {
+        let code = match answer {
             Ok(_) => Cow::Borrowed("200"),
             Err(e) => Cow::Owned(e.code_label()),
         };
         self.metrics
             .upstream_call(endpoint.as_str(), code, started.elapsed());
-        answer
     }
 
     async fn exchange<T: DeserializeOwned>(
@@ -252,6 +363,15 @@ impl KieClient {
     }
 }
 
+/// One file for `upload_file`.
+pub(crate) struct FileUpload<'a> {
+    /// kie.ai's `uploadPath`: no leading or trailing slash.
+    pub(crate) path: &'a str,
+    pub(crate) file_name: &'a str,
+    pub(crate) mime: &'static str,
+    pub(crate) file: Bytes,
+}
+
 /// An answer whose code was 200, read once, its `data` parsed as `T`.
 struct Answer<T> {
     /// `data`, unless absent or null; a parse failure is kept for the
@@ -265,12 +385,9 @@ impl<T: DeserializeOwned> Answer<T> {
     /// Classifies an answer: the JSON `code` when the body is JSON, the HTTP
     /// status otherwise.
     fn read(status: StatusCode, body: &[u8]) -> Result<Self, UpstreamErrorKind> {
-        match serde_json::from_slice::<Envelope>(body) {
-            Ok(
-                env @ Envelope {
-                    code: Some(200), ..
-                },
-            ) => {
+        let envelope = serde_json::from_slice::<Envelope>(body).ok();
+        match envelope.as_ref().and_then(|env| Some((env, env.code()?))) {
+            Some((env, 200)) => {
                 // Parsed from the envelope's borrowed slice of `body`.
                 let data = env.data().map(|raw| serde_json::from_str(raw.get()));
                 let reason = if data.is_none() {
@@ -280,23 +397,19 @@ impl<T: DeserializeOwned> Answer<T> {
                 };
                 Ok(Self { data, reason })
             }
-            Ok(
-                env @ Envelope {
-                    code: Some(code), ..
-                },
-            ) => Err(UpstreamErrorKind::Code {
+            Some((env, code)) => Err(UpstreamErrorKind::Code {
                 code,
                 msg: env.reason(),
             }),
             // No usable JSON code: fall back on the HTTP status.
-            _ if status.is_success() => Err(UpstreamErrorKind::BadResponse {
+            None if status.is_success() => Err(UpstreamErrorKind::BadResponse {
                 detail: format!(
                     "HTTP {} with {} bytes that are not kie.ai's JSON",
                     status.as_u16(),
                     body.len()
                 ),
             }),
-            _ => Err(UpstreamErrorKind::HttpStatus {
+            None => Err(UpstreamErrorKind::HttpStatus {
                 status: status.as_u16(),
             }),
         }

@@ -32,19 +32,24 @@ pub(crate) struct CreateTaskInputBody<'a> {
 }
 
 impl<'a> CreateTaskBody<'a> {
-    pub fn new(input: &'a CreateTaskInput, call_back_url: Option<&'a str>) -> Self {
-        Self {
+    /// `None` while a frame is still bytes: kie.ai takes only URLs.
+    pub fn new(input: &'a CreateTaskInput, call_back_url: Option<&'a str>) -> Option<Self> {
+        let end_image_url = match &input.end_image {
+            Some(end) => Some(end.url()?),
+            None => None,
+        };
+        Some(Self {
             model: input.model,
             call_back_url,
             input: CreateTaskInputBody {
                 prompt: &input.prompt,
-                image_url: &input.image_url,
-                end_image_url: input.end_image_url.as_deref(),
+                image_url: input.image.url()?,
+                end_image_url,
                 duration: input.duration,
                 resolution: input.resolution,
                 prompt_optimizer: input.prompt_optimizer,
             },
-        }
+        })
     }
 }
 
@@ -59,6 +64,9 @@ pub struct Envelope<'a> {
     pub(crate) message: Option<String>,
     #[serde(default, borrow)]
     pub(crate) data: Option<&'a RawValue>,
+    /// The file upload API's flag beside `code`.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub(crate) success: Option<bool>,
 }
 
 impl<'a> Envelope<'a> {
@@ -68,6 +76,12 @@ impl<'a> Envelope<'a> {
             .clone()
             .or_else(|| self.message.clone())
             .unwrap_or_default()
+    }
+
+    /// The code, or 200 for an upload answer that says only `success: true`.
+    pub fn code(&self) -> Option<i64> {
+        self.code
+            .or_else(|| self.success.and_then(|ok| ok.then_some(200)))
     }
 
     /// `data`, unless absent or JSON null.
@@ -81,6 +95,54 @@ impl<'a> Envelope<'a> {
 pub struct Created {
     #[serde(rename = "taskId", deserialize_with = "lenient_string")]
     pub task_id: Option<String>,
+}
+
+/// `data` of a file upload's answer (`{success, code, msg, data}`); only
+/// the URL matters, the rest is kie.ai's account of the file.
+#[derive(Deserialize)]
+pub struct Uploaded {
+    #[serde(rename = "downloadUrl", default, deserialize_with = "lenient_string")]
+    pub download_url: Option<String>,
+}
+
+/// `data` of a download-url answer: documented as the bare URL; an object
+/// with `url` or `downloadUrl` is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Link {
+    Bare(String),
+    Object {
+        #[serde(alias = "downloadUrl")]
+        url: String,
+    },
+}
+
+impl Link {
+    pub fn url(&self) -> Option<&str> {
+        let url = match self {
+            Self::Bare(url) | Self::Object { url } => url,
+        };
+        (!url.is_empty()).then_some(url)
+    }
+}
+
+/// `data` of a credit answer: a number, possibly fractional, or the same
+/// as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Credits {
+    Number(f64),
+    Text(String),
+}
+
+impl Credits {
+    pub fn value(&self) -> Option<f64> {
+        let value = match self {
+            Self::Number(n) => *n,
+            Self::Text(s) => s.trim().parse().ok()?,
+        };
+        value.is_finite().then_some(value)
+    }
 }
 
 /// `data` of a recordInfo answer (and of a callback).
@@ -200,6 +262,15 @@ fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error>
 
 /// A string (empty means absent), a number written as a string, or
 /// null/absent.
+/// `true`/`false`, or the same as a string; anything else is unknown.
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Bool(b)) => Some(b),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    })
+}
+
 fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -290,7 +361,8 @@ mod tests {
             ..Default::default()
         })
         .expect("valid");
-        let json = serde_json::to_value(CreateTaskBody::new(&input, None)).expect("json");
+        let json = serde_json::to_value(CreateTaskBody::new(&input, None).expect("urls only"))
+            .expect("json");
         assert_eq!(
             json,
             serde_json::json!({"model":"hailuo/02-image-to-video-standard",

@@ -49,7 +49,9 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
         .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("GATEWAY_POLL_FAST", "50ms")
-        .env("GATEWAY_SHUTDOWN_GRACE", "5s");
+        .env("GATEWAY_SHUTDOWN_GRACE", "5s")
+        // Off unless a test turns it on: it would show in upstream counts.
+        .env("GATEWAY_CREDITS_REFRESH", "0s");
     for (name, value) in env {
         command.env(name, value);
     }

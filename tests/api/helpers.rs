@@ -336,6 +336,8 @@ pub fn test_settings(base_url: &str) -> Settings {
     // Far above what the tests read: the budget has tests of its own.
     settings.watch.read_budget = 1000;
     settings.shutdown_grace = Duration::from_secs(2);
+    // Off: a background credits read would show up in the upstream counts.
+    settings.credits.refresh = Duration::ZERO;
     settings
 }
 

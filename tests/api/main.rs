@@ -7,6 +7,8 @@ mod redis_server;
 
 mod create_outcome;
 mod create_task;
+mod credits;
+mod download_links;
 #[cfg(feature = "sandbox")]
 mod fleet_failover;
 mod fleet_idempotency;
@@ -23,6 +25,7 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+mod uploads;
 mod validation;
 mod watch_at_scale;
 mod watch_task;

@@ -153,7 +153,8 @@ async fn a_watch_whose_deadline_passes_before_its_first_message_is_counted() {
 async fn a_request_tonic_cannot_decode_is_counted() {
     let app = spawn_app().await;
     let too_large = CreateTaskRequest {
-        prompt: "x".repeat(5 * 1024 * 1024),
+        // Above the 21 MiB limit (room for two 10 MiB images).
+        prompt: "x".repeat(22 * 1024 * 1024),
         ..valid_request()
     };
 

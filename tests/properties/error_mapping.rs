@@ -20,8 +20,15 @@ fn message_text() -> impl Strategy<Value = String> {
 }
 
 /// (gRPC code, ErrorInfo reason, default retry delay) for a kie.ai code.
-fn expected_mapping(code: i64, source: KeySource) -> (Code, &'static str, Option<u64>) {
+fn expected_mapping(
+    code: i64,
+    source: KeySource,
+    endpoint: Endpoint,
+) -> (Code, &'static str, Option<u64>) {
+    let upload = endpoint == Endpoint::FileUpload;
     match code {
+        400 if upload => (Code::InvalidArgument, "UPSTREAM_VALIDATION_FAILED", None),
+        404 | 405 if upload => (Code::Internal, "UPSTREAM_MISCONFIGURED", None),
         401 if source == KeySource::Gateway => (Code::Internal, "UPSTREAM_UNAUTHENTICATED", None),
         401 => (Code::Unauthenticated, "UPSTREAM_UNAUTHENTICATED", None),
         402 => (Code::FailedPrecondition, "INSUFFICIENT_CREDITS", None),
@@ -39,7 +46,7 @@ fn expected_mapping(code: i64, source: KeySource) -> (Code, &'static str, Option
 fn upstream_error() -> impl Strategy<Value = UpstreamError> {
     let code = prop_oneof![
         3 => prop::sample::select(vec![
-            200i64, 400, 401, 402, 404, 408, 422, 429, 433, 455, 500, 501, 502, 503, 504, 505,
+            200i64, 400, 401, 402, 404, 405, 408, 422, 429, 433, 455, 500, 501, 502, 503, 504, 505,
         ]),
         2 => any::<i64>(),
     ];
@@ -56,7 +63,11 @@ fn upstream_error() -> impl Strategy<Value = UpstreamError> {
             .prop_map(|reason| UpstreamErrorKind::Shed { reason }),
     ];
     (
-        prop::sample::select(vec![Endpoint::CreateTask, Endpoint::RecordInfo]),
+        prop::sample::select(vec![
+            Endpoint::CreateTask,
+            Endpoint::RecordInfo,
+            Endpoint::FileUpload,
+        ]),
         prop::sample::select(vec![KeySource::Gateway, KeySource::Caller]),
         // Retry-After is parsed from kie.ai's header as any u64 seconds.
         prop::option::of(prop_oneof![0u64..120, any::<u64>()].prop_map(Duration::from_secs)),
@@ -98,7 +109,7 @@ proptest! {
                 prop_assert_eq!(info.metadata.get("kie_msg"), Some(msg));
                 let said = format!("kie.ai {code}: {msg}");
                 prop_assert!(status.message().contains(&said));
-                expected_mapping(*code, e.key_source)
+                expected_mapping(*code, e.key_source, e.endpoint)
             }
             UpstreamErrorKind::TaskNotFound { code, msg } => {
                 prop_assert_eq!(info.metadata.get("kie_code"), Some(&code.to_string()));
@@ -114,7 +125,7 @@ proptest! {
                 if (502..=504).contains(status) {
                     (Code::Unavailable, "UPSTREAM_UNAVAILABLE", Some(1))
                 } else {
-                    expected_mapping(i64::from(*status), e.key_source)
+                    expected_mapping(i64::from(*status), e.key_source, e.endpoint)
                 }
             }
             UpstreamErrorKind::Timeout => (Code::DeadlineExceeded, "UPSTREAM_TIMEOUT", None),
