@@ -53,7 +53,7 @@ impl Plan {
             economy_watchers: vec![1, 10_000],
             fleet_watchers: 3_000,
             fleet_callback_tasks: 100,
-            fleet_idle_streams: 10_000,
+            fleet_idle_streams: 20_000,
             scale: 1.0,
         }
     }
