@@ -17,12 +17,12 @@ use crate::processes::{GatewayOptions, Simulator, load_average, start_gateway};
 use crate::{PROMPT, STREAMS_PER_CONNECTION};
 
 #[derive(Default)]
-struct StreamCounters {
-    opened: AtomicUsize,
-    failed: AtomicUsize,
+pub struct StreamCounters {
+    pub opened: AtomicUsize,
+    pub failed: AtomicUsize,
     /// Streams that ended or broke after their first message.
-    ended: AtomicUsize,
-    first_error: Mutex<Option<String>>,
+    pub ended: AtomicUsize,
+    pub first_error: Mutex<Option<String>>,
 }
 
 impl StreamCounters {
@@ -33,16 +33,16 @@ impl StreamCounters {
 }
 
 /// Idle WatchTask streams of one task, each held until `close`.
-struct IdleStreams {
+pub struct IdleStreams {
     grpc_url: String,
     task_id: String,
-    counters: Arc<StreamCounters>,
+    pub counters: Arc<StreamCounters>,
     stop: CancellationToken,
     streams: JoinSet<()>,
 }
 
 impl IdleStreams {
-    fn new(grpc_url: &str, task_id: &str) -> Self {
+    pub fn new(grpc_url: &str, task_id: &str) -> Self {
         Self {
             grpc_url: grpc_url.to_owned(),
             task_id: task_id.to_owned(),
@@ -53,7 +53,7 @@ impl IdleStreams {
     }
 
     /// Opens `count` more streams at once on a new connection.
-    async fn open(&mut self, count: usize) -> anyhow::Result<()> {
+    pub async fn open(&mut self, count: usize) -> anyhow::Result<()> {
         let client = connect(&self.grpc_url).await?;
         for _ in 0..count {
             let mut client = client.clone();
@@ -96,11 +96,11 @@ impl IdleStreams {
     }
 
     /// Streams that got their first message or failed to.
-    fn settled(&self) -> usize {
+    pub fn settled(&self) -> usize {
         self.counters.opened.load(Ordering::Relaxed) + self.counters.failed.load(Ordering::Relaxed)
     }
 
-    async fn close(mut self) {
+    pub async fn close(mut self) {
         self.stop.cancel();
         self.streams.shutdown().await;
     }

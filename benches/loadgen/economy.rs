@@ -16,21 +16,25 @@ use crate::figures::Figures;
 use crate::plan::Plan;
 use crate::processes::{Gateway, GatewayOptions, Simulator, load_average, start_gateway};
 
-/// `n` watchers of one new task through `gateway`; returns the recordInfo
-/// reads the simulator saw over the task's lifetime.
-async fn economy_gateway(
+/// `n` watchers of one new task, spread evenly over `gateways` (the
+/// replicas of a fleet, or one gateway), the task created through the
+/// first; returns the recordInfo reads the simulator saw over the task's
+/// lifetime.
+pub async fn reads_per_task(
     plan: &Plan,
     direct: &Direct,
-    gateway: &Gateway,
+    gateways: &[&Gateway],
     n: usize,
 ) -> anyhow::Result<u64> {
     direct.reset().await?;
-    let connections = n.div_ceil(1_000).max(1);
+    // At most 1,000 streams per connection, as many connections on each
+    // gateway.
+    let connections = n.div_ceil(1_000).max(1).next_multiple_of(gateways.len());
     let mut clients = Vec::new();
-    for _ in 0..connections {
-        clients.push(connect(&gateway.grpc_url).await?);
+    for c in 0..connections {
+        clients.push(connect(&gateways[c % gateways.len()].grpc_url).await?);
     }
-    let task_id = create_via_gateway(gateway, PROMPT).await?;
+    let task_id = create_via_gateway(gateways[0], PROMPT).await?;
     let succeeded = Arc::new(AtomicUsize::new(0));
     let mut watchers = JoinSet::new();
     for i in 0..n {
@@ -112,9 +116,9 @@ pub async fn economy(
     for _ in 0..plan.reps {
         figures.push("load/economy", load_average());
         for &n in &plan.economy_watchers {
-            let reads = economy_gateway(plan, &direct, &polling, n).await?;
+            let reads = reads_per_task(plan, &direct, &[&polling], n).await?;
             figures.push(format!("economy/polling/{n}"), reads as f64);
-            let reads = economy_gateway(plan, &direct, &callbacks, n).await?;
+            let reads = reads_per_task(plan, &direct, &[&callbacks], n).await?;
             figures.push(format!("economy/callbacks/{n}"), reads as f64);
             let reads = economy_direct(plan, &direct, n).await?;
             figures.push(format!("economy/direct/{n}"), reads as f64);

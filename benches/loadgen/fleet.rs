@@ -45,12 +45,13 @@ impl Path5 {
     }
 }
 
-struct Redis {
-    proc: Proc,
-    url: String,
+/// This run's own `redis-server` (scenarios 5 and 6).
+pub struct Redis {
+    pub proc: Proc,
+    pub url: String,
 }
 
-async fn start_redis() -> anyhow::Result<Redis> {
+pub async fn start_redis() -> anyhow::Result<Redis> {
     let port = free_port()?;
     let mut command = Command::new("redis-server");
     command

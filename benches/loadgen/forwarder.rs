@@ -137,7 +137,11 @@ pub async fn run_bare_forwarder(upstream: &str, port: &str) -> anyhow::Result<()
     println!("bare forwarder listening");
     tonic::transport::Server::builder()
         .add_service(VideoGenerationServer::new(forwarder))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        // TCP_NODELAY as when tonic binds the listener itself (its default;
+        // it ignores the builder's setting for a listener of our own).
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await?;
     Ok(())
 }

@@ -18,9 +18,10 @@
 //! each measured phase and RSS from `/proc/<pid>/status`.
 //!
 //! One file per part: the [`plan`] of a run; the child [`processes`] and the
-//! [`clients`] that talk to them; the five scenarios ([`unary`] overhead
+//! [`clients`] that talk to them; the six scenarios ([`unary`] overhead
 //! against the bare [`forwarder`], watch [`capacity`], [`fanout`], upstream
-//! [`economy`], and the [`fleet`]'s cost on a CreateTask) filling
+//! [`economy`], the [`fleet`]'s cost on a CreateTask, and watching across
+//! replicas, [`fleet_watch`]) filling
 //! [`figures`]; the [`report`] written from them and the
 //! [`smoke`] checks. This file holds the shared constants and `main`.
 
@@ -33,6 +34,7 @@ use crate::economy::economy;
 use crate::fanout::fanout;
 use crate::figures::Figures;
 use crate::fleet::fleet;
+use crate::fleet_watch::fleet_watch;
 use crate::forwarder::run_bare_forwarder;
 use crate::plan::{Mode, Plan};
 use crate::processes::{load_average, start_simulator};
@@ -46,6 +48,7 @@ mod economy;
 mod fanout;
 mod figures;
 mod fleet;
+mod fleet_watch;
 mod forwarder;
 mod plan;
 mod processes;
@@ -81,7 +84,14 @@ fn raise_file_limit() {
     }
 }
 
-const SCENARIOS: [&str; 5] = ["unary", "capacity", "fanout", "economy", "fleet"];
+const SCENARIOS: [&str; 6] = [
+    "unary",
+    "capacity",
+    "fanout",
+    "economy",
+    "fleet",
+    "fleet_watch",
+];
 
 async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
@@ -103,6 +113,9 @@ async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
     }
     if wanted("fleet") {
         fleet(plan, &mut figures, &sim, &logs).await?;
+    }
+    if wanted("fleet_watch") {
+        fleet_watch(plan, &mut figures, &logs).await?;
     }
     sim.proc.stop().await;
     let _ = std::fs::remove_dir_all(&logs);

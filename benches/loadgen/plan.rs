@@ -23,6 +23,14 @@ pub struct Plan {
     pub fanout: usize,
     pub fanout_connections: usize,
     pub economy_watchers: Vec<usize>,
+    /// Watchers of one task in the fleet's reads figure, in all (spread
+    /// over three replicas, or on one gateway).
+    pub fleet_watchers: usize,
+    /// Tasks per path in the callback-to-watcher latency figure (two
+    /// watchers each).
+    pub fleet_callback_tasks: usize,
+    /// Idle WatchTask streams per process in the fleet's memory figure.
+    pub fleet_idle_streams: usize,
     /// Time scale of the economy scenario: simulator state timings, the
     /// gateway's poll cadence and the clients' 3 s interval are all
     /// multiplied by it, so the ratios do not depend on it.
@@ -43,6 +51,9 @@ impl Plan {
             fanout: 10_000,
             fanout_connections: 10,
             economy_watchers: vec![1, 10_000],
+            fleet_watchers: 3_000,
+            fleet_callback_tasks: 100,
+            fleet_idle_streams: 20_000,
             scale: 1.0,
         }
     }
@@ -60,6 +71,9 @@ impl Plan {
             fanout: 200,
             fanout_connections: 2,
             economy_watchers: vec![1, 50],
+            fleet_watchers: 30,
+            fleet_callback_tasks: 10,
+            fleet_idle_streams: 300,
             scale: 0.1,
         }
     }

@@ -122,6 +122,11 @@ pub struct Simulator {
 }
 
 pub async fn start_simulator(plan: &Plan) -> anyhow::Result<Simulator> {
+    start_simulator_with(plan, &[]).await
+}
+
+/// The same, with extra environment variables (e.g. `SIM_HMAC_KEY`).
+pub async fn start_simulator_with(plan: &Plan, env: &[(&str, &str)]) -> anyhow::Result<Simulator> {
     let [waiting, queuing, generating] = plan.sim_timings();
     let mut command = Command::new(bin());
     command
@@ -133,6 +138,7 @@ pub async fn start_simulator(plan: &Plan) -> anyhow::Result<Simulator> {
         .args(["--queuing", &format!("{}ms", queuing.as_millis())])
         .args(["--generating", &format!("{}ms", generating.as_millis())])
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stderr(Stdio::null());
     let (proc, line) = Proc::start(&mut command, "simulator").await?;
     let url = line
@@ -149,6 +155,7 @@ pub struct Gateway {
     pub http_url: String,
 }
 
+#[derive(Clone, Copy)]
 pub struct GatewayOptions {
     callbacks: bool,
     /// Poll cadence and safety poll, scaled like the simulator.

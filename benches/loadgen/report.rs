@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::figures::{Figures, mmm};
+use crate::fleet_watch::{Placement, READ_SETUPS};
 use crate::plan::Plan;
 use crate::processes::clock_ticks;
 use crate::unary::Route;
@@ -102,6 +103,46 @@ pub fn targets(plan: &Plan, f: &Figures) -> Vec<Target> {
         figure: format!("{fleet_ratio:.2}× (median)"),
         met: fleet_ratio <= 1.5,
     });
+    let reads = |setup: &str| f.get(&format!("fleet_watch/reads/{setup}")).to_vec();
+    let (one, three, unshared) = (reads("single_process"), reads("fleet"), reads("unshared"));
+    out.push(Target {
+        what: "reads per task with watchers on three replicas = one process's (± 1 read)",
+        figure: format!(
+            "{} watchers on one process: {one:?}; over three replicas: {three:?}; over three gateways without Redis: {unshared:?} (per repetition)",
+            plan.fleet_watchers
+        ),
+        met: !one.is_empty() && one.iter().zip(&three).all(|(a, b)| (a - b).abs() <= 1.0),
+    });
+    let callback = |p: Placement, what: &str| format!("fleet_watch/callback/{}/{what}", p.name());
+    let cross_p99 = f.median(&callback(Placement::CrossReplica, "p99"));
+    let fewest = Placement::ALL
+        .iter()
+        .map(|p| mmm(f.get(&callback(*p, "delivered"))).0)
+        .fold(f64::INFINITY, f64::min);
+    let samples = plan.fleet_callback_tasks * 2;
+    out.push(Target {
+        what: "cross-replica callback-to-watcher p99 ≤ 250 ms",
+        figure: format!(
+            "p99 {cross_p99:.1} ms (median; the replica called back {:.1} ms, one process {:.1} ms), fewest delivered {fewest} of {samples}",
+            f.median(&callback(Placement::SameReplica, "p99")),
+            f.median(&callback(Placement::Single, "p99")),
+        ),
+        met: cross_p99 <= 250.0 && fewest >= samples as f64,
+    });
+    let idle_ratio = f.median("fleet_watch/idle/ratio");
+    let idle_lost: f64 = ["single_process", "fleet"]
+        .iter()
+        .flat_map(|s| f.get(&format!("fleet_watch/idle/{s}/lost")))
+        .sum();
+    out.push(Target {
+        what: "a replica's RSS per idle stream ≤ 1.25× the single process's (target chosen here), none lost",
+        figure: format!(
+            "{:.2} KiB against {:.2} KiB: {idle_ratio:.2}× (median), {idle_lost} lost",
+            f.median("fleet_watch/idle/fleet/kib_per_stream"),
+            f.median("fleet_watch/idle/single_process/kib_per_stream"),
+        ),
+        met: idle_ratio <= 1.25 && idle_lost == 0.0,
+    });
     out
 }
 
@@ -187,12 +228,13 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
     let _ = writeln!(md, "| binary under test | `{}` |", bin());
     let _ = writeln!(
         md,
-        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}; fleet reps: {}) |",
+        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}; fleet reps: {}; fleet watch reps: {}) |",
         loads("load/unary"),
         loads("load/capacity"),
         loads("load/fanout"),
         loads("load/economy"),
-        loads("load/fleet")
+        loads("load/fleet"),
+        loads("load/fleet_watch")
     );
     let _ = writeln!(
         md,
@@ -444,6 +486,7 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
             f.show(&format!("fleet/cpu_ratio_vs_plain/c{c}"), 2),
         );
     }
+    fleet_watch_section(&mut md, plan, f);
     // The analysis is written by people, kept beside the tool and carried
     // into every new report.
     let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS-notes.md");
@@ -451,4 +494,102 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
         let _ = writeln!(md, "\n{}", text.trim_end());
     }
     md
+}
+
+fn fleet_watch_section(md: &mut String, plan: &Plan, f: &Figures) {
+    let [w, q, g] = plan.sim_timings();
+    let _ = writeln!(md, "\n## 6. Fleet: watching across replicas\n");
+    let _ = writeln!(
+        md,
+        "Three gateways sharing this run's own `redis-server` (`GATEWAY_REDIS_URL`, one \
+         `GATEWAY_REDIS_PREFIX` per fleet) against the single-process gateway, in the same run, \
+         with a simulator of their own that signs its callbacks (`SIM_HMAC_KEY`; the gateways \
+         check them with `KIE_WEBHOOK_HMAC_KEY`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "**Reads per task.** One task (waiting {w:?}, queuing {q:?}, generating {g:?}), \
+         polling only at the scenario 4 cadence, {} watchers opened as it is created and held \
+         until SUCCEEDED: on one process, spread evenly over the three replicas (one polls, \
+         two follow the shared state), and spread over three gateways without Redis. \
+         recordInfo reads from the simulator's `/sim/counts`.\n",
+        plan.fleet_watchers
+    );
+    let _ = writeln!(
+        md,
+        "| one process | three replicas sharing Redis | three gateways without Redis |\n|---|---|---|"
+    );
+    let row: Vec<String> = READ_SETUPS
+        .iter()
+        .map(|s| f.show(&format!("fleet_watch/reads/{s}"), 0))
+        .collect();
+    let _ = writeln!(md, "| {} |", row.join(" | "));
+    let _ = writeln!(
+        md,
+        "\n**Callback to watcher.** Per path, {} `[sim:manual]` tasks one after the other, \
+         each created through the gateway that kie.ai will call back, with two watchers that \
+         hold the task's first state; then the tool calls `POST /sim/tasks/{{id}}/complete` \
+         (the simulator sends its signed callback at once) and times, on its own clock, from \
+         just before that call to each watcher's SUCCEEDED. `single_process`: both watchers \
+         on the one process called back. `same_replica`: both on the replica called back. \
+         `cross_replica`: one watcher on each of the two other replicas (the callback is \
+         published on Redis; the lease holder re-reads kie.ai, writes the shared state and \
+         publishes it; the follower re-reads it). The roles rotate over the replicas. The \
+         gateways poll only every 20 s here, so only the callback ends a watch in time, and \
+         their read budget is 1,000/s so that the tasks' first reads do not queue.\n",
+        plan.fleet_callback_tasks
+    );
+    let _ = writeln!(
+        md,
+        "| watchers | got SUCCEEDED (of {}) | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|",
+        plan.fleet_callback_tasks * 2
+    );
+    for p in Placement::ALL {
+        let k = |what: &str| format!("fleet_watch/callback/{}/{what}", p.name());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            p.name(),
+            f.show(&k("delivered"), 0),
+            f.show(&k("p50"), 1),
+            f.show(&k("p99"), 1),
+            f.show(&k("max"), 1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\np99 cross-replica / p99 one process: {}\n",
+        f.show("fleet_watch/callback/p99_ratio_cross_vs_single", 2)
+    );
+    let _ = writeln!(
+        md,
+        "**Idle streams.** Per repetition a fresh single process, then a fresh fleet of three, \
+         each process holding {} idle WatchTask streams of one `[sim:never]` task (heartbeat \
+         1 h), held {:?}. KiB per stream = (VmRSS with the streams − VmRSS with one stream) / \
+         streams, over every process of the setup; the worst replica's beside it.\n",
+        plan.fleet_idle_streams, plan.hold
+    );
+    let _ = writeln!(
+        md,
+        "| figure | one process | three replicas |\n|---|---|---|"
+    );
+    for (label, what, digits) in [
+        ("streams opened, in all", "opened", 0),
+        ("failed or dropped", "lost", 0),
+        ("active_watchers gauges, in all", "gauge", 0),
+        ("KiB per stream", "kib_per_stream", 2),
+        ("KiB per stream, worst process", "worst_kib_per_stream", 2),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} |",
+            f.show(&format!("fleet_watch/idle/single_process/{what}"), digits),
+            f.show(&format!("fleet_watch/idle/fleet/{what}"), digits),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nKiB per stream, three replicas / one process: {}",
+        f.show("fleet_watch/idle/ratio", 2)
+    );
 }

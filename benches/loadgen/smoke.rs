@@ -81,5 +81,38 @@ pub fn smoke_checks(plan: &Plan, f: &Figures) -> Vec<String> {
             );
         }
     }
+    let reads = |setup: &str| f.get(&format!("fleet_watch/reads/{setup}"));
+    let (one, three, unshared) = (reads("single_process"), reads("fleet"), reads("unshared"));
+    check(
+        !one.is_empty() && one.iter().zip(three).all(|(a, b)| (a - b).abs() <= 1.0),
+        format!("fleet reads {three:?} against one process's {one:?}"),
+    );
+    check(
+        one.iter().zip(unshared).all(|(a, u)| u > a),
+        format!("three gateways without Redis read {unshared:?}, no more than one {one:?}"),
+    );
+    for p in crate::fleet_watch::Placement::ALL {
+        let k = |what: &str| format!("fleet_watch/callback/{}/{what}", p.name());
+        check(
+            all(&k("delivered"), (plan.fleet_callback_tasks * 2) as f64),
+            format!(
+                "{}: not every watcher got the callback's SUCCEEDED",
+                p.name()
+            ),
+        );
+    }
+    for setup in ["single_process", "fleet"] {
+        let processes = if setup == "fleet" {
+            crate::fleet_watch::REPLICAS
+        } else {
+            1
+        };
+        let k = |what: &str| format!("fleet_watch/idle/{setup}/{what}");
+        let want = (plan.fleet_idle_streams * processes) as f64;
+        check(
+            all(&k("opened"), want) && all(&k("lost"), 0.0) && all(&k("gauge"), want),
+            format!("{setup}: idle streams not all open, or lost, or the gauges disagree"),
+        );
+    }
     failures
 }
