@@ -200,7 +200,13 @@ async fn renew_leases(store: Weak<RedisIdempotencyStore>, every: Duration) {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
 impl IdempotencyStore for RedisIdempotencyStore {
@@ -347,5 +353,15 @@ impl IdempotencyStore for RedisIdempotencyStore {
             WRITE_GIVE_UP,
         );
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte_as_every_replica_names_keys() {
+        assert_eq!(hex(&[0x0f, 0xa0, 0x00, 0xff]), "0fa000ff");
     }
 }
