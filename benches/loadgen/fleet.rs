@@ -2,7 +2,8 @@
 //! without and with a `request_id`, and a gateway whose request_ids live in
 //! Redis (`GATEWAY_REDIS_URL`, a `redis-server` of this run's own), closed
 //! loop, interleaved. Every request_id is new, so each call reserves and
-//! settles a key. Redis's own CPU is counted beside the gateway's.
+//! settles a key (the settle rides to Redis with a later call's reserve).
+//! Redis's own CPU is counted beside the gateway's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

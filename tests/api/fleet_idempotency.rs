@@ -13,7 +13,7 @@ use hailuo_gateway::create::idempotency::{
 };
 use hailuo_gateway::error::{GatewayError, Prospect};
 use hailuo_gateway::fleet::attempts::FleetAttempts;
-use hailuo_gateway::fleet::idempotency::RedisIdempotencyStore;
+use hailuo_gateway::fleet::idempotency::{LEASE, RedisIdempotencyStore};
 use hailuo_gateway::pb::CreateTaskRequest;
 use hailuo_gateway::redis_client::Redis;
 use tonic::Code;
@@ -71,6 +71,10 @@ impl Fleet {
             .await;
     }
 }
+
+/// How long an outcome waits for a reserve to carry it, in the stores
+/// these tests make themselves.
+const LINGER: Duration = Duration::from_millis(2);
 
 fn with_request_id(id: &str) -> CreateTaskRequest {
     CreateTaskRequest {
@@ -256,10 +260,11 @@ async fn an_attempt_whose_replica_died_reads_as_unknown_once_its_lease_lapses_ne
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let dying = RedisIdempotencyStore::with_lease(
+            let dying = RedisIdempotencyStore::with_timings(
                 Redis::new(&settings).expect("redis"),
                 ttl,
                 lease,
+                LINGER,
             );
             let Reservation::Reserved(held) = dying.reserve(held_key, [7; 32]).await else {
                 panic!("reserves");
@@ -271,10 +276,11 @@ async fn an_attempt_whose_replica_died_reads_as_unknown_once_its_lease_lapses_ne
     .join()
     .expect("the dying replica reserved");
 
-    let survivor = RedisIdempotencyStore::with_lease(
+    let survivor = RedisIdempotencyStore::with_timings(
         Redis::new(&redis.settings()).expect("redis"),
         ttl,
         lease,
+        LINGER,
     );
     // While the lease runs, the survivor waits for the attempt; then it is
     // told the outcome is unknown for good.
@@ -410,4 +416,70 @@ async fn a_callback_to_another_replica_settles_a_create_whose_answer_was_lost() 
         .await,
         "a settled token is forgotten"
     );
+}
+
+fn key(request_id: &str) -> IdempotencyKey {
+    IdempotencyKey {
+        scope: "scope".into(),
+        request_id: request_id.into(),
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_rides_to_redis_with_the_next_reserve() {
+    let redis = RedisServer::start().await;
+    let store = |linger| {
+        RedisIdempotencyStore::with_timings(
+            Redis::new(&redis.settings()).expect("redis"),
+            Duration::from_secs(60),
+            LEASE,
+            linger,
+        )
+    };
+    // The writer would wait an hour: only a reserve can carry the outcome.
+    let (a, observer) = (store(Duration::from_secs(3600)), store(LINGER));
+    let Reservation::Reserved(lease) = a.clone().reserve(key("r-first"), [1; 32]).await else {
+        panic!("reserves");
+    };
+    lease.settle(Settlement::Created("t_first"));
+    let Reservation::Reserved(_next) = a.clone().reserve(key("r-next"), [1; 32]).await else {
+        panic!("reserves");
+    };
+    // The next reserve's pipeline wrote it: another replica knows the task.
+    let seen = tokio::time::timeout(
+        Duration::from_secs(2),
+        observer.clone().reserve(key("r-first"), [1; 32]),
+    )
+    .await
+    .expect("settled in Redis, not in flight");
+    assert!(matches!(seen, Reservation::Known(t) if t == "t_first"));
+}
+
+#[tokio::test]
+async fn an_attempt_in_flight_keeps_its_key_over_many_leases() {
+    let redis = RedisServer::start().await;
+    let lease = Duration::from_millis(300);
+    let store = || {
+        RedisIdempotencyStore::with_timings(
+            Redis::new(&redis.settings()).expect("redis"),
+            Duration::from_secs(60),
+            lease,
+            LINGER,
+        )
+    };
+    let (a, b) = (store(), store());
+    let Reservation::Reserved(held) = a.clone().reserve(key("r-long"), [1; 32]).await else {
+        panic!("reserves");
+    };
+    // Five leases long: the renewals keep it this attempt's.
+    tokio::time::sleep(lease * 5).await;
+    let waiter = tokio::spawn(b.clone().reserve(key("r-long"), [1; 32]));
+    tokio::time::sleep(lease * 2).await;
+    assert!(!waiter.is_finished(), "a duplicate waits for the attempt");
+    held.settle(Settlement::Created("t_long"));
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the outcome ends the wait")
+        .expect("waiter");
+    assert!(matches!(seen, Reservation::Known(t) if t == "t_long"));
 }

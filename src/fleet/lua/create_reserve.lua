@@ -9,15 +9,15 @@ local key = KEYS[1]
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local longest = tonumber(ARGV[3])
 -- Starts a whole window ago no longer count.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now() - window)
 local n = redis.call('ZCARD', key)
-local start = now
+local start = now()
 if n >= limit then
   -- The limit-th latest start bounds the next one: a window after it.
   local bound = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
-  start = math.max(tonumber(bound[2]) + window, now)
+  start = math.max(tonumber(bound[2]) + window, now())
 end
-local wait = start - now
+local wait = start - now()
 if wait > longest then
   return {0, wait}
 end

@@ -4,7 +4,7 @@
 local key = KEYS[1]
 local lapse_ms = tonumber(ARGV[2])
 -- A replica that stopped heartbeating (killed, partitioned) drops out.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-redis.call('ZADD', key, now + lapse_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now())
+redis.call('ZADD', key, now() + lapse_ms, ARGV[1])
 redis.call('PEXPIRE', key, lapse_ms * 2)
 return redis.call('ZCARD', key)

@@ -7,11 +7,11 @@
 -- Returns {1, 0} when granted, else {0, ms until the first slot frees}.
 local key = KEYS[1]
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now())
 if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now + lease, ARGV[3])
+  redis.call('ZADD', key, now() + lease, ARGV[3])
   redis.call('PEXPIRE', key, lease + 1000)
   return {1, 0}
 end
 local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {0, tonumber(first[2]) - now}
+return {0, tonumber(first[2]) - now()}

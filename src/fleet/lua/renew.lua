@@ -7,6 +7,6 @@ if h[1] ~= 'inflight' or h[2] ~= ARGV[1] then
   return 0
 end
 local lease_ms = tonumber(ARGV[2])
-redis.call('HSET', key, 'lease', now + lease_ms)
+redis.call('HSET', key, 'lease', now() + lease_ms)
 redis.call('PEXPIRE', key, lease_ms + tonumber(ARGV[3]))
 return 1

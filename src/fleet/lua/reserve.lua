@@ -16,8 +16,10 @@ if st == 'failed' and h[3] == waited then
   return {'failed', h[6]}
 end
 if not st or st == 'failed' then
-  redis.call('DEL', key)
-  redis.call('HSET', key, 'st', 'inflight', 'fp', fp, 'at', attempt, 'lease', now + lease_ms)
+  if st then
+    redis.call('DEL', key)
+  end
+  redis.call('HSET', key, 'st', 'inflight', 'fp', fp, 'at', attempt, 'lease', now() + lease_ms)
   -- Kept well past the lease: a lapsed attempt must stay bound for the TTL.
   redis.call('PEXPIRE', key, lease_ms + ttl_ms)
   return {'reserved'}
@@ -34,7 +36,7 @@ if st == 'inflight' then
   if h[3] == attempt then
     return {'reserved'}
   end
-  if tonumber(h[4]) >= now then
+  if tonumber(h[4]) >= now() then
     return {'inflight', h[3]}
   end
   -- Its replica stopped renewing the lease without recording an outcome:
@@ -45,7 +47,7 @@ if st == 'inflight' then
   return {'unknown', lapse, '0'}
 end
 local learnable = '0'
-if h[8] and tonumber(h[8]) > now then
+if h[8] and tonumber(h[8]) > now() then
   learnable = '1'
 end
 return {'unknown', h[7], learnable}

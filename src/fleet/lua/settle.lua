@@ -24,7 +24,7 @@ elseif kind == 'failed' then
 else
   redis.call('HSET', key, 'st', 'unknown', 'unk', payload)
   if learn_ms > 0 then
-    redis.call('HSET', key, 'until', now + learn_ms)
+    redis.call('HSET', key, 'until', now() + learn_ms)
   end
   redis.call('PEXPIRE', key, ttl_ms)
 end
