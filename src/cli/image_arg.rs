@@ -64,7 +64,9 @@ mod tests {
             std::process::id(),
             rand::random::<u64>()
         ));
-        File::create(&path).unwrap().write_all(bytes).unwrap();
+        File::create(&path)
+            .and_then(|mut file| file.write_all(bytes))
+            .expect("write a temporary file");
         path
     }
 
@@ -79,15 +81,15 @@ mod tests {
     fn a_path_is_read_as_bytes() {
         let path = temp_file("first.png", b"\x89PNG\r\n\x1a\nrest");
 
-        let frame = Frame::read("--image", path.to_str().unwrap());
+        let frame = Frame::read("--image", path.to_str().expect("a UTF-8 temporary path"));
 
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&path).expect("remove the temporary file");
         assert_eq!(frame, Ok(Frame::Bytes(b"\x89PNG\r\n\x1a\nrest".to_vec())));
     }
 
     #[test]
     fn a_missing_file_names_the_flag_and_the_path() {
-        let err = Frame::read("--end-image", "./no/such/last.png").unwrap_err();
+        let err = Frame::read("--end-image", "./no/such/last.png").expect_err("refused");
 
         assert!(err.starts_with("--end-image ./no/such/last.png: "), "{err}");
     }
@@ -96,9 +98,10 @@ mod tests {
     fn a_file_over_ten_mib_is_refused_before_sending() {
         let path = temp_file("big.png", &vec![0; MAX_IMAGE_BYTES + 1]);
 
-        let err = Frame::read("--image", path.to_str().unwrap()).unwrap_err();
+        let err = Frame::read("--image", path.to_str().expect("a UTF-8 temporary path"))
+            .expect_err("refused");
 
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&path).expect("remove the temporary file");
         assert!(err.contains("larger than 10485760 bytes"), "{err}");
     }
 }
