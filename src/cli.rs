@@ -1,12 +1,18 @@
-//! The human command-line client: `generate`, `get` and `watch` against a
-//! running gateway, with the gateway's errors spelled out (code, message,
-//! ErrorInfo reason, BadRequest field violations, RetryInfo delay).
+//! The human command-line client: `generate`, `get`, `watch` and
+//! `download` against a running gateway, with the gateway's errors spelled
+//! out (code, message, ErrorInfo reason, BadRequest field violations,
+//! RetryInfo delay).
 //!
-//! Exit codes: 0 success, 1 an RPC or connection error, 2 a usage error
-//! (clap's), 3 a task that ended FAILED.
+//! Exit codes: 0 success, 1 an RPC, connection or download error, 2 a usage
+//! error (clap's, or an `--image` file that cannot be read or is over
+//! 10 MiB), 3 a task that ended FAILED (also `download` of a FAILED task).
+
+mod image_arg;
+mod video_file;
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,13 +23,17 @@ use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
 use crate::error::code_name;
+use crate::pb::GetDownloadLinksRequest;
 use crate::pb::video_generation_client::VideoGenerationClient;
 use crate::pb::{
     CreateTaskRequest, GetTaskRequest, Resolution, Task, TaskState, VideoDuration, WatchTaskRequest,
 };
+use image_arg::Frame;
 
 /// Exit code of a task that ended FAILED.
 const EXIT_TASK_FAILED: u8 = 3;
+/// Exit code of a usage error, as clap's own.
+const EXIT_USAGE: u8 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of unary calls; a watch has none (generation takes minutes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,21 +56,32 @@ pub struct GenerateArgs {
     /// What the video should show.
     #[arg(long)]
     pub(crate) prompt: String,
-    /// Absolute http(s) URL of the first frame.
-    #[arg(long)]
-    pub(crate) image_url: String,
-    /// Absolute http(s) URL of the last frame.
-    #[arg(long)]
-    pub(crate) end_image_url: Option<String>,
+    /// The first frame: a local JPEG, PNG or WebP file of at most 10 MiB
+    /// (sent to the gateway, which uploads it to kie.ai), or an absolute
+    /// http(s) URL.
+    #[arg(long, visible_alias = "image-url", value_name = "PATH_OR_URL")]
+    pub(crate) image: String,
+    /// The last frame, as --image. Optional.
+    #[arg(long, visible_alias = "end-image-url", value_name = "PATH_OR_URL")]
+    pub(crate) end_image: Option<String>,
     /// Video length in seconds (default 10).
     #[arg(long, value_enum)]
     pub(crate) duration: Option<DurationArg>,
+    /// Let kie.ai rewrite the prompt (`--prompt-optimizer` or
+    /// `--prompt-optimizer=false`; unset leaves kie.ai's default).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) prompt_optimizer: Option<bool>,
     /// Video resolution (default 768p).
     #[arg(long, value_enum)]
     pub(crate) resolution: Option<ResolutionArg>,
     /// Follow the task until it ends, then print its video URLs.
     #[arg(long)]
     pub(crate) wait: bool,
+    /// Idempotency key: running the same command again with it (after a
+    /// broken connection, say) gets the same task instead of a second
+    /// video.
+    #[arg(long)]
+    pub(crate) request_id: Option<String>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }
@@ -93,6 +114,10 @@ pub(crate) enum ResolutionArg {
 /// Why a command failed; each kind has its own exit code and rendering.
 enum Failure {
     Connect(String),
+    /// A bad argument found after clap's checks (an unreadable --image).
+    Usage(String),
+    /// Fetching or saving a video.
+    Download(String),
     Rpc(Status),
     TaskFailed(Task),
     StreamEnded,
@@ -102,13 +127,15 @@ impl Failure {
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::TaskFailed(_) => ExitCode::from(EXIT_TASK_FAILED),
+            Self::Usage(_) => ExitCode::from(EXIT_USAGE),
+            Self::Rpc(status) if names_a_failed_task(status) => ExitCode::from(EXIT_TASK_FAILED),
             _ => ExitCode::FAILURE,
         }
     }
 
     fn render(&self) -> String {
         match self {
-            Self::Connect(e) => format!("error: {e}"),
+            Self::Connect(e) | Self::Usage(e) | Self::Download(e) => format!("error: {e}"),
             Self::Rpc(status) => render_status(status),
             Self::TaskFailed(task) => format!(
                 "error: task {} FAILED: fail_code {}: {}",
@@ -159,11 +186,23 @@ fn finish(result: Result<(), Failure>) -> ExitCode {
 }
 
 async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
+    let (image_url, image_data) = Frame::read("--image", &args.image)
+        .map_err(Failure::Usage)?
+        .into_fields();
+    let (end_image_url, end_image_data) = match &args.end_image {
+        Some(value) => Frame::read("--end-image", value)
+            .map_err(Failure::Usage)?
+            .into_fields(),
+        None => Default::default(),
+    };
     let mut client = connect(&args.connect.addr).await?;
     let request = CreateTaskRequest {
         prompt: args.prompt,
-        image_url: args.image_url,
-        end_image_url: args.end_image_url.unwrap_or_default(),
+        prompt_optimizer: args.prompt_optimizer,
+        image_url,
+        image_data,
+        end_image_url,
+        end_image_data,
         duration: args
             .duration
             .map_or(VideoDuration::Unspecified, |d| match d {
@@ -176,6 +215,7 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
                 ResolutionArg::R512p => Resolution::Resolution512p,
                 ResolutionArg::R768p => Resolution::Resolution768p,
             }) as i32,
+        request_id: args.request_id.unwrap_or_default(),
         ..Default::default()
     };
     let task_id = client
@@ -382,6 +422,80 @@ fn render_status(status: &Status) -> String {
     out
 }
 
+// === download ===
+
+/// `download`: save a finished task's video.
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// The id `generate` printed.
+    pub(crate) task_id: String,
+    /// Where to save the video (default TASK_ID.mp4). A task with several
+    /// videos saves the others beside it as NAME-2.mp4, NAME-3.mp4, ...
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+/// Runs `download`.
+pub async fn download(args: DownloadArgs) -> ExitCode {
+    finish(run_download(args).await)
+}
+
+/// Asks for fresh links (a task's recorded URLs expire after about 24 h),
+/// then saves each video and prints where.
+async fn run_download(args: DownloadArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.connect.addr).await?;
+    let links = client
+        .get_download_links(unary(GetDownloadLinksRequest {
+            task_id: args.task_id.clone(),
+        }))
+        .await?
+        .into_inner()
+        .links;
+    if links.is_empty() {
+        return Err(Failure::Download(format!(
+            "task {} has no video",
+            args.task_id
+        )));
+    }
+    // The gateway accepted the task id, so it is safe as a file name.
+    let output = args
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("{}.mp4", args.task_id)));
+    for (index, link) in links.iter().enumerate() {
+        let path = numbered(&output, index);
+        video_file::save(&link.url, &path)
+            .await
+            .map_err(Failure::Download)?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// `path` for the first video, `stem-N.ext` for the Nth after it.
+fn numbered(path: &Path, index: usize) -> PathBuf {
+    if index == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", index + 1),
+    };
+    path.with_file_name(name)
+}
+
+/// GetDownloadLinks' answer for a task that ended FAILED: exit as a failed
+/// task does.
+fn names_a_failed_task(status: &Status) -> bool {
+    status.get_error_details().error_info().is_some_and(|info| {
+        info.reason == "TASK_NOT_SUCCEEDED"
+            && info.metadata.get("state").map(String::as_str)
+                == Some(TaskState::Failed.as_str_name())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -429,6 +543,45 @@ mod tests {
             failure.render(),
             "error: task t1 FAILED: fail_code 500: rejected"
         );
+    }
+
+    #[test]
+    fn download_of_a_failed_task_exits_as_a_failed_task() {
+        let status = |state: &str| {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(
+                "TASK_NOT_SUCCEEDED",
+                "hailuo-gateway",
+                HashMap::from([("state".to_string(), state.to_string())]),
+            );
+            Failure::Rpc(Status::with_error_details(
+                Code::FailedPrecondition,
+                "no video",
+                details,
+            ))
+        };
+
+        assert_eq!(
+            status("TASK_STATE_FAILED").exit_code(),
+            ExitCode::from(EXIT_TASK_FAILED)
+        );
+        assert_eq!(
+            status("TASK_STATE_GENERATING").exit_code(),
+            ExitCode::FAILURE
+        );
+    }
+
+    #[test]
+    fn further_videos_are_numbered_beside_the_first() {
+        assert_eq!(
+            numbered(Path::new("out/v.mp4"), 0),
+            PathBuf::from("out/v.mp4")
+        );
+        assert_eq!(
+            numbered(Path::new("out/v.mp4"), 1),
+            PathBuf::from("out/v-2.mp4")
+        );
+        assert_eq!(numbered(Path::new("v"), 2), PathBuf::from("v-3"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hailuo_gateway::cli::{self, GenerateArgs, TaskArgs};
+use hailuo_gateway::cli::{self, DownloadArgs, GenerateArgs, TaskArgs};
 use hailuo_gateway::config::{ServeArgs, Settings};
 #[cfg(feature = "sandbox")]
 use hailuo_gateway::sandbox;
@@ -44,6 +44,9 @@ enum Command {
     Get(TaskArgs),
     /// Follow a task until it ends, then print its video URLs.
     Watch(TaskArgs),
+    /// Save a finished task's video (through a fresh link, so also after
+    /// its recorded URL expired) and print the file's path.
+    Download(DownloadArgs),
 }
 
 #[tokio::main]
@@ -64,6 +67,7 @@ async fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate(args).await,
         Some(Command::Get(args)) => cli::get(args).await,
         Some(Command::Watch(args)) => cli::watch(args).await,
+        Some(Command::Download(args)) => cli::download(args).await,
         None => serve(cli.serve).await,
     }
 }

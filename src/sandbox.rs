@@ -56,7 +56,8 @@ pub async fn start(
     Ok((simulator, settings))
 }
 
-/// What a new user sees first: where things are and what to paste.
+/// What a new user sees first: where things are and what to paste (from
+/// the repository's root, for the sample image in assets/).
 pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_url: &str) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
@@ -81,6 +82,12 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_ur
     grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/WatchTask
     grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/GetTask
     grpcurl -plaintext -d '{{"prompt": "[sim:402] a cat", "image_url": "https://example.com/cat.png"}}' {g} hailuo.v1.VideoGeneration/CreateTask
+
+  Send a local image: upload it, then pass the answer's url as image_url (grpcurl takes bytes as base64)
+    {{ printf '{{"chunk": "'; base64 < assets/first.png | tr -d '\n'; printf '"}}'; }} | grpcurl -plaintext -d @ {g} hailuo.v1.VideoGeneration/UploadImage
+  Or let the built-in client send the file and wait for the video, then save it (a fresh link, also days later):
+    cargo run --release -- generate --addr http://{g} --image assets/first.png --prompt "a cat surfing" --wait
+    cargo run --release -- download --addr http://{g} TASK_ID -o video.mp4
 
   Scenario markers in the prompt ([sim:fail], [sim:429], [sim:slow], ...) are listed in src/simulator/SCENARIOS.md.
 "#,

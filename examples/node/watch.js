@@ -1,10 +1,12 @@
-// Create a video task on hailuo-gateway and watch it until it ends.
+// Create a video task on hailuo-gateway from a local image and watch it
+// until it ends.
 //
 //   npm ci                       # @grpc/grpc-js + @grpc/proto-loader
 //   cargo run -- --sandbox &     # a gateway on localhost:50051
-//   node examples/node/watch.js localhost:50051
+//   node examples/node/watch.js localhost:50051 [IMAGE]
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -20,40 +22,73 @@ const { hailuo } = grpc.loadPackageDefinition(definition);
 
 const addr = process.argv[2] || 'localhost:50051';
 const client = new hailuo.v1.VideoGeneration(addr, grpc.credentials.createInsecure());
+// A small PNG in the repository; any JPEG, PNG or WebP of at most 10 MiB.
+const image = process.argv[3] || path.join(__dirname, '..', '..', 'assets', 'first.png');
+
+// Streams a local image to UploadImage and calls back with the URL for
+// image_url. The URL serves several tasks for 24 hours; for one task,
+// putting the bytes in CreateTask's image_data instead does both in one call.
+function uploadImage(file, done) {
+  const call = client.UploadImage({ deadline: Date.now() + 60_000 }, (err, uploaded) => {
+    if (err) {
+      console.error(`UploadImage failed: ${grpc.status[err.code]}: ${err.details}`);
+      process.exit(1);
+    }
+    console.log('uploaded', uploaded.url, uploaded.size_bytes, 'bytes');
+    done(uploaded.url);
+  });
+  call.write({ metadata: { file_name: path.basename(file) } });
+  const chunks = fs.createReadStream(file, { highWaterMark: 256 * 1024 });
+  chunks.on('data', (chunk) => {
+    // Read no faster than the gateway takes the bytes.
+    if (!call.write({ chunk })) {
+      chunks.pause();
+      call.once('drain', () => chunks.resume());
+    }
+  });
+  chunks.on('end', () => call.end());
+  chunks.on('error', (e) => {
+    console.error(`cannot read ${file}: ${e.message}`);
+    process.exit(1);
+  });
+}
 
 const request = {
   prompt: 'a cat surfing a wave at sunset',
-  image_url: 'https://example.com/cat.png',
+  image_url: '', // set to the uploaded image's URL below
   duration: 'VIDEO_DURATION_6_SECONDS',
   resolution: 'RESOLUTION_768P',
 };
-client.CreateTask(request, { deadline: Date.now() + 30_000 }, (err, created) => {
-  if (err) {
-    console.error(`CreateTask failed: ${grpc.status[err.code]}: ${err.details}`);
-    process.exit(1);
-  }
-  console.log('task', created.task_id);
-
-  // The current state at once, then one message per change; the stream ends
-  // after SUCCEEDED or FAILED.
-  let task = null;
-  const stream = client.WatchTask({ task_id: created.task_id });
-  stream.on('data', (message) => {
-    if (message.heartbeat) return;
-    task = message.task;
-    console.log('state', task.state);
-  });
-  stream.on('error', (e) => {
-    console.error(`WatchTask failed: ${grpc.status[e.code]}: ${e.details}`);
-    process.exit(1);
-  });
-  stream.on('end', () => {
-    client.close();
-    if (task && task.state === 'TASK_STATE_SUCCEEDED') {
-      for (const url of task.video_urls) console.log('video', url);
-    } else {
-      console.error('task ended', task && task.state, task && task.fail_code, task && task.fail_message);
-      process.exitCode = 1;
+uploadImage(image, (imageUrl) => {
+  request.image_url = imageUrl;
+  client.CreateTask(request, { deadline: Date.now() + 30_000 }, (err, created) => {
+    if (err) {
+      console.error(`CreateTask failed: ${grpc.status[err.code]}: ${err.details}`);
+      process.exit(1);
     }
+    console.log('task', created.task_id);
+
+    // The current state at once, then one message per change; the stream ends
+    // after SUCCEEDED or FAILED.
+    let task = null;
+    const stream = client.WatchTask({ task_id: created.task_id });
+    stream.on('data', (message) => {
+      if (message.heartbeat) return;
+      task = message.task;
+      console.log('state', task.state);
+    });
+    stream.on('error', (e) => {
+      console.error(`WatchTask failed: ${grpc.status[e.code]}: ${e.details}`);
+      process.exit(1);
+    });
+    stream.on('end', () => {
+      client.close();
+      if (task && task.state === 'TASK_STATE_SUCCEEDED') {
+        for (const url of task.video_urls) console.log('video', url);
+      } else {
+        console.error('task ended', task && task.state, task && task.fail_code, task && task.fail_message);
+        process.exitCode = 1;
+      }
+    });
   });
 });

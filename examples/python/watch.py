@@ -1,8 +1,9 @@
-"""Create a video task on hailuo-gateway and watch it until it ends.
+"""Create a video task on hailuo-gateway from a local image and watch it
+until it ends.
 
     bash scripts/clients-setup.sh        # venv + stubs generated from proto/
     cargo run -- --sandbox &             # a gateway on localhost:50051
-    target/clients/venv/bin/python examples/python/watch.py localhost:50051
+    target/clients/venv/bin/python examples/python/watch.py localhost:50051 [IMAGE]
 """
 
 import sys
@@ -15,15 +16,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "target" / "clients
 from hailuo.v1 import video_generation_pb2 as pb  # noqa: E402
 from hailuo.v1 import video_generation_pb2_grpc as pb_grpc  # noqa: E402
 
+# A small PNG in the repository; any JPEG, PNG or WebP of at most 10 MiB.
+FIRST_FRAME = Path(__file__).resolve().parents[2] / "assets" / "first.png"
+
+
+def upload_image(client, path) -> str:
+    """Streams a local image to UploadImage; returns the URL for image_url.
+
+    The URL serves several tasks for 24 hours; for one task, putting the
+    bytes in CreateTask's image_data instead does both in one call.
+    """
+    path = Path(path)
+
+    def messages():
+        yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(file_name=path.name))
+        with path.open("rb") as image:
+            while chunk := image.read(256 * 1024):
+                yield pb.UploadImageRequest(chunk=chunk)
+
+    uploaded = client.UploadImage(messages(), timeout=60)
+    print("uploaded", uploaded.url, uploaded.size_bytes, "bytes")
+    return uploaded.url
+
 
 def main() -> int:
     addr = sys.argv[1] if len(sys.argv) > 1 else "localhost:50051"
+    image = sys.argv[2] if len(sys.argv) > 2 else FIRST_FRAME
     with grpc.insecure_channel(addr) as channel:
         client = pb_grpc.VideoGenerationStub(channel)
+        image_url = upload_image(client, image)
         created = client.CreateTask(
             pb.CreateTaskRequest(
                 prompt="a cat surfing a wave at sunset",
-                image_url="https://example.com/cat.png",
+                image_url=image_url,
                 duration=pb.VIDEO_DURATION_6_SECONDS,
                 resolution=pb.RESOLUTION_768P,
             ),

@@ -15,6 +15,8 @@ timeout and is killed on exit.
 
 import json
 import os
+import urllib.request
+import uuid
 import re
 import signal
 import subprocess
@@ -36,6 +38,9 @@ JOB_TIMEOUT = 120
 STATES = ["WAITING", "QUEUING", "GENERATING", "SUCCEEDED"]
 FULL_STATES = [f"TASK_STATE_{s}" for s in STATES]
 IMAGE = "https://example.com/cat.png"
+# Real PNGs sent from files (the examples upload the first by default).
+FIRST_PNG = ROOT / "assets" / "first.png"
+LAST_PNG = ROOT / "assets" / "last.png"
 
 _children = set()
 _children_lock = threading.Lock()
@@ -274,13 +279,26 @@ def example_checks(name, result, state_prefix):
     return r
 
 
+def upload_checks(name, result):
+    """An example that uploaded assets/first.png and followed its task to a video."""
+    r = []
+    uploaded = re.search(r"^uploaded (http://\S+) (\d+) bytes$", result.out, re.M)
+    check(r, f"{name} uploads assets/first.png and kie.ai's file is those bytes",
+          uploaded and int(uploaded.group(2)) == FIRST_PNG.stat().st_size
+          and fetch(uploaded.group(1)) == FIRST_PNG.read_bytes(), result)
+    video = re.search(r"^video (http://\S+)$", result.out, re.M)
+    check(r, f"{name}: the task's video downloads as an MP4 (ftyp)", video and is_mp4(fetch(video.group(1))), result)
+    return r
+
+
 def job_python_example(addr):
-    return example_checks("examples/python/watch.py",
-                          run([VENV_BIN / "python", "examples/python/watch.py", addr]), "TASK_STATE_")
+    result = run([VENV_BIN / "python", "examples/python/watch.py", addr])
+    return example_checks("examples/python/watch.py", result, "TASK_STATE_") + upload_checks("python", result)
 
 
 def job_node_example(addr):
-    return example_checks("examples/node/watch.js", run(["node", "examples/node/watch.js", addr]), "TASK_STATE_")
+    result = run(["node", "examples/node/watch.js", addr])
+    return example_checks("examples/node/watch.js", result, "TASK_STATE_") + upload_checks("node", result)
 
 
 def job_rust_example(addr):
@@ -342,7 +360,7 @@ def job_cli_failed_task(addr):
 
 def job_cli_errors(addr):
     r = []
-    invalid = cli(addr, "generate", "--prompt", "", "--image-url", "not-a-url")
+    invalid = cli(addr, "generate", "--prompt", "", "--image-url", "file:///cat.png")
     check(r, "cli: an invalid request exits 1 showing code, reason and field violations",
           invalid.code == 1 and "error: INVALID_ARGUMENT:" in invalid.err
           and "reason: INVALID_REQUEST (domain hailuo-gateway)" in invalid.err
@@ -362,6 +380,119 @@ def job_cli_errors(addr):
     return r
 
 
+# === local images in, videos out (issue 13) ===
+
+
+def fetch(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def is_mp4(data):
+    return len(data) > 8 and data[4:8] == b"ftyp"
+
+
+def banner_value(pattern, timeout=5.0):
+    """The first match of `pattern` in the sandbox banner (the gateway's stdout, in its log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, (OUT / "gateway.log").read_text(errors="replace"), re.M)
+        if match:
+            return match.group(1)
+        time.sleep(0.05)
+    raise RuntimeError(f"no {pattern!r} in the sandbox banner")
+
+
+def sim_creates(prompt):
+    """The createTask bodies kie.ai's simulator received with this prompt."""
+    requests = json.loads(fetch(banner_value(r"kie\.ai is simulated at (\S+)") + "/sim/requests"))
+    return [q["body"] for q in requests
+            if q["path"] == "/api/v1/jobs/createTask" and (q["body"] or {}).get("input", {}).get("prompt") == prompt]
+
+
+def job_grpcurl_upload(addr):
+    """The banner's UploadImage command, verbatim, then the task to a downloaded MP4."""
+    r = []
+    grpcurl = [VENV_BIN / "grpcurl", "-plaintext", "-connect-timeout", "5", "-max-time", "60"]
+    svc = "hailuo.v1.VideoGeneration"
+    command = banner_value(r"^\s*(.*\| grpcurl .*/UploadImage)$")
+    command = command.replace("| grpcurl ", f"| {grpcurl[0]} -connect-timeout 5 -max-time 60 ", 1)
+    uploaded = run(["bash", "-c", command])
+    answer = json.loads(uploaded.out) if uploaded.code == 0 else {}
+    if not check(r, "the banner's grpcurl command uploads assets/first.png (url, expireTime, size, image/png)",
+                 answer.get("url", "").startswith("http://") and answer.get("expireTime")
+                 and answer.get("sizeBytes") == str(FIRST_PNG.stat().st_size) and answer.get("contentType") == "image/png",
+                 uploaded):
+        return r
+    check(r, "the uploaded file serves the PNG's own bytes", fetch(answer["url"]) == FIRST_PNG.read_bytes(), answer)
+
+    created = run([*grpcurl, "-d", json.dumps({"prompt": "a cat from a file", "image_url": answer["url"],
+                                               "duration": "VIDEO_DURATION_6_SECONDS"}), addr, f"{svc}/CreateTask"])
+    task_id = json.loads(created.out).get("taskId") if created.code == 0 else None
+    if not check(r, "CreateTask takes the uploaded URL", task_id, created):
+        return r
+    watched = run([*grpcurl, "-d", json.dumps({"task_id": task_id}), addr, f"{svc}/WatchTask"], timeout=90)
+    states = [m["task"]["state"] for m in json_messages(watched.out)] if watched.code == 0 else []
+    check(r, "the task from the uploaded image ends SUCCEEDED", states[-1:] == ["TASK_STATE_SUCCEEDED"], watched)
+    links = run([*grpcurl, "-d", json.dumps({"task_id": task_id}), addr, f"{svc}/GetDownloadLinks"])
+    link = (json.loads(links.out).get("links") or [{}])[0] if links.code == 0 else {}
+    check(r, "GetDownloadLinks gives a fresh link with its expiry, which downloads an MP4 (ftyp)",
+          link.get("url") and link.get("expireTime") and is_mp4(fetch(link["url"])), links)
+    return r
+
+
+def job_cli_image_download(addr):
+    """generate --image/--end-image from files, --request-id, then download -o."""
+    r = []
+    # A failed task for `download`, generated meanwhile.
+    failing = ThreadPoolExecutor(1)
+    failed_run = failing.submit(cli, addr, "generate", "--prompt", "[sim:fail] a cat", "--image", "assets/first.png",
+                                "--wait")
+    failing.shutdown(wait=False)
+    prompt = f"a cat from two files {uuid.uuid4()}"
+    request_id = f"cli-{uuid.uuid4()}"
+    args = ["generate", "--prompt", prompt, "--image", "assets/first.png", "--end-image", "assets/last.png",
+            "--request-id", request_id, "--prompt-optimizer", "--duration", "6"]
+    done = cli(addr, *args, "--wait")
+    lines = done.out.splitlines()
+    if not check(r, "cli generate --image ./file.png --end-image ./file.png --wait exits 0 at SUCCEEDED with a video URL",
+                 done.code == 0 and cli_states(done.out)[-1:] == ["SUCCEEDED"]
+                 and re.fullmatch(r"http://\S+\.mp4", lines[-1]), done):
+        return r
+    task_id = lines[0]
+    creates = sim_creates(prompt)
+    frames = creates[0]["input"] if len(creates) == 1 else {}
+    check(r, "kie.ai got one createTask with both frames as uploaded URLs and prompt_optimizer true",
+          len(creates) == 1 and frames.get("prompt_optimizer") is True
+          and fetch(frames.get("image_url", "")) == FIRST_PNG.read_bytes()
+          and fetch(frames.get("end_image_url", "")) == LAST_PNG.read_bytes(), creates)
+    again = cli(addr, *args)
+    check(r, "the same command with the same --request-id prints the same task and creates nothing more",
+          again.code == 0 and again.out.strip() == task_id and len(sim_creates(prompt)) == 1, again)
+
+    video = OUT / "cli-video.mp4"
+    video.unlink(missing_ok=True)
+    saved = cli(addr, "download", task_id, "-o", video)
+    check(r, "cli download -o saves the MP4 (ftyp) and prints its path, leaving no .part file",
+          saved.code == 0 and saved.out.strip() == str(video) and video.exists() and is_mp4(video.read_bytes())
+          and not (OUT / ".cli-video.mp4.part").exists(), saved)
+
+    missing = cli(addr, "generate", "--prompt", "a cat", "--image", "./no-such-frame.png")
+    check(r, "cli: an --image file that does not exist is a usage error (exit 2) naming it",
+          missing.code == 2 and "error: --image ./no-such-frame.png:" in missing.err, missing)
+    not_image = cli(addr, "generate", "--prompt", "a cat", "--image", "README.md")
+    check(r, "cli: an --image file that is no image exits 1 with the gateway's field violation",
+          not_image.code == 1 and "field image_data:" in not_image.err, not_image)
+
+    failed = failed_run.result()
+    failed_id = failed.out.splitlines()[0] if failed.out else ""
+    no_video = cli(addr, "download", failed_id, "-o", OUT / "cli-failed.mp4")
+    check(r, "cli download of a FAILED task exits 3 with TASK_NOT_SUCCEEDED and saves nothing",
+          failed.code == 3 and no_video.code == 3 and "reason: TASK_NOT_SUCCEEDED" in no_video.err
+          and not (OUT / "cli-failed.mp4").exists(), f"{failed}; {no_video}")
+    return r
+
+
 JOBS = [
     job_grpcurl,
     job_python_client,
@@ -374,6 +505,8 @@ JOBS = [
     job_cli_failed_task,
     job_cli_errors,
     job_buf_lint,
+    job_grpcurl_upload,
+    job_cli_image_download,
 ]
 
 
