@@ -1,6 +1,7 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod generate;
 mod task_stream;
 
 use std::future::Future;
@@ -25,9 +26,12 @@ use crate::kie::{Credential, KeySource};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GenerateVideoRequest, GetTaskRequest, GetTaskResponse,
+    WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
+pub use generate::GenerateStream;
+use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
@@ -145,11 +149,52 @@ impl VideoGeneration for VideoGenerationService {
             Ok(first_seen) => first_seen,
             Err(e) => return Err(call.fail(&e)),
         };
-        let metrics = self.metrics.clone();
-        metrics.active_watchers.inc();
         let request_id = call.request_id.clone();
-        // The call lives on in the stream: its log line is written when the
-        // stream ends, with how it ended.
+        let stream = self.follower().stream(call, first_seen, None);
+        Ok(respond(&request_id, stream))
+    }
+
+    type GenerateVideoStream = GenerateStream;
+
+    async fn generate_video(
+        &self,
+        request: Request<GenerateVideoRequest>,
+    ) -> Result<Response<Self::GenerateVideoStream>, Status> {
+        self.generate(request).await
+    }
+}
+
+impl VideoGenerationService {
+    fn follower(&self) -> Follower {
+        Follower {
+            metrics: self.metrics.clone(),
+            watch: self.watch,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// What turns a task subscription into a WatchTask stream, apart from the
+/// service so that a stream can make one later (GenerateVideo does, after
+/// its first message).
+struct Follower {
+    metrics: Arc<Metrics>,
+    watch: WatchSettings,
+    shutdown: CancellationToken,
+}
+
+impl Follower {
+    /// The stream of `call`, which lives on in it: its log line is written
+    /// when the stream ends, with how it ended. `no_repeat`: see
+    /// `task_stream::stream`.
+    fn stream(
+        self,
+        mut call: Call,
+        first_seen: FirstSeen,
+        no_repeat: Option<String>,
+    ) -> WatchStream {
+        let metrics = self.metrics;
+        metrics.active_watchers.inc();
         let on_end = Box::new(move |end: task_stream::End<'_>| {
             metrics.active_watchers.dec();
             call.end(match end {
@@ -158,14 +203,14 @@ impl VideoGeneration for VideoGenerationService {
                 task_stream::End::CallerLeft => Outcome::CallerLeft,
             });
         });
-        let stream = task_stream::stream(
+        task_stream::stream(
             first_seen,
             self.watch.heartbeat,
             self.watch.max_duration,
-            self.shutdown.clone(),
+            self.shutdown,
             on_end,
-        );
-        Ok(respond(&request_id, stream))
+            no_repeat,
+        )
     }
 }
 
@@ -482,6 +527,7 @@ fn our_method(path: &str) -> Option<&'static str> {
         "CreateTask" => Some("CreateTask"),
         "GetTask" => Some("GetTask"),
         "WatchTask" => Some("WatchTask"),
+        "GenerateVideo" => Some("GenerateVideo"),
         _ => None,
     }
 }
