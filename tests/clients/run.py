@@ -143,6 +143,16 @@ class Gateway:
                 self._ready.set()
         self._ready.set()
 
+    def simulator_url(self, timeout=5.0):
+        """The in-process simulator's URL, from the banner on stdout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"kie\.ai is simulated at (\S+)", self.log_path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            time.sleep(0.05)
+        raise RuntimeError("no simulator URL in the sandbox banner")
+
     def log_tail(self, lines=30):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -184,11 +194,14 @@ def job_grpcurl(addr):
           <= set(listed.out.split()), listed)
 
     described = run([*grpcurl, addr, "describe", svc])
-    check(r, "describe shows the three RPCs with WatchTask streaming",
+    check(r, "describe shows the four RPCs with WatchTask and GenerateVideo streaming",
           described.code == 0
           and "rpc CreateTask ( .hailuo.v1.CreateTaskRequest ) returns ( .hailuo.v1.CreateTaskResponse );" in described.out
           and "rpc GetTask ( .hailuo.v1.GetTaskRequest ) returns ( .hailuo.v1.GetTaskResponse );" in described.out
-          and "rpc WatchTask ( .hailuo.v1.WatchTaskRequest ) returns ( stream .hailuo.v1.WatchTaskResponse );" in described.out,
+          and "rpc WatchTask ( .hailuo.v1.WatchTaskRequest ) returns ( stream .hailuo.v1.WatchTaskResponse );" in described.out
+          and "rpc GenerateVideo ( .hailuo.v1.GenerateVideoRequest ) returns ( stream .hailuo.v1.GenerateVideoResponse );"
+          in described.out
+          and "// The one call from prompt to video" in described.out,
           described)
 
     message = run([*grpcurl, addr, "describe", "hailuo.v1.CreateTaskRequest"])
@@ -234,6 +247,21 @@ def job_grpcurl(addr):
     return r
 
 
+def job_grpcurl_generate(addr):
+    """GenerateVideo through grpcurl, beside the step-by-step job."""
+    r = []
+    grpcurl = [VENV_BIN / "grpcurl", "-plaintext", "-connect-timeout", "5", "-max-time", "60"]
+    request = {"prompt": "a cat surfing a wave at sunset", "image_url": IMAGE, "duration": "VIDEO_DURATION_6_SECONDS"}
+    generated = run([*grpcurl, "-d", json.dumps({"create": request}), addr,
+                     "hailuo.v1.VideoGeneration/GenerateVideo"], timeout=90)
+    messages = json_messages(generated.out) if generated.code == 0 else []
+    states = [m["task"]["state"] for m in messages if "task" in m and not m.get("heartbeat")]
+    check(r, "GenerateVideo sends the task id first, then WAITING..SUCCEEDED, and ends OK",
+          generated.code == 0 and messages and set(messages[0]) == {"taskId"} and states == FULL_STATES,
+          f"states {states}; {generated}")
+    return r
+
+
 def job_buf_lint(_addr):
     r = []
     lint = run([NODE_BIN / "buf", "lint"], timeout=60)
@@ -255,8 +283,8 @@ def tap_lines(r, result, prefix):
     return r
 
 
-def job_python_client(addr):
-    result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr],
+def job_python_client(addr, simulator_url):
+    result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr, simulator_url],
                  env={"PYTHONPATH": str(OUT / "python")})
     return tap_lines([], result, "python")
 
@@ -364,6 +392,7 @@ def job_cli_errors(addr):
 
 JOBS = [
     job_grpcurl,
+    job_grpcurl_generate,
     job_python_client,
     job_node_client,
     job_python_example,
@@ -377,10 +406,12 @@ JOBS = [
 ]
 
 
-def timed(job, addr):
+def timed(job, addr, simulator_url):
     started = time.monotonic()
     try:
-        results = job(addr)
+        # The jobs that look at kie.ai's side take the simulator's URL too.
+        wants_simulator = job.__code__.co_argcount > 1
+        results = job(addr, simulator_url) if wants_simulator else job(addr)
     except Exception as e:  # noqa: BLE001 - a crashed job is a failed check
         results = [(f"{job.__name__} ran", False, f"{type(e).__name__}: {e}")]
     return results, time.monotonic() - started
@@ -406,8 +437,9 @@ def main():
     try:
         gateway = Gateway()
         print(f"clients: sandbox gateway on {gateway.addr} (log {gateway.log_path.relative_to(ROOT)})", flush=True)
+        simulator_url = gateway.simulator_url()
         with ThreadPoolExecutor(len(JOBS)) as pool:
-            futures = [(job.__name__[4:], pool.submit(timed, job, gateway.addr)) for job in JOBS]
+            futures = [(job.__name__[4:], pool.submit(timed, job, gateway.addr, simulator_url)) for job in JOBS]
             for name, future in futures:
                 results, seconds = future.result()
                 print(f"-- {name} ({seconds:.1f}s)")
