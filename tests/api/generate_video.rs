@@ -259,3 +259,71 @@ async fn at_shutdown_a_request_id_stream_says_call_again_and_one_without_names_i
     assert!(anonymous_end.message().contains("WatchTask"));
     drop(upstream);
 }
+
+#[tokio::test]
+async fn across_a_fleet_a_request_id_re_attaches_after_a_client_crash_and_a_replica_restart() {
+    let upstream = wiremock::MockServer::start().await;
+    let redis = crate::redis_server::RedisServer::start().await;
+    // A slow answer, so that the first caller is gone before it comes.
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(CREATE_PATH))
+        .respond_with(
+            kie_ok(serde_json::json!({"taskId": "t1"})).set_delay(Duration::from_secs(1)),
+        )
+        .mount(&upstream)
+        .await;
+    let mut states = vec!["waiting"];
+    states.extend(["generating"; 10]);
+    states.push("success");
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path(RECORD_PATH))
+        .respond_with(Sequence::states("t1", &states))
+        .mount(&upstream)
+        .await;
+    let replica = || {
+        let mut settings = test_settings(&upstream.uri());
+        settings.redis = Some(redis.settings());
+        spawn_gateway(settings)
+    };
+    let (a, b) = (replica().await, replica().await);
+    let request = generate_request(with_request_id("gen-fleet"));
+
+    // The caller crashes while the create is on its way to kie.ai.
+    let mut client_a = a.new_client().await;
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(300),
+        client_a.generate_video(request.clone()),
+    )
+    .await;
+    assert!(crashed.is_err(), "the create was still in flight");
+    drop(client_a);
+
+    // It comes back through the other replica: the same attempt's task.
+    let mut client_b = b.new_client().await;
+    let mut stream = client_b
+        .generate_video(request.clone())
+        .await
+        .expect("stream")
+        .into_inner();
+    let (messages, end) = drain_generate(&mut stream).await;
+    end.expect("ends with OK");
+    assert_eq!(messages[0].task_id, "t1");
+    assert_eq!(task_states(&messages).last(), Some(&TaskState::Succeeded));
+
+    // The replica that made the task restarts; the call again gets the
+    // finished task from a new replica.
+    drop(a);
+    let c = replica().await;
+    let mut client_c = c.new_client().await;
+    let mut stream = client_c
+        .generate_video(request)
+        .await
+        .expect("stream")
+        .into_inner();
+    let (messages, end) = drain_generate(&mut stream).await;
+    end.expect("ends with OK");
+    assert!(messages.iter().all(|m| m.task_id == "t1"));
+    assert_eq!(task_states(&messages), [TaskState::Succeeded]);
+
+    assert_eq!(received(&upstream, CREATE_PATH).await, 1, "one create");
+}
