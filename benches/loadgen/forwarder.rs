@@ -5,7 +5,8 @@ use std::process::Stdio;
 
 use hailuo_gateway::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use hailuo_gateway::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GenerateVideoRequest, GetTaskRequest, GetTaskResponse,
+    WatchTaskRequest,
 };
 use hailuo_gateway::task;
 use tokio::process::Command;
@@ -101,6 +102,15 @@ impl VideoGeneration for BareForwarder {
         &self,
         _: tonic::Request<WatchTaskRequest>,
     ) -> Result<tonic::Response<Self::WatchTaskStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
+    type GenerateVideoStream = hailuo_gateway::grpc::GenerateStream;
+
+    async fn generate_video(
+        &self,
+        _: tonic::Request<GenerateVideoRequest>,
+    ) -> Result<tonic::Response<Self::GenerateVideoStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("bare forwarder"))
     }
 }

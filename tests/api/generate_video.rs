@@ -267,9 +267,7 @@ async fn across_a_fleet_a_request_id_re_attaches_after_a_client_crash_and_a_repl
     // A slow answer, so that the first caller is gone before it comes.
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .and(wiremock::matchers::path(CREATE_PATH))
-        .respond_with(
-            kie_ok(serde_json::json!({"taskId": "t1"})).set_delay(Duration::from_secs(1)),
-        )
+        .respond_with(kie_ok(serde_json::json!({"taskId": "t1"})).set_delay(Duration::from_secs(1)))
         .mount(&upstream)
         .await;
     let mut states = vec!["waiting"];
