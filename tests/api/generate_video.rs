@@ -178,6 +178,14 @@ async fn a_stream_cancelled_midway_is_resumed_by_the_same_request_id_with_one_cr
     let seen = next(&mut first).await;
     assert_eq!(seen.task.expect("task").state(), TaskState::Waiting);
     drop(first);
+    let cancelled = r#"hailuo_gateway_rpcs_total{method="GenerateVideo",code="CANCELLED"}"#;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            app.metric(cancelled).await == Some(1.0)
+        })
+        .await,
+        "the cancelled call is counted once"
+    );
 
     let mut again = generate(&app, request).await.expect("stream");
     let (messages, end) = drain_generate(&mut again).await;
