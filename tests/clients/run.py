@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -325,8 +326,9 @@ def cli_states(out):
 
 def job_cli_generate_wait(addr):
     r = []
-    done = cli(addr, "generate", "--prompt", "a cat surfing", "--image-url", IMAGE,
-               "--duration", "6", "--resolution", "512p", "--wait")
+    args = ["generate", "--prompt", "a cat surfing", "--image-url", IMAGE, "--duration", "6", "--resolution", "512p",
+            "--request-id", f"cli-{uuid.uuid4()}", "--wait"]
+    done = cli(addr, *args)
     lines = done.out.splitlines()
     check(r, "cli generate --wait exits 0 after plain state lines WAITING..SUCCEEDED",
           done.code == 0 and cli_states(done.out) == STATES and "\x1b" not in done.out, done)
@@ -335,6 +337,9 @@ def job_cli_generate_wait(addr):
           done)
     if not lines:
         return r
+    again = cli(addr, *args)
+    check(r, "cli generate --wait with the same --request-id re-attaches to the same finished task",
+          again.code == 0 and again.out.splitlines()[:1] == lines[:1] and cli_states(again.out) == ["SUCCEEDED"], again)
     got = cli(addr, "get", lines[0])
     check(r, "cli get shows the task SUCCEEDED with its video URL",
           got.code == 0 and f"task_id: {lines[0]}" in got.out and "state: SUCCEEDED" in got.out
