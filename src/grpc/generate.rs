@@ -47,7 +47,7 @@ impl VideoGenerationService {
         let subscription = TaskId::parse(task_id.clone())
             .map(|id| self.hub.subscribe(credential, id))
             .map_err(GatewayError::from);
-        let follower = self.follower();
+        let streamer = self.watch_streamer();
         let shutdown = self.shutdown.clone();
         let request_id = call.request_id.clone();
         let watched = async move {
@@ -56,7 +56,7 @@ impl VideoGenerationService {
                 Err(e) => Err(e),
             };
             match seen {
-                Ok(first_seen) => follower.stream(call, first_seen, no_repeat),
+                Ok(first_seen) => streamer.stream(call, first_seen, no_repeat),
                 Err(e) => {
                     let e = task_stream::for_caller(e, no_repeat.as_deref());
                     Box::pin(stream::once(std::future::ready(Err(call.fail(&e)))))

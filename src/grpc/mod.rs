@@ -150,7 +150,7 @@ impl VideoGeneration for VideoGenerationService {
             Err(e) => return Err(call.fail(&e)),
         };
         let request_id = call.request_id.clone();
-        let stream = self.follower().stream(call, first_seen, None);
+        let stream = self.watch_streamer().stream(call, first_seen, None);
         Ok(respond(&request_id, stream))
     }
 
@@ -165,8 +165,8 @@ impl VideoGeneration for VideoGenerationService {
 }
 
 impl VideoGenerationService {
-    fn follower(&self) -> Follower {
-        Follower {
+    fn watch_streamer(&self) -> WatchStreamer {
+        WatchStreamer {
             metrics: self.metrics.clone(),
             watch: self.watch,
             shutdown: self.shutdown.clone(),
@@ -175,18 +175,18 @@ impl VideoGenerationService {
 }
 
 /// What turns a task subscription into a WatchTask stream, apart from the
-/// service so that a stream can make one later (GenerateVideo does, after
-/// its first message).
-struct Follower {
+/// service: GenerateVideo makes its stream after its handler has returned
+/// (after the first message).
+struct WatchStreamer {
     metrics: Arc<Metrics>,
     watch: WatchSettings,
     shutdown: CancellationToken,
 }
 
-impl Follower {
+impl WatchStreamer {
     /// The stream of `call`, which lives on in it: its log line is written
     /// when the stream ends, with how it ended. `no_repeat`: see
-    /// `task_stream::stream`.
+    /// `task_stream::for_caller`.
     fn stream(
         self,
         mut call: Call,
