@@ -1,5 +1,5 @@
-//! Create a video task and watch it until it ends, with the generated Rust
-//! client.
+//! Generate a video with the generated Rust client: one GenerateVideo call,
+//! from prompt to video URL.
 //!
 //! ```sh
 //! cargo run -- --sandbox &          # a gateway on localhost:50051
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use hailuo_gateway::pb::{
-    CreateTaskRequest, Resolution, TaskState, VideoDuration, WatchTaskRequest,
+    CreateTaskRequest, GenerateVideoRequest, Resolution, TaskState, VideoDuration,
 };
 
 #[tokio::main]
@@ -20,28 +20,31 @@ async fn main() -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| "http://localhost:50051".into());
     let mut client = VideoGenerationClient::connect(addr).await?;
 
-    let task_id = client
-        .create_task(CreateTaskRequest {
+    // request_id makes the call safe to repeat: calling again with the
+    // same request (after a broken connection, say) follows the same task
+    // instead of paying for a second video.
+    let request_id = format!("example-{:016x}", rand::random::<u64>());
+    let request = GenerateVideoRequest {
+        create: Some(CreateTaskRequest {
             prompt: "a cat surfing a wave at sunset".into(),
             image_url: "https://example.com/cat.png".into(),
             duration: VideoDuration::VideoDuration6Seconds as i32,
             resolution: Resolution::Resolution768p as i32,
+            request_id,
             ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .task_id;
-    println!("task {task_id}");
+        }),
+    };
 
-    // The first message is the current state, then one per change; the
-    // stream ends after SUCCEEDED or FAILED.
-    let mut stream = client
-        .watch_task(WatchTaskRequest { task_id })
-        .await?
-        .into_inner();
+    // One call from prompt to video: the first message carries the new
+    // task's id, then one message per state change; the stream ends after
+    // SUCCEEDED or FAILED.
+    let mut stream = client.generate_video(request).await?.into_inner();
     let mut last = None;
     while let Some(message) = stream.message().await? {
-        let Some(task) = message.task else { continue };
+        let Some(task) = message.task else {
+            println!("task {}", message.task_id);
+            continue;
+        };
         if message.heartbeat {
             continue;
         }

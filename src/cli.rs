@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
+use futures_util::{Stream, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -26,7 +27,8 @@ use crate::error::code_name;
 use crate::pb::GetDownloadLinksRequest;
 use crate::pb::video_generation_client::VideoGenerationClient;
 use crate::pb::{
-    CreateTaskRequest, GetTaskRequest, Resolution, Task, TaskState, VideoDuration, WatchTaskRequest,
+    CreateTaskRequest, GenerateVideoRequest, GetTaskRequest, Resolution, Task, TaskState,
+    VideoDuration, WatchTaskRequest,
 };
 use image_arg::Frame;
 
@@ -74,7 +76,8 @@ pub struct GenerateArgs {
     /// Video resolution (default 768p).
     #[arg(long, value_enum)]
     pub(crate) resolution: Option<ResolutionArg>,
-    /// Follow the task until it ends, then print its video URLs.
+    /// Follow the task until it ends, then print its video URLs (one
+    /// GenerateVideo call).
     #[arg(long)]
     pub(crate) wait: bool,
     /// Idempotency key: running the same command again with it (after a
@@ -218,16 +221,27 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
         request_id: args.request_id.unwrap_or_default(),
         ..Default::default()
     };
-    let task_id = client
-        .create_task(unary(request))
-        .await?
-        .into_inner()
-        .task_id;
-    println!("{task_id}");
     if !args.wait {
+        let task_id = client
+            .create_task(unary(request))
+            .await?
+            .into_inner()
+            .task_id;
+        println!("{task_id}");
         return Ok(());
     }
-    follow(&mut client, task_id).await
+    let mut stream = client
+        .generate_video(GenerateVideoRequest {
+            create: Some(request),
+        })
+        .await?
+        .into_inner();
+    // The first message names the new task, before any state is read.
+    let Some(first) = stream.message().await? else {
+        return Err(Failure::StreamEnded);
+    };
+    println!("{}", first.task_id);
+    follow(stream.map(|m| m.map(|m| m.task))).await
 }
 
 async fn run_get(args: TaskArgs) -> Result<(), Failure> {
@@ -246,7 +260,13 @@ async fn run_get(args: TaskArgs) -> Result<(), Failure> {
 
 async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
     let mut client = connect(&args.connect.addr).await?;
-    follow(&mut client, args.task_id).await
+    let stream = client
+        .watch_task(WatchTaskRequest {
+            task_id: args.task_id,
+        })
+        .await?
+        .into_inner();
+    follow(stream.map(|m| m.map(|m| m.task))).await
 }
 
 async fn connect(addr: &str) -> Result<VideoGenerationClient<Channel>, Failure> {
@@ -266,20 +286,19 @@ fn unary<T>(message: T) -> Request<T> {
     request
 }
 
-/// Watches a task to its end with a live progress line (plain lines when
-/// stdout is not a terminal), then prints its video URLs.
+/// Follows a task's stream (WatchTask's or GenerateVideo's) to its end
+/// with a live progress line (plain lines when stdout is not a terminal),
+/// then prints its video URLs.
 async fn follow(
-    client: &mut VideoGenerationClient<Channel>,
-    task_id: String,
+    stream: impl Stream<Item = Result<Option<Task>, Status>> + Unpin,
 ) -> Result<(), Failure> {
-    let mut stream = client
-        .watch_task(WatchTaskRequest { task_id })
-        .await?
-        .into_inner();
+    let mut stream = stream;
     let progress = Progress::new();
     let mut last: Option<Task> = None;
-    while let Some(message) = stream.message().await.inspect_err(|_| progress.clear())? {
-        let Some(task) = message.task else { continue };
+    while let Some(message) = stream.next().await {
+        let Some(task) = message.inspect_err(|_| progress.clear())? else {
+            continue;
+        };
         let state = task.state();
         if last.as_ref().map(Task::state) != Some(state) {
             progress.state(state);

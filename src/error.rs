@@ -55,6 +55,13 @@ pub enum GatewayError {
     /// The caller's request stream broke off or carried a message that
     /// could not be read (tonic's status says which).
     RequestStream { code: Code, message: String },
+    /// A GenerateVideo stream without request_id ended with `cause` after
+    /// its task was made: a repeat of the call would buy a second video, so
+    /// the caller is pointed at WatchTask instead of told to retry.
+    WatchInterrupted {
+        task_id: String,
+        cause: Box<GatewayError>,
+    },
 }
 
 /// A failure as a caller sees it, in a form that can travel between
@@ -170,6 +177,7 @@ impl GatewayError {
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
+            Self::WatchInterrupted { cause, .. } => cause.severity(),
             Self::CreateOutcomeUnknown(_) => Severity::Transient,
             // Degraded, not down: the operator sees Redis's own alerts.
             Self::CoordinationUnavailable => Severity::Transient,
@@ -305,6 +313,31 @@ impl GatewayError {
                 Status::with_error_details(
                     Code::DeadlineExceeded,
                     "the watch reached the gateway's maximum watch duration: call WatchTask again to go on",
+                    details,
+                )
+            }
+            Self::WatchInterrupted { task_id, cause } => {
+                let cause = cause.to_status();
+                let cause_reason = cause
+                    .get_details_error_info()
+                    .map(|info| info.reason)
+                    .unwrap_or_default();
+                details.set_error_info(
+                    "WATCH_INTERRUPTED",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([
+                        ("task_id".to_string(), task_id.clone()),
+                        ("cause".to_string(), cause_reason),
+                    ]),
+                );
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!(
+                        "the stream ended before task {task_id} did ({}): the task exists, \
+                         follow it with WatchTask; calling GenerateVideo again without a \
+                         request_id would buy a second video",
+                        cause.message()
+                    ),
                     details,
                 )
             }

@@ -76,7 +76,9 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_ur
   gRPC     {g}   (reflection on: no proto files needed)
   HTTP     http://{http}   (/metrics, /callbacks/kie, /healthz)
 
-  Try it:
+  Try it: one call from prompt to video (the task id first, then each state, then the video URL)
+    grpcurl -plaintext -d '{{"create": {{"prompt": "a cat surfing a wave at sunset", "image_url": "https://example.com/cat.png", "request_id": "try-1"}}}}' {g} hailuo.v1.VideoGeneration/GenerateVideo
+  Or step by step:
     grpcurl -plaintext {g} describe hailuo.v1.VideoGeneration
     grpcurl -plaintext -d '{{"prompt": "a cat surfing a wave at sunset", "image_url": "https://example.com/cat.png"}}' {g} hailuo.v1.VideoGeneration/CreateTask
     grpcurl -plaintext -d '{{"task_id": "TASK_ID"}}' {g} hailuo.v1.VideoGeneration/WatchTask

@@ -5,7 +5,8 @@ use std::process::Stdio;
 
 use hailuo_gateway::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use hailuo_gateway::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetTaskRequest, GetTaskResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GenerateVideoRequest, GetTaskRequest, GetTaskResponse,
+    WatchTaskRequest,
 };
 use hailuo_gateway::task;
 use tokio::process::Command;
@@ -122,6 +123,15 @@ impl VideoGeneration for BareForwarder {
         &self,
         _: tonic::Request<tonic::Streaming<hailuo_gateway::pb::UploadImageRequest>>,
     ) -> Result<tonic::Response<hailuo_gateway::pb::UploadImageResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
+    type GenerateVideoStream = hailuo_gateway::grpc::GenerateStream;
+
+    async fn generate_video(
+        &self,
+        _: tonic::Request<GenerateVideoRequest>,
+    ) -> Result<tonic::Response<Self::GenerateVideoStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("bare forwarder"))
     }
 }

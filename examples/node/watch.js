@@ -1,11 +1,12 @@
-// Create a video task on hailuo-gateway from a local image and watch it
-// until it ends.
+// Generate a video with hailuo-gateway from a local image: UploadImage, then
+// one GenerateVideo call from prompt to video URL.
 //
 //   npm ci                       # @grpc/grpc-js + @grpc/proto-loader
 //   cargo run -- --sandbox &     # a gateway on localhost:50051
 //   node examples/node/watch.js localhost:50051 [IMAGE]
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -53,42 +54,45 @@ function uploadImage(file, done) {
   });
 }
 
+// request_id makes the call safe to repeat: calling again with the same
+// request (after a broken connection, say) follows the same task instead of
+// paying for a second video.
 const request = {
-  prompt: 'a cat surfing a wave at sunset',
-  image_url: '', // set to the uploaded image's URL below
-  duration: 'VIDEO_DURATION_6_SECONDS',
-  resolution: 'RESOLUTION_768P',
+  create: {
+    prompt: 'a cat surfing a wave at sunset',
+    image_url: '', // set to the uploaded image's URL below
+    duration: 'VIDEO_DURATION_6_SECONDS',
+    resolution: 'RESOLUTION_768P',
+    request_id: crypto.randomUUID(),
+  },
 };
 uploadImage(image, (imageUrl) => {
-  request.image_url = imageUrl;
-  client.CreateTask(request, { deadline: Date.now() + 30_000 }, (err, created) => {
-    if (err) {
-      console.error(`CreateTask failed: ${grpc.status[err.code]}: ${err.details}`);
-      process.exit(1);
+  request.create.image_url = imageUrl;
+  // One call from prompt to video: the first message carries the new task's
+  // id, then one message per state change; the stream ends after SUCCEEDED or
+  // FAILED.
+  let task = null;
+  const stream = client.GenerateVideo(request, { deadline: Date.now() + 600_000 });
+  stream.on('data', (message) => {
+    if (!message.task) {
+      console.log('task', message.task_id);
+      return;
     }
-    console.log('task', created.task_id);
-
-    // The current state at once, then one message per change; the stream ends
-    // after SUCCEEDED or FAILED.
-    let task = null;
-    const stream = client.WatchTask({ task_id: created.task_id });
-    stream.on('data', (message) => {
-      if (message.heartbeat) return;
-      task = message.task;
-      console.log('state', task.state);
-    });
-    stream.on('error', (e) => {
-      console.error(`WatchTask failed: ${grpc.status[e.code]}: ${e.details}`);
-      process.exit(1);
-    });
-    stream.on('end', () => {
-      client.close();
-      if (task && task.state === 'TASK_STATE_SUCCEEDED') {
-        for (const url of task.video_urls) console.log('video', url);
-      } else {
-        console.error('task ended', task && task.state, task && task.fail_code, task && task.fail_message);
-        process.exitCode = 1;
-      }
-    });
+    if (message.heartbeat) return;
+    task = message.task;
+    console.log('state', task.state);
+  });
+  stream.on('error', (e) => {
+    console.error(`GenerateVideo failed: ${grpc.status[e.code]}: ${e.details}`);
+    process.exit(1);
+  });
+  stream.on('end', () => {
+    client.close();
+    if (task && task.state === 'TASK_STATE_SUCCEEDED') {
+      for (const url of task.video_urls) console.log('video', url);
+    } else {
+      console.error('task ended', task && task.state, task && task.fail_code, task && task.fail_message);
+      process.exitCode = 1;
+    }
   });
 });

@@ -1,5 +1,5 @@
-"""Create a video task on hailuo-gateway from a local image and watch it
-until it ends.
+"""Generate a video with hailuo-gateway from a local image: UploadImage, then
+one GenerateVideo call from prompt to video URL.
 
     bash scripts/clients-setup.sh        # venv + stubs generated from proto/
     cargo run -- --sandbox &             # a gateway on localhost:50051
@@ -7,6 +7,7 @@ until it ends.
 """
 
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
@@ -45,21 +46,26 @@ def main() -> int:
     with grpc.insecure_channel(addr) as channel:
         client = pb_grpc.VideoGenerationStub(channel)
         image_url = upload_image(client, image)
-        created = client.CreateTask(
-            pb.CreateTaskRequest(
+        # request_id makes the call safe to repeat: calling again with the same
+        # request (after a broken connection, say) follows the same task instead
+        # of paying for a second video.
+        request = pb.GenerateVideoRequest(
+            create=pb.CreateTaskRequest(
                 prompt="a cat surfing a wave at sunset",
                 image_url=image_url,
                 duration=pb.VIDEO_DURATION_6_SECONDS,
                 resolution=pb.RESOLUTION_768P,
-            ),
-            timeout=30,
+                request_id=str(uuid.uuid4()),
+            )
         )
-        print("task", created.task_id)
-
-        # The current state at once, then one message per change; the stream
-        # ends after SUCCEEDED or FAILED.
+        # One call from prompt to video: the first message carries the new
+        # task's id, then one message per state change; the stream ends after
+        # SUCCEEDED or FAILED.
         task = None
-        for message in client.WatchTask(pb.WatchTaskRequest(task_id=created.task_id), timeout=600):
+        for message in client.GenerateVideo(request, timeout=600):
+            if not message.HasField("task"):
+                print("task", message.task_id)
+                continue
             if message.heartbeat:
                 continue
             task = message.task

@@ -1,6 +1,7 @@
 //! The thin tonic adapter: request → domain call → response or status, and
 //! one log line per RPC.
 
+mod generate;
 mod image_stream;
 mod task_stream;
 
@@ -26,12 +27,14 @@ use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
-    CreateTaskRequest, CreateTaskResponse, GetCreditsRequest, GetCreditsResponse,
-    GetDownloadLinksRequest, GetDownloadLinksResponse, GetTaskRequest, GetTaskResponse,
-    UploadImageRequest, UploadImageResponse, WatchTaskRequest,
+    CreateTaskRequest, CreateTaskResponse, GenerateVideoRequest, GetCreditsRequest,
+    GetCreditsResponse, GetDownloadLinksRequest, GetDownloadLinksResponse, GetTaskRequest,
+    GetTaskResponse, UploadImageRequest, UploadImageResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
 use crate::uploads::Uploader;
+pub use generate::GenerateStream;
+use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
 
 /// Which kie.ai key a call uses.
@@ -152,11 +155,52 @@ impl VideoGeneration for VideoGenerationService {
             Ok(first_seen) => first_seen,
             Err(e) => return Err(call.fail(&e)),
         };
-        let metrics = self.metrics.clone();
-        metrics.active_watchers.inc();
         let request_id = call.request_id.clone();
-        // The call lives on in the stream: its log line is written when the
-        // stream ends, with how it ended.
+        let stream = self.watch_streamer().stream(call, first_seen, None);
+        Ok(respond(&request_id, stream))
+    }
+
+    type GenerateVideoStream = GenerateStream;
+
+    async fn generate_video(
+        &self,
+        request: Request<GenerateVideoRequest>,
+    ) -> Result<Response<Self::GenerateVideoStream>, Status> {
+        self.generate(request).await
+    }
+}
+
+impl VideoGenerationService {
+    fn watch_streamer(&self) -> WatchStreamer {
+        WatchStreamer {
+            metrics: self.metrics.clone(),
+            watch: self.watch,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// What turns a task subscription into a WatchTask stream, apart from the
+/// service: GenerateVideo makes its stream after its handler has returned
+/// (after the first message).
+struct WatchStreamer {
+    metrics: Arc<Metrics>,
+    watch: WatchSettings,
+    shutdown: CancellationToken,
+}
+
+impl WatchStreamer {
+    /// The stream of `call`, which lives on in it: its log line is written
+    /// when the stream ends, with how it ended. `no_repeat`: see
+    /// `task_stream::for_caller`.
+    fn stream(
+        self,
+        mut call: Call,
+        first_seen: FirstSeen,
+        no_repeat: Option<String>,
+    ) -> WatchStream {
+        let metrics = self.metrics;
+        metrics.active_watchers.inc();
         let on_end = Box::new(move |end: task_stream::End<'_>| {
             metrics.active_watchers.dec();
             call.end(match end {
@@ -165,14 +209,14 @@ impl VideoGeneration for VideoGenerationService {
                 task_stream::End::CallerLeft => Outcome::CallerLeft,
             });
         });
-        let stream = task_stream::stream(
+        task_stream::stream(
             first_seen,
             self.watch.heartbeat,
             self.watch.max_duration,
-            self.shutdown.clone(),
+            self.shutdown,
             on_end,
-        );
-        Ok(respond(&request_id, stream))
+            no_repeat,
+        )
     }
 
     async fn upload_image(
@@ -575,6 +619,7 @@ fn our_method(path: &str) -> Option<&'static str> {
         "UploadImage" => Some("UploadImage"),
         "GetDownloadLinks" => Some("GetDownloadLinks"),
         "GetCredits" => Some("GetCredits"),
+        "GenerateVideo" => Some("GenerateVideo"),
         _ => None,
     }
 }

@@ -70,6 +70,8 @@ struct Watcher {
     shutdown: CancellationToken,
     /// Taken when the stream ends; dropped unsent means the caller left.
     on_end: Option<OnEnd>,
+    /// See `stream`.
+    no_repeat: Option<String>,
 }
 
 impl Watcher {
@@ -137,6 +139,7 @@ impl Watcher {
     /// Ends the stream with `error`'s status; the hook gets the error itself
     /// so that its log line can say how bad it is and why.
     fn fail(&mut self, error: &GatewayError) -> Option<Result<WatchTaskResponse, Status>> {
+        let error = &for_caller(error.clone(), self.no_repeat.as_deref());
         let status = error.to_status();
         if let Some(on_end) = self.on_end.take() {
             on_end(End::Failed {
@@ -163,14 +166,29 @@ fn message(task: &pb::Task, heartbeat: bool) -> WatchTaskResponse {
     }
 }
 
+/// An error that ends a watch, as its caller must see it: with `no_repeat`
+/// (the task id of a GenerateVideo without request_id) every error becomes
+/// WATCH_INTERRUPTED, since calling that again would buy a second video
+/// whatever the first error said.
+pub(crate) fn for_caller(error: GatewayError, no_repeat: Option<&str>) -> GatewayError {
+    match no_repeat {
+        Some(task_id) => GatewayError::WatchInterrupted {
+            task_id: task_id.to_owned(),
+            cause: Box::new(error),
+        },
+        None => error,
+    }
+}
+
 /// The stream a WatchTask call returns, from a subscription whose first
-/// read is in.
+/// read is in. `no_repeat`: see `for_caller`.
 pub(crate) fn stream(
     FirstSeen(rx): FirstSeen,
     heartbeat: Duration,
     max_duration: Duration,
     shutdown: CancellationToken,
     on_end: OnEnd,
+    no_repeat: Option<String>,
 ) -> WatchStream {
     let watcher = Watcher {
         rx,
@@ -179,6 +197,7 @@ pub(crate) fn stream(
         expires: Box::pin(tokio::time::sleep(max_duration)),
         shutdown,
         on_end: Some(on_end),
+        no_repeat,
     };
     Box::pin(futures_util::stream::unfold(watcher, |mut w| async move {
         let item = w.next().await?;

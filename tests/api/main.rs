@@ -16,6 +16,7 @@ mod fleet_limits;
 mod fleet_secrets;
 mod fleet_tls;
 mod fleet_watch;
+mod generate_video;
 mod get_task;
 mod reliability;
 mod rpc_logs;

@@ -134,6 +134,22 @@ const checks = {
     assert.equal(status.details.ErrorInfo.domain, 'hailuo-gateway');
     assert.deepEqual(status.details.BadRequest.field_violations.map((v) => v.field), ['image_url']);
   },
+
+  async generate_video_refuses_an_invalid_request_before_any_message() {
+    const messages = [];
+    const err = await new Promise((resolve) => {
+      const stream = client.GenerateVideo({ create: { prompt: 'a cat', image_url: 'not a url' } }, deadline(30));
+      stream.on('data', (message) => messages.push(message));
+      stream.on('error', resolve);
+      stream.on('end', () => resolve(null));
+    });
+    assert.ok(err, 'the stream ended OK');
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `code ${grpc.status[err.code]} (${err.details})`);
+    assert.equal(messages.length, 0, `${messages.length} messages before the error`);
+    const status = richStatus(err);
+    assert.equal(status.details.ErrorInfo.reason, 'INVALID_REQUEST');
+    assert.deepEqual(status.details.BadRequest.field_violations.map((v) => v.field), ['image_url']);
+  },
 };
 
 async function main() {

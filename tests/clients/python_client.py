@@ -1,12 +1,13 @@
 """Python client checks against a running sandbox gateway, with stubs that
 grpcio-tools generated from proto/ (PYTHONPATH=target/clients/python).
 
-    python tests/clients/python_client.py 127.0.0.1:PORT
+    python tests/clients/python_client.py 127.0.0.1:PORT SIMULATOR_URL
 
 Prints one `ok NAME` or `not ok NAME: why` line per check (tests/clients/run.py
 counts them) and exits 1 if any failed. The checks run concurrently.
 """
 
+import json
 import sys
 import time
 import traceback
@@ -142,13 +143,49 @@ def a_lost_create_answer_is_never_paid_twice_and_a_request_id_retry_gets_the_tas
     assert not any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details), "RetryInfo"
 
 
+def generate_video_cancelled_midway_resumes_by_request_id_to_success_with_one_create(client):
+    """The real binary: a GenerateVideo stream cancelled after the task's
+    first state, then the same call again with the same request_id."""
+    request_id = f"py-gen-{uuid.uuid4()}"
+    request = pb.GenerateVideoRequest(
+        create=pb.CreateTaskRequest(prompt=f"a cat {request_id}", image_url=IMAGE, request_id=request_id)
+    )
+    first_call = client.GenerateVideo(request, timeout=90)
+    first = next(first_call)
+    assert first.task_id and not first.HasField("task"), first
+    seen = next(first_call)
+    assert seen.task.state == pb.TASK_STATE_WAITING, pb.TaskState.Name(seen.task.state)
+    first_call.cancel()
+
+    messages = list(client.GenerateVideo(request, timeout=90))
+    assert all(m.task_id == first.task_id for m in messages), [m.task_id for m in messages]
+    states = [pb.TaskState.Name(m.task.state) for m in messages if m.HasField("task") and not m.heartbeat]
+    assert states[-1] == "TASK_STATE_SUCCEEDED", states
+    assert messages[-1].task.video_urls, "no video_urls"
+
+    with urllib.request.urlopen(f"{SIMULATOR_URL}/sim/requests", timeout=15) as response:
+        received = json.load(response)
+    creates = [r for r in received if r["path"].endswith("/createTask") and request_id in json.dumps(r.get("body"))]
+    assert len(creates) == 1, f"{len(creates)} createTask calls for one request_id"
+
+
+def generate_video_with_no_credits_fails_before_any_message(client):
+    request = pb.GenerateVideoRequest(create=pb.CreateTaskRequest(prompt="[sim:402] a cat", image_url=IMAGE))
+    status = expect_error(lambda: list(client.GenerateVideo(request, timeout=30)), grpc.StatusCode.FAILED_PRECONDITION)
+    assert detail(status, error_details_pb2.ErrorInfo).reason == "INSUFFICIENT_CREDITS"
+
+
 CHECKS = [
     a_task_is_created_watched_to_success_and_its_mp4_downloads,
     an_empty_prompt_is_invalid_argument_with_a_bad_request,
     a_rate_limited_create_is_resource_exhausted_with_a_retry_delay,
     an_unknown_task_is_not_found,
     a_lost_create_answer_is_never_paid_twice_and_a_request_id_retry_gets_the_task,
+    generate_video_cancelled_midway_resumes_by_request_id_to_success_with_one_create,
+    generate_video_with_no_credits_fails_before_any_message,
 ]
+
+SIMULATOR_URL = None
 
 
 def run(check, client):
@@ -161,7 +198,8 @@ def run(check, client):
 
 
 def main():
-    addr = sys.argv[1]
+    global SIMULATOR_URL
+    addr, SIMULATOR_URL = sys.argv[1], sys.argv[2]
     with grpc.insecure_channel(addr) as channel:
         client = pb_grpc.VideoGenerationStub(channel)
         with ThreadPoolExecutor(len(CHECKS)) as pool:

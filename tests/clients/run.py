@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -148,6 +149,16 @@ class Gateway:
                 self._ready.set()
         self._ready.set()
 
+    def simulator_url(self, timeout=5.0):
+        """The in-process simulator's URL, from the banner on stdout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"kie\.ai is simulated at (\S+)", self.log_path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            time.sleep(0.05)
+        raise RuntimeError("no simulator URL in the sandbox banner")
+
     def log_tail(self, lines=30):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -189,11 +200,14 @@ def job_grpcurl(addr):
           <= set(listed.out.split()), listed)
 
     described = run([*grpcurl, addr, "describe", svc])
-    check(r, "describe shows the three RPCs with WatchTask streaming",
+    check(r, "describe shows the four RPCs with WatchTask and GenerateVideo streaming",
           described.code == 0
           and "rpc CreateTask ( .hailuo.v1.CreateTaskRequest ) returns ( .hailuo.v1.CreateTaskResponse );" in described.out
           and "rpc GetTask ( .hailuo.v1.GetTaskRequest ) returns ( .hailuo.v1.GetTaskResponse );" in described.out
-          and "rpc WatchTask ( .hailuo.v1.WatchTaskRequest ) returns ( stream .hailuo.v1.WatchTaskResponse );" in described.out,
+          and "rpc WatchTask ( .hailuo.v1.WatchTaskRequest ) returns ( stream .hailuo.v1.WatchTaskResponse );" in described.out
+          and "rpc GenerateVideo ( .hailuo.v1.GenerateVideoRequest ) returns ( stream .hailuo.v1.GenerateVideoResponse );"
+          in described.out
+          and "// The one call from prompt to video" in described.out,
           described)
 
     message = run([*grpcurl, addr, "describe", "hailuo.v1.CreateTaskRequest"])
@@ -239,6 +253,21 @@ def job_grpcurl(addr):
     return r
 
 
+def job_grpcurl_generate(addr):
+    """GenerateVideo through grpcurl, beside the step-by-step job."""
+    r = []
+    grpcurl = [VENV_BIN / "grpcurl", "-plaintext", "-connect-timeout", "5", "-max-time", "60"]
+    request = {"prompt": "a cat surfing a wave at sunset", "image_url": IMAGE, "duration": "VIDEO_DURATION_6_SECONDS"}
+    generated = run([*grpcurl, "-d", json.dumps({"create": request}), addr,
+                     "hailuo.v1.VideoGeneration/GenerateVideo"], timeout=90)
+    messages = json_messages(generated.out) if generated.code == 0 else []
+    states = [m["task"]["state"] for m in messages if "task" in m and not m.get("heartbeat")]
+    check(r, "GenerateVideo sends the task id first, then WAITING..SUCCEEDED, and ends OK",
+          generated.code == 0 and messages and set(messages[0]) == {"taskId"} and states == FULL_STATES,
+          f"states {states}; {generated}")
+    return r
+
+
 def job_buf_lint(_addr):
     r = []
     lint = run([NODE_BIN / "buf", "lint"], timeout=60)
@@ -260,8 +289,8 @@ def tap_lines(r, result, prefix):
     return r
 
 
-def job_python_client(addr):
-    result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr],
+def job_python_client(addr, simulator_url):
+    result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr, simulator_url],
                  env={"PYTHONPATH": str(OUT / "python")})
     return tap_lines([], result, "python")
 
@@ -315,8 +344,9 @@ def cli_states(out):
 
 def job_cli_generate_wait(addr):
     r = []
-    done = cli(addr, "generate", "--prompt", "a cat surfing", "--image-url", IMAGE,
-               "--duration", "6", "--resolution", "512p", "--wait")
+    args = ["generate", "--prompt", "a cat surfing", "--image-url", IMAGE, "--duration", "6", "--resolution", "512p",
+            "--request-id", f"cli-{uuid.uuid4()}", "--wait"]
+    done = cli(addr, *args)
     lines = done.out.splitlines()
     check(r, "cli generate --wait exits 0 after plain state lines WAITING..SUCCEEDED",
           done.code == 0 and cli_states(done.out) == STATES and "\x1b" not in done.out, done)
@@ -325,6 +355,9 @@ def job_cli_generate_wait(addr):
           done)
     if not lines:
         return r
+    again = cli(addr, *args)
+    check(r, "cli generate --wait with the same --request-id re-attaches to the same finished task",
+          again.code == 0 and again.out.splitlines()[:1] == lines[:1] and cli_states(again.out) == ["SUCCEEDED"], again)
     got = cli(addr, "get", lines[0])
     check(r, "cli get shows the task SUCCEEDED with its video URL",
           got.code == 0 and f"task_id: {lines[0]}" in got.out and "state: SUCCEEDED" in got.out
@@ -495,6 +528,7 @@ def job_cli_image_download(addr):
 
 JOBS = [
     job_grpcurl,
+    job_grpcurl_generate,
     job_python_client,
     job_node_client,
     job_python_example,
@@ -510,10 +544,12 @@ JOBS = [
 ]
 
 
-def timed(job, addr):
+def timed(job, addr, simulator_url):
     started = time.monotonic()
     try:
-        results = job(addr)
+        # The jobs that look at kie.ai's side take the simulator's URL too.
+        wants_simulator = job.__code__.co_argcount > 1
+        results = job(addr, simulator_url) if wants_simulator else job(addr)
     except Exception as e:  # noqa: BLE001 - a crashed job is a failed check
         results = [(f"{job.__name__} ran", False, f"{type(e).__name__}: {e}")]
     return results, time.monotonic() - started
@@ -539,8 +575,9 @@ def main():
     try:
         gateway = Gateway()
         print(f"clients: sandbox gateway on {gateway.addr} (log {gateway.log_path.relative_to(ROOT)})", flush=True)
+        simulator_url = gateway.simulator_url()
         with ThreadPoolExecutor(len(JOBS)) as pool:
-            futures = [(job.__name__[4:], pool.submit(timed, job, gateway.addr)) for job in JOBS]
+            futures = [(job.__name__[4:], pool.submit(timed, job, gateway.addr, simulator_url)) for job in JOBS]
             for name, future in futures:
                 results, seconds = future.result()
                 print(f"-- {name} ({seconds:.1f}s)")
