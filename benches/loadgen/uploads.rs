@@ -29,7 +29,8 @@ use crate::clients::{KieAnswer, connect, http_client};
 use crate::figures::{Figures, quantile};
 use crate::plan::Plan;
 use crate::processes::{
-    Gateway, GatewayOptions, Simulator, load_average, start_gateway_with, start_simulator_with,
+    Gateway, GatewayOptions, Simulator, cpu_of, load_average, start_gateway_with,
+    start_simulator_with,
 };
 
 /// The chunk size of an UploadImage stream.
@@ -39,6 +40,22 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// many rounds run.
 pub const SIM_STORAGE_BYTES: u64 = 32 * 1024 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;
+/// The HTTP/2 stream window of the gateway's gRPC server (hyper's default;
+/// the gateway raises only the connection window): what a client waiting
+/// for an upload slot can send before the gateway reads its stream.
+const STREAM_WINDOW_MIB: f64 = 1.0;
+
+/// The target for the gateway's peak RSS growth, in MiB: twice what the
+/// design lets it hold, which is one image per upload slot in use and one
+/// stream window per client waiting for a slot. Twice, because an image's
+/// buffer grows by doubling (its last growth holds 8 MiB and 10 MiB at
+/// once), and h2 keeps a waiting stream's frames as slices of its larger
+/// read buffers.
+pub fn memory_bound_mib(plan: &Plan, slots: usize) -> f64 {
+    let held = slots.min(plan.upload_clients) as f64;
+    let waiting = plan.upload_clients.saturating_sub(slots) as f64;
+    2.0 * (held * plan.upload_bytes as f64 / MIB + waiting * STREAM_WINDOW_MIB)
+}
 
 /// Where the images go.
 #[derive(Clone, Copy)]
@@ -92,6 +109,12 @@ pub async fn uploads(plan: &Plan, figures: &mut Figures, logs: &Path) -> anyhow:
             figures.push(key("p50_ms"), quantile(&run.latencies_ms, 0.50));
             figures.push(key("p99_ms"), quantile(&run.latencies_ms, 0.99));
             figures.push(key("sim_growth_mib"), run.sim_growth_kib as f64 / 1024.0);
+            let per_upload_ms = |cpu: Duration| cpu.as_secs_f64() * 1e3 / uploads;
+            figures.push(key("cpu_sim_ms"), per_upload_ms(run.cpu.sim));
+            figures.push(key("cpu_load_tool_ms"), per_upload_ms(run.cpu.load_tool));
+            if let Some(gateway) = run.cpu.gateway {
+                figures.push(key("cpu_gateway_ms"), per_upload_ms(gateway));
+            }
             if let Some(memory) = &run.gateway {
                 let held = match path {
                     UploadPath::Gateway { slots } => slots.min(plan.upload_clients),
@@ -153,9 +176,31 @@ struct PathRun {
     /// Of those, the gateway's RESOURCE_EXHAUSTED (no upload slot in time).
     resource_exhausted: usize,
     took: Duration,
+    /// CPU time spent over the run.
+    cpu: Cpu,
     /// The simulator's VmHWM less its VmRSS before the run.
     sim_growth_kib: u64,
     gateway: Option<GatewayMemory>,
+}
+
+/// CPU time (utime + stime) of each process of a path.
+struct Cpu {
+    gateway: Option<Duration>,
+    sim: Duration,
+    load_tool: Duration,
+}
+
+impl Cpu {
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            gateway: self
+                .gateway
+                .zip(before.gateway)
+                .map(|(after, before)| after.saturating_sub(before)),
+            sim: self.sim.saturating_sub(before.sim),
+            load_tool: self.load_tool.saturating_sub(before.load_tool),
+        }
+    }
 }
 
 struct GatewayMemory {
@@ -189,6 +234,14 @@ async fn one_path(
     ensure!(warm_up.is_ok(), "the warm-up upload failed: {warm_up:?}");
     let sim_base = sim.proc.rss_kib()?;
     let gateway_base = gateway.as_ref().map(|g| g.proc.rss_kib()).transpose()?;
+    let cpu = |gateway: Option<&Gateway>| -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            gateway: gateway.map(|g| g.proc.cpu()).transpose()?,
+            sim: sim.proc.cpu()?,
+            load_tool: cpu_of("self")?,
+        })
+    };
+    let cpu_before = cpu(gateway.as_ref())?;
     let started = Instant::now();
     let mut clients = JoinSet::new();
     for client in 0..plan.upload_clients {
@@ -221,12 +274,14 @@ async fn one_path(
         }
     }
     let took = started.elapsed();
+    let cpu_after = cpu(gateway.as_ref())?;
     latencies_ms.sort_by(f64::total_cmp);
     let run = PathRun {
         latencies_ms,
         errors,
         resource_exhausted,
         took,
+        cpu: cpu_after.since(&cpu_before),
         sim_growth_kib: sim.proc.peak_rss_kib()?.saturating_sub(sim_base),
         gateway: match (&gateway, gateway_base) {
             (Some(g), Some(base_kib)) => Some(GatewayMemory {
