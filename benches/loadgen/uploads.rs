@@ -95,53 +95,7 @@ pub async fn uploads(plan: &Plan, figures: &mut Figures, logs: &Path) -> anyhow:
         order.rotate_left(rep % paths.len());
         for path in order {
             let run = one_path(plan, path, &image, logs).await?;
-            let key = |what: &str| format!("uploads/{}/{what}", path.name());
-            let uploads = run.latencies_ms.len() as f64;
-            let secs = run.took.as_secs_f64();
-            figures.push(key("completed"), uploads);
-            figures.push(key("errors"), run.errors as f64);
-            figures.push(key("resource_exhausted"), run.resource_exhausted as f64);
-            figures.push(key("uploads_per_s"), uploads / secs);
-            figures.push(
-                key("mib_per_s"),
-                uploads * plan.upload_bytes as f64 / MIB / secs,
-            );
-            figures.push(key("p50_ms"), quantile(&run.latencies_ms, 0.50));
-            figures.push(key("p99_ms"), quantile(&run.latencies_ms, 0.99));
-            figures.push(key("sim_growth_mib"), run.sim_growth_kib as f64 / 1024.0);
-            let per_upload_ms = |cpu: Duration| cpu.as_secs_f64() * 1e3 / uploads;
-            figures.push(key("cpu_sim_ms"), per_upload_ms(run.cpu.sim));
-            figures.push(key("cpu_load_tool_ms"), per_upload_ms(run.cpu.load_tool));
-            if let Some(gateway) = run.cpu.gateway {
-                figures.push(key("cpu_gateway_ms"), per_upload_ms(gateway));
-            }
-            if let Some(memory) = &run.gateway {
-                let held = match path {
-                    UploadPath::Gateway { slots } => slots.min(plan.upload_clients),
-                    UploadPath::Direct => plan.upload_clients,
-                };
-                let growth = memory.peak_kib.saturating_sub(memory.base_kib) as f64 / 1024.0;
-                figures.push(key("gateway_base_mib"), memory.base_kib as f64 / 1024.0);
-                figures.push(key("gateway_peak_mib"), memory.peak_kib as f64 / 1024.0);
-                figures.push(key("gateway_growth_mib"), growth);
-                figures.push(key("gateway_mib_per_upload_held"), growth / held as f64);
-            }
-            eprintln!(
-                "  {:16} {uploads} uploads in {secs:.2} s: {:.1} uploads/s, {:.0} MiB/s, p50 {:.0} ms, p99 {:.0} ms, {} errors ({} RESOURCE_EXHAUSTED); simulator peak +{:.0} MiB{}",
-                path.name(),
-                uploads / secs,
-                uploads * plan.upload_bytes as f64 / MIB / secs,
-                quantile(&run.latencies_ms, 0.50),
-                quantile(&run.latencies_ms, 0.99),
-                run.errors,
-                run.resource_exhausted,
-                run.sim_growth_kib as f64 / 1024.0,
-                run.gateway.as_ref().map_or(String::new(), |m| format!(
-                    ", gateway peak +{:.0} MiB (from {:.0} MiB)",
-                    m.peak_kib.saturating_sub(m.base_kib) as f64 / 1024.0,
-                    m.base_kib as f64 / 1024.0
-                )),
-            );
+            record(plan, figures, path, &run);
         }
         for &slots in &plan.upload_slots {
             let name = UploadPath::Gateway { slots }.name();
@@ -156,6 +110,50 @@ pub async fn uploads(plan: &Plan, figures: &mut Figures, logs: &Path) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// One path's figures, pushed and printed.
+fn record(plan: &Plan, figures: &mut Figures, path: UploadPath, run: &PathRun) {
+    let name = path.name();
+    let key = |what: &str| format!("uploads/{name}/{what}");
+    let uploads = run.latencies_ms.len() as f64;
+    let secs = run.took.as_secs_f64();
+    let mib_per_s = uploads * plan.upload_bytes as f64 / MIB / secs;
+    let (p50, p99) = (
+        quantile(&run.latencies_ms, 0.50),
+        quantile(&run.latencies_ms, 0.99),
+    );
+    let sim_growth_mib = run.sim_growth_kib as f64 / 1024.0;
+    figures.push(key("completed"), uploads);
+    figures.push(key("errors"), run.errors as f64);
+    figures.push(key("resource_exhausted"), run.resource_exhausted as f64);
+    figures.push(key("uploads_per_s"), uploads / secs);
+    figures.push(key("mib_per_s"), mib_per_s);
+    figures.push(key("p50_ms"), p50);
+    figures.push(key("p99_ms"), p99);
+    figures.push(key("sim_growth_mib"), sim_growth_mib);
+    let per_upload_ms = |cpu: Duration| cpu.as_secs_f64() * 1e3 / uploads;
+    figures.push(key("cpu_sim_ms"), per_upload_ms(run.cpu.sim));
+    figures.push(key("cpu_load_tool_ms"), per_upload_ms(run.cpu.load_tool));
+    let mut gateway_line = String::new();
+    if let (UploadPath::Gateway { slots }, Some(memory), Some(cpu)) =
+        (path, &run.gateway, run.cpu.gateway)
+    {
+        let base_mib = memory.base_kib as f64 / 1024.0;
+        let growth_mib = memory.peak_kib.saturating_sub(memory.base_kib) as f64 / 1024.0;
+        let held = slots.min(plan.upload_clients) as f64;
+        figures.push(key("cpu_gateway_ms"), per_upload_ms(cpu));
+        figures.push(key("gateway_base_mib"), base_mib);
+        figures.push(key("gateway_growth_mib"), growth_mib);
+        figures.push(key("gateway_mib_per_upload_held"), growth_mib / held);
+        gateway_line = format!(", gateway peak +{growth_mib:.0} MiB (from {base_mib:.0} MiB)");
+    }
+    eprintln!(
+        "  {name:16} {uploads} uploads in {secs:.2} s: {:.1} uploads/s, {mib_per_s:.0} MiB/s, p50 {p50:.0} ms, p99 {p99:.0} ms, {} errors ({} RESOURCE_EXHAUSTED); simulator peak +{sim_growth_mib:.0} MiB{gateway_line}",
+        uploads / secs,
+        run.errors,
+        run.resource_exhausted,
+    );
 }
 
 /// A PNG by its magic bytes (all the gateway and the simulator read of
