@@ -18,10 +18,10 @@
 //! each measured phase and RSS from `/proc/<pid>/status`.
 //!
 //! One file per part: the [`plan`] of a run; the child [`processes`] and the
-//! [`clients`] that talk to them; the six scenarios ([`unary`] overhead
+//! [`clients`] that talk to them; the seven scenarios ([`unary`] overhead
 //! against the bare [`forwarder`], watch [`capacity`], [`fanout`], upstream
-//! [`economy`], the [`fleet`]'s cost on a CreateTask, and watching across
-//! replicas, [`fleet_watch`]) filling
+//! [`economy`], the [`fleet`]'s cost on a CreateTask, watching across
+//! replicas, [`fleet_watch`], and image [`uploads`]) filling
 //! [`figures`]; the [`report`] written from them and the
 //! [`smoke`] checks. This file holds the shared constants and `main`.
 
@@ -41,6 +41,7 @@ use crate::processes::{load_average, start_simulator};
 use crate::report::{report, targets};
 use crate::smoke::smoke_checks;
 use crate::unary::unary;
+use crate::uploads::uploads;
 
 mod capacity;
 mod clients;
@@ -55,6 +56,7 @@ mod processes;
 mod report;
 mod smoke;
 mod unary;
+mod uploads;
 
 /// The binary under test: cargo's build for this target, or
 /// `LOADGEN_GATEWAY_BIN` (e.g. a plain `cargo build --release` binary: the
@@ -84,13 +86,14 @@ fn raise_file_limit() {
     }
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "unary",
     "capacity",
     "fanout",
     "economy",
     "fleet",
     "fleet_watch",
+    "uploads",
 ];
 
 async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
@@ -116,6 +119,9 @@ async fn run(plan: &Plan, only: &[String]) -> anyhow::Result<Figures> {
     }
     if wanted("fleet_watch") {
         fleet_watch(plan, &mut figures, &logs).await?;
+    }
+    if wanted("uploads") {
+        uploads(plan, &mut figures, &logs).await?;
     }
     sim.proc.stop().await;
     let _ = std::fs::remove_dir_all(&logs);

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use hailuo_gateway::image::MAX_IMAGE_BYTES;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Full,
@@ -31,6 +33,16 @@ pub struct Plan {
     pub fleet_callback_tasks: usize,
     /// Idle WatchTask streams per process in the fleet's memory figure.
     pub fleet_idle_streams: usize,
+    /// Clients uploading at once in the uploads scenario, each on its own
+    /// connection.
+    pub upload_clients: usize,
+    /// Size of each uploaded image.
+    pub upload_bytes: usize,
+    /// Uploads per client, one after the other.
+    pub upload_rounds: usize,
+    /// The gateway's `GATEWAY_MAX_CONCURRENT_UPLOADS` settings measured, the
+    /// default first.
+    pub upload_slots: Vec<usize>,
     /// Time scale of the economy scenario: simulator state timings, the
     /// gateway's poll cadence and the clients' 3 s interval are all
     /// multiplied by it, so the ratios do not depend on it.
@@ -54,6 +66,10 @@ impl Plan {
             fleet_watchers: 3_000,
             fleet_callback_tasks: 100,
             fleet_idle_streams: 20_000,
+            upload_clients: 16,
+            upload_bytes: MAX_IMAGE_BYTES,
+            upload_rounds: 4,
+            upload_slots: vec![8, 16],
             scale: 1.0,
         }
     }
@@ -74,6 +90,10 @@ impl Plan {
             fleet_watchers: 30,
             fleet_callback_tasks: 10,
             fleet_idle_streams: 300,
+            upload_clients: 4,
+            upload_bytes: 1024 * 1024,
+            upload_rounds: 2,
+            upload_slots: vec![2, 4],
             scale: 0.1,
         }
     }

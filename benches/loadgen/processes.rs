@@ -23,6 +23,16 @@ impl Proc {
     /// Spawns a child that prints one line to stdout once it is ready, and
     /// waits for that line.
     pub async fn start(command: &mut Command, what: &str) -> anyhow::Result<(Self, String)> {
+        let (proc, mut lines) = Self::start_lines(command, what, 1).await?;
+        Ok((proc, lines.remove(0)))
+    }
+
+    /// The same for a child whose ready banner is `count` lines.
+    pub async fn start_lines(
+        command: &mut Command,
+        what: &str,
+        count: usize,
+    ) -> anyhow::Result<(Self, Vec<String>)> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -34,12 +44,16 @@ impl Proc {
             .take()
             .with_context(|| format!("{what} stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .with_context(|| format!("{what} did not start in 20 s"))??
-            .with_context(|| format!("{what} exited before it was ready"))?;
+        let mut banner = Vec::new();
+        while banner.len() < count {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .with_context(|| format!("{what} did not start in 20 s"))??
+                .with_context(|| format!("{what} exited before it was ready"))?;
+            banner.push(line);
+        }
         let pid = child.id().with_context(|| format!("{what} pid"))?;
-        Ok((Self { child, pid }, line))
+        Ok((Self { child, pid }, banner))
     }
 
     /// Starts a child that says nothing when ready (its caller checks).
@@ -60,15 +74,25 @@ impl Proc {
     }
 
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The largest RSS the process has had (VmHWM).
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    /// A KiB figure of `/proc/<pid>/status`.
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS line")?;
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} line"))?;
         let kib = line
             .split_whitespace()
             .nth(1)
-            .context("empty VmRSS line")?
+            .with_context(|| format!("empty {field} line"))?
             .parse()?;
         Ok(kib)
     }
@@ -118,7 +142,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 pub struct Simulator {
     pub proc: Proc,
+    /// kie.ai's API host.
     pub url: String,
+    /// The upload host (kie.ai's file API and its storage).
+    pub upload_url: String,
 }
 
 pub async fn start_simulator(plan: &Plan) -> anyhow::Result<Simulator> {
@@ -140,13 +167,19 @@ pub async fn start_simulator_with(plan: &Plan, env: &[(&str, &str)]) -> anyhow::
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stderr(Stdio::null());
-    let (proc, line) = Proc::start(&mut command, "simulator").await?;
-    let url = line
-        .strip_prefix("kie.ai simulator listening on ")
-        .context("unexpected simulator banner")?
-        .trim()
-        .to_owned();
-    Ok(Simulator { proc, url })
+    let (proc, banner) = Proc::start_lines(&mut command, "simulator", 2).await?;
+    let url_after = |line: &str, prefix: &str| {
+        line.strip_prefix(prefix)
+            .map(|url| url.trim().to_owned())
+            .with_context(|| format!("unexpected simulator banner line `{line}`"))
+    };
+    let url = url_after(&banner[0], "kie.ai simulator listening on ")?;
+    let upload_url = url_after(&banner[1], "kie.ai upload API listening on ")?;
+    Ok(Simulator {
+        proc,
+        url,
+        upload_url,
+    })
 }
 
 pub struct Gateway {
@@ -206,6 +239,7 @@ pub async fn start_gateway_with(
         .env_clear()
         .env("KIE_API_KEY", API_KEY)
         .env("KIE_BASE_URL", &sim.url)
+        .env("KIE_UPLOAD_BASE_URL", &sim.upload_url)
         .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         // Benchmarks create far more than kie.ai's 20 tasks per 10 s.

@@ -10,6 +10,7 @@ use crate::fleet_watch::{Placement, READ_SETUPS};
 use crate::plan::Plan;
 use crate::processes::clock_ticks;
 use crate::unary::Route;
+use crate::uploads::{CHUNK_BYTES, UploadPath, memory_bound_mib};
 use crate::{STATE_CHANGES, STREAMS_PER_CONNECTION, bin};
 
 pub struct Target {
@@ -143,7 +144,46 @@ pub fn targets(plan: &Plan, f: &Figures) -> Vec<Target> {
         ),
         met: idle_ratio <= 1.25 && idle_lost == 0.0,
     });
+    upload_targets(&mut out, plan, f);
     out
+}
+
+/// Scenario 7's targets: memory bounded by the upload slots, not by the
+/// clients (see `memory_bound_mib`), and throughput.
+fn upload_targets(out: &mut Vec<Target>, plan: &Plan, f: &Figures) {
+    let image_mib = plan.upload_bytes as f64 / 1024.0 / 1024.0;
+    for (i, &slots) in plan.upload_slots.iter().enumerate() {
+        let key = |what: &str| format!("uploads/{}/{what}", UploadPath::Gateway { slots }.name());
+        let worst = mmm(f.get(&key("gateway_growth_mib"))).2;
+        let bound = memory_bound_mib(plan, slots);
+        let failed: f64 = f.get(&key("errors")).iter().sum();
+        out.push(Target {
+            what: if i == 0 {
+                "16 concurrent 10 MiB uploads, default bound (8 slots): gateway peak RSS growth ≤ 2 × (8 slots × 10 MiB + 8 waiting × 1 MiB stream window) = 176 MiB (target chosen here), none refused"
+            } else {
+                "the same with the bound raised to 16 slots: growth ≤ 2 × 16 × 10 MiB = 320 MiB (target chosen here), none refused"
+            },
+            figure: format!(
+                "{} clients × {image_mib:.0} MiB, {slots} slots: worst +{worst:.0} MiB of {bound:.0} MiB (median +{:.0} MiB), {failed} failed",
+                plan.upload_clients,
+                f.median(&key("gateway_growth_mib")),
+            ),
+            met: worst <= bound && failed == 0.0,
+        });
+    }
+    if let Some(&slots) = plan.upload_slots.first() {
+        let name = UploadPath::Gateway { slots }.name();
+        let ratio = f.median(&format!("uploads/{name}/throughput_vs_direct"));
+        out.push(Target {
+            what: "upload throughput through the gateway (default bound) ≥ ½ direct's",
+            figure: format!(
+                "{ratio:.2}× direct's MiB/s (median; {:.0} against {:.0} MiB/s)",
+                f.median(&format!("uploads/{name}/mib_per_s")),
+                f.median("uploads/direct/mib_per_s"),
+            ),
+            met: ratio >= 0.5,
+        });
+    }
 }
 
 fn machine() -> String {
@@ -228,13 +268,14 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
     let _ = writeln!(md, "| binary under test | `{}` |", bin());
     let _ = writeln!(
         md,
-        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}; fleet reps: {}; fleet watch reps: {}) |",
+        "| 1-min load average at start | {started_load:.2} (unary reps: {}; capacity reps: {}; fan-out reps: {}; economy reps: {}; fleet reps: {}; fleet watch reps: {}; uploads reps: {}) |",
         loads("load/unary"),
         loads("load/capacity"),
         loads("load/fanout"),
         loads("load/economy"),
         loads("load/fleet"),
-        loads("load/fleet_watch")
+        loads("load/fleet_watch"),
+        loads("load/uploads")
     );
     let _ = writeln!(
         md,
@@ -488,6 +529,7 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
         );
     }
     fleet_watch_section(&mut md, plan, f);
+    uploads_section(&mut md, plan, f);
     // The analysis is written by people, kept beside the tool and carried
     // into every new report.
     let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS-notes.md");
@@ -593,4 +635,78 @@ fn fleet_watch_section(md: &mut String, plan: &Plan, f: &Figures) {
         "\nKiB per stream, three replicas / one process: {}",
         f.show("fleet_watch/idle/ratio", 2)
     );
+}
+
+fn uploads_section(md: &mut String, plan: &Plan, f: &Figures) {
+    let image_mib = plan.upload_bytes as f64 / 1024.0 / 1024.0;
+    let _ = writeln!(
+        md,
+        "\n## 7. Uploads: concurrent images through UploadImage\n"
+    );
+    let _ = writeln!(
+        md,
+        "{} clients at once, each on its own connection, each uploading a {image_mib:.0} MiB \
+         image (PNG magic bytes, then filler: the gateway and the simulator read only the \
+         magic bytes) {} times one after the other. `gateway_slotsN`: UploadImage streams of \
+         {} KiB chunks to a gateway with `GATEWAY_MAX_CONCURRENT_UPLOADS=N`, which uploads \
+         each image to the simulator's upload host (`KIE_UPLOAD_BASE_URL`). `direct`: the \
+         same multipart file-stream uploads (`uploadPath`, a random `fileName`, `file`) \
+         posted straight to the simulator's upload host with a pooled reqwest client. Every \
+         path of every repetition gets a fresh simulator (and gateway), so that each peak is \
+         that path's alone; the simulator keeps {} MiB of files \
+         (`--file-storage-bytes`). One small upload warms each path up first. Peak growth = \
+         VmHWM after the run − VmRSS after the warm-up; per upload held = the gateway's \
+         growth / the uploads it holds at once (min(clients, slots)). A client sets no \
+         deadline, so one that finds every slot taken waits for one (up to 10 s) rather than \
+         being refused: RESOURCE_EXHAUSTED counts those refused. The target for the peak \
+         growth is twice what the design lets the gateway hold: one image per slot in use, \
+         and one HTTP/2 stream window (1 MiB) per client waiting for a slot. CPU per upload \
+         is each process's utime + stime over the run / the uploads: every process shares the \
+         same cores, so the throughput follows the whole path's CPU per upload.\n",
+        plan.upload_clients,
+        plan.upload_rounds,
+        CHUNK_BYTES / 1024,
+        crate::uploads::SIM_STORAGE_BYTES / 1024 / 1024,
+    );
+    let _ = writeln!(
+        md,
+        "| path | uploads/s | MiB/s | p50 ms | p99 ms | failed (RESOURCE_EXHAUSTED) | gateway CPU ms/upload | simulator CPU ms/upload | load tool CPU ms/upload | simulator peak growth MiB | gateway RSS before MiB | gateway peak growth MiB | gateway growth per upload held MiB |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for path in UploadPath::all(plan) {
+        let k = |what: &str| format!("uploads/{}/{what}", path.name());
+        let sum = |what: &str| f.get(&k(what)).iter().sum::<f64>();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
+            path.name(),
+            f.show(&k("uploads_per_s"), 1),
+            f.show(&k("mib_per_s"), 0),
+            f.show(&k("p50_ms"), 0),
+            f.show(&k("p99_ms"), 0),
+            sum("errors"),
+            sum("resource_exhausted"),
+            f.show(&k("cpu_gateway_ms"), 1),
+            f.show(&k("cpu_sim_ms"), 1),
+            f.show(&k("cpu_load_tool_ms"), 1),
+            f.show(&k("sim_growth_mib"), 0),
+            f.show(&k("gateway_base_mib"), 1),
+            f.show(&k("gateway_growth_mib"), 0),
+            f.show(&k("gateway_mib_per_upload_held"), 1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| path | MiB/s through the gateway / direct | added p50 ms, gateway − direct | target for the peak growth MiB |\n|---|---|---|---|"
+    );
+    for &slots in &plan.upload_slots {
+        let name = UploadPath::Gateway { slots }.name();
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {:.0} |",
+            f.show(&format!("uploads/{name}/throughput_vs_direct"), 2),
+            f.show(&format!("uploads/{name}/added_p50_ms"), 0),
+            memory_bound_mib(plan, slots),
+        );
+    }
 }

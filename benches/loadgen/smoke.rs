@@ -114,5 +114,22 @@ pub fn smoke_checks(plan: &Plan, f: &Figures) -> Vec<String> {
             format!("{setup}: idle streams not all open, or lost, or the gauges disagree"),
         );
     }
+    let uploads = (plan.upload_clients * plan.upload_rounds) as f64;
+    for path in crate::uploads::UploadPath::all(plan) {
+        let k = |what: &str| format!("uploads/{}/{what}", path.name());
+        check(
+            all(&k("completed"), uploads) && all(&k("errors"), 0.0),
+            format!("{}: not every upload completed", path.name()),
+        );
+        if let crate::uploads::UploadPath::Gateway { .. } = path {
+            check(
+                f.get(&k("gateway_growth_mib"))
+                    .iter()
+                    .all(|g| g.is_finite())
+                    && !f.get(&k("gateway_growth_mib")).is_empty(),
+                format!("{}: the gateway's peak RSS was not measured", path.name()),
+            );
+        }
+    }
     failures
 }
