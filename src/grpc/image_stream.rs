@@ -21,14 +21,10 @@ pub(super) async fn read_image(
     let mut image: Vec<u8> = Vec::new();
     let mut first = true;
     let mut recognised = false;
-    while let Some(message) =
-        stream
-            .message()
-            .await
-            .map_err(|status| GatewayError::RequestStream {
-                code: status.code(),
-                message: status.message().to_owned(),
-            })?
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|status| super::request_stream_failed(&status))?
     {
         match message.content {
             Some(Content::Metadata(metadata)) if first => check_metadata(&metadata)?,

@@ -23,6 +23,7 @@ use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
+use crate::image::MAX_IMAGE_BYTES;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
@@ -36,6 +37,11 @@ use crate::uploads::Uploader;
 pub use generate::GenerateStream;
 use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
+
+/// Largest request message accepted: a CreateTask with two images of
+/// `MAX_IMAGE_BYTES` and the rest of its fields. A larger one is refused
+/// before it is read, RESOURCE_EXHAUSTED (`too_large`).
+pub(crate) const MAX_MESSAGE_SIZE: usize = 2 * MAX_IMAGE_BYTES + 1024 * 1024;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
@@ -587,7 +593,7 @@ where
         let started = Instant::now();
         let answered = self.inner.call(request);
         futures_util::future::Either::Right(Box::pin(async move {
-            let response = answered.await?;
+            let mut response = answered.await?;
             if !reached.0.load(Ordering::Relaxed)
                 && let Some(status) = Status::from_header_map(response.headers())
                 && status.code() != Code::Ok
@@ -598,11 +604,50 @@ where
                     request_id: &request_id,
                     latency: started.elapsed(),
                 };
-                log_rpc(&metrics, line, &Ended::from(Outcome::Refused(&status)));
+                match too_large(&status) {
+                    Some(error) => {
+                        // A trailers-only answer: its status is all in the
+                        // headers, which are replaced whole.
+                        let status = error.to_status();
+                        let headers = response.headers_mut();
+                        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                            headers.remove(name);
+                        }
+                        if status.add_header(headers).is_err() {
+                            tracing::error!("the message-too-large status did not fit in headers");
+                        }
+                        let ended = Outcome::Failed {
+                            error: &error,
+                            status: &status,
+                        };
+                        log_rpc(&metrics, line, &Ended::from(ended));
+                    }
+                    None => log_rpc(&metrics, line, &Ended::from(Outcome::Refused(&status))),
+                }
             }
             Ok(response)
         }))
     }
+}
+
+/// While it reads a request, tonic answers OUT_OF_RANGE only for a message
+/// above `MAX_MESSAGE_SIZE` (its other OUT_OF_RANGE is for our own answers)
+/// and RESOURCE_EXHAUSTED only for one that decompresses past it: both
+/// become our RESOURCE_EXHAUSTED, with details.
+fn too_large(status: &Status) -> Option<GatewayError> {
+    matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted).then_some(
+        GatewayError::MessageTooLarge {
+            limit: MAX_MESSAGE_SIZE,
+        },
+    )
+}
+
+/// The error of a request stream that failed to give its next message.
+fn request_stream_failed(status: &Status) -> GatewayError {
+    too_large(status).unwrap_or_else(|| GatewayError::RequestStream {
+        code: status.code(),
+        message: status.message().to_owned(),
+    })
 }
 
 /// The method name of a path of this service, as the metrics name it.
