@@ -48,14 +48,26 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the gateway is.
 #[derive(Args, Debug)]
 pub(crate) struct ConnectArgs {
-    /// The gateway's gRPC address.
-    #[arg(
-        long,
-        env = "HAILUO_GATEWAY_ADDR",
-        default_value = "http://localhost:50051"
-    )]
-    pub(crate) addr: String,
+    /// The gateway's gRPC address [default: $HAILUO_GATEWAY_ADDR, else
+    /// http://localhost:50051]
+    // Not clap's `env`: clap lists an argument set from the environment in
+    // the usage line of a missing-argument error, as if it were required.
+    #[arg(long, value_name = "URL")]
+    addr: Option<String>,
 }
+
+impl ConnectArgs {
+    /// `--addr`, else a non-empty `HAILUO_GATEWAY_ADDR`, else the default.
+    pub(crate) fn addr(&self) -> String {
+        self.addr
+            .clone()
+            .or_else(|| std::env::var(ADDR_VAR).ok().filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ADDR.to_owned())
+    }
+}
+
+const ADDR_VAR: &str = "HAILUO_GATEWAY_ADDR";
+const DEFAULT_ADDR: &str = "http://localhost:50051";
 
 /// `generate`: create a task, optionally wait for its video.
 #[derive(Args, Debug)]
@@ -229,7 +241,7 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
             .into_fields(),
         None => Default::default(),
     };
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let request = CreateTaskRequest {
         prompt: args.prompt,
         prompt_optimizer: args.prompt_optimizer,
@@ -273,11 +285,16 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
     };
     println!("{}", first.task_id);
     let known = Some(first.task_id.as_str());
-    follow(stream.map(|m| m.map(|m| m.task)), known, &args.connect.addr).await
+    follow(
+        stream.map(|m| m.map(|m| m.task)),
+        known,
+        &args.connect.addr(),
+    )
+    .await
 }
 
 async fn run_get(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let task = client
         .get_task(unary(GetTaskRequest {
             task_id: args.task_id,
@@ -291,14 +308,19 @@ async fn run_get(args: TaskArgs) -> Result<(), Failure> {
 }
 
 async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let stream = client
         .watch_task(WatchTaskRequest {
             task_id: args.task_id,
         })
         .await?
         .into_inner();
-    follow(stream.map(|m| m.map(|m| m.task)), None, &args.connect.addr).await
+    follow(
+        stream.map(|m| m.map(|m| m.task)),
+        None,
+        &args.connect.addr(),
+    )
+    .await
 }
 
 async fn connect(addr: &str) -> Result<VideoGenerationClient<Channel>, Failure> {
@@ -531,7 +553,7 @@ pub async fn download(args: DownloadArgs) -> ExitCode {
 /// Asks for fresh links (a task's recorded URLs expire after about 24 h),
 /// then saves each video and prints where.
 async fn run_download(args: DownloadArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let links = client
         .get_download_links(unary(GetDownloadLinksRequest {
             task_id: args.task_id.clone(),

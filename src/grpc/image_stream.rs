@@ -4,6 +4,7 @@
 
 use tonic::Streaming;
 
+use super::message_size::request_stream_failed;
 use crate::error::GatewayError;
 use crate::image::{ImageData, MAX_IMAGE_BYTES, Sniffed, not_an_image, sniff, too_large};
 use crate::pb::upload_image_request::Content;
@@ -24,7 +25,7 @@ pub(super) async fn read_image(
     while let Some(message) = stream
         .message()
         .await
-        .map_err(|status| super::request_stream_failed(&status))?
+        .map_err(|status| request_stream_failed(&status))?
     {
         match message.content {
             Some(Content::Metadata(metadata)) if first => check_metadata(&metadata)?,

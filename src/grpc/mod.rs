@@ -3,6 +3,7 @@
 
 mod generate;
 mod image_stream;
+mod message_size;
 mod task_stream;
 
 use std::future::Future;
@@ -23,7 +24,6 @@ use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
 use crate::hub::TaskHub;
-use crate::image::MAX_IMAGE_BYTES;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
@@ -35,13 +35,10 @@ use crate::pb::{
 use crate::task::{CreateTaskInput, TaskId};
 use crate::uploads::Uploader;
 pub use generate::GenerateStream;
+pub(crate) use message_size::MAX_MESSAGE_SIZE;
+use message_size::too_large;
 use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
-
-/// Largest request message accepted: a CreateTask with two images of
-/// `MAX_IMAGE_BYTES` and the rest of its fields. A larger one is refused
-/// before it is read, RESOURCE_EXHAUSTED (`too_large`).
-pub(crate) const MAX_MESSAGE_SIZE: usize = 2 * MAX_IMAGE_BYTES + 1024 * 1024;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
@@ -628,26 +625,6 @@ where
             Ok(response)
         }))
     }
-}
-
-/// While it reads a request, tonic answers OUT_OF_RANGE only for a message
-/// above `MAX_MESSAGE_SIZE` (its other OUT_OF_RANGE is for our own answers)
-/// and RESOURCE_EXHAUSTED only for one that decompresses past it: both
-/// become our RESOURCE_EXHAUSTED, with details.
-fn too_large(status: &Status) -> Option<GatewayError> {
-    matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted).then_some(
-        GatewayError::MessageTooLarge {
-            limit: MAX_MESSAGE_SIZE,
-        },
-    )
-}
-
-/// The error of a request stream that failed to give its next message.
-fn request_stream_failed(status: &Status) -> GatewayError {
-    too_large(status).unwrap_or_else(|| GatewayError::RequestStream {
-        code: status.code(),
-        message: status.message().to_owned(),
-    })
 }
 
 /// The method name of a path of this service, as the metrics name it.
