@@ -5,7 +5,10 @@
 //!
 //! Exit codes: 0 success, 1 an RPC, connection or download error, 2 a usage
 //! error (clap's, or an `--image` file that cannot be read or is over
-//! 10 MiB), 3 a task that ended FAILED (also `download` of a FAILED task).
+//! 10 MiB), 3 a task that ended FAILED (also `download` of a FAILED task),
+//! 130 a watch stopped with Ctrl-C. A watch that ends before its task does
+//! (Ctrl-C, the gateway shutting down, a broken connection) prints the
+//! command that follows the task again.
 
 mod image_arg;
 mod video_file;
@@ -36,6 +39,8 @@ use image_arg::Frame;
 const EXIT_TASK_FAILED: u8 = 3;
 /// Exit code of a usage error, as clap's own.
 const EXIT_USAGE: u8 = 2;
+/// Exit code of a watch stopped with Ctrl-C, as a shell's for SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of unary calls; a watch has none (generation takes minutes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,14 +48,26 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the gateway is.
 #[derive(Args, Debug)]
 pub(crate) struct ConnectArgs {
-    /// The gateway's gRPC address.
-    #[arg(
-        long,
-        env = "HAILUO_GATEWAY_ADDR",
-        default_value = "http://localhost:50051"
-    )]
-    pub(crate) addr: String,
+    /// The gateway's gRPC address [default: $HAILUO_GATEWAY_ADDR, else
+    /// http://localhost:50051]
+    // Not clap's `env`: clap lists an argument set from the environment in
+    // the usage line of a missing-argument error, as if it were required.
+    #[arg(long, value_name = "URL")]
+    addr: Option<String>,
 }
+
+impl ConnectArgs {
+    /// `--addr`, else a non-empty `HAILUO_GATEWAY_ADDR`, else the default.
+    pub(crate) fn addr(&self) -> String {
+        self.addr
+            .clone()
+            .or_else(|| std::env::var(ADDR_VAR).ok().filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ADDR.to_owned())
+    }
+}
+
+const ADDR_VAR: &str = "HAILUO_GATEWAY_ADDR";
+const DEFAULT_ADDR: &str = "http://localhost:50051";
 
 /// `generate`: create a task, optionally wait for its video.
 #[derive(Args, Debug)]
@@ -124,12 +141,23 @@ enum Failure {
     Rpc(Status),
     TaskFailed(Task),
     StreamEnded,
+    /// Ctrl-C during a watch.
+    Interrupted,
+    /// A watch that ended (`cause`) before its task did; the task goes on
+    /// and `watch` follows it again.
+    Detached {
+        cause: Box<Failure>,
+        task_id: String,
+        addr: String,
+    },
 }
 
 impl Failure {
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::TaskFailed(_) => ExitCode::from(EXIT_TASK_FAILED),
+            Self::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+            Self::Detached { cause, .. } => cause.exit_code(),
             Self::Usage(_) => ExitCode::from(EXIT_USAGE),
             Self::Rpc(status) if names_a_failed_task(status) => ExitCode::from(EXIT_TASK_FAILED),
             _ => ExitCode::FAILURE,
@@ -152,6 +180,21 @@ impl Failure {
             ),
             Self::StreamEnded => {
                 "error: the watch ended before the task did: run `watch` again".into()
+            }
+            Self::Interrupted => "interrupted".into(),
+            Self::Detached {
+                cause,
+                task_id,
+                addr,
+            } => {
+                let cause = match cause.as_ref() {
+                    Self::StreamEnded => "error: the watch ended before the task did".into(),
+                    cause => cause.render(),
+                };
+                format!(
+                    "{cause}\nthe task goes on; follow it again with:\n  \
+                     hailuo-gateway watch {task_id} --addr {addr}"
+                )
             }
         }
     }
@@ -198,7 +241,7 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
             .into_fields(),
         None => Default::default(),
     };
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let request = CreateTaskRequest {
         prompt: args.prompt,
         prompt_optimizer: args.prompt_optimizer,
@@ -241,11 +284,17 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
         return Err(Failure::StreamEnded);
     };
     println!("{}", first.task_id);
-    follow(stream.map(|m| m.map(|m| m.task))).await
+    let known = Some(first.task_id.as_str());
+    follow(
+        stream.map(|m| m.map(|m| m.task)),
+        known,
+        &args.connect.addr(),
+    )
+    .await
 }
 
 async fn run_get(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let task = client
         .get_task(unary(GetTaskRequest {
             task_id: args.task_id,
@@ -259,14 +308,19 @@ async fn run_get(args: TaskArgs) -> Result<(), Failure> {
 }
 
 async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let stream = client
         .watch_task(WatchTaskRequest {
             task_id: args.task_id,
         })
         .await?
         .into_inner();
-    follow(stream.map(|m| m.map(|m| m.task))).await
+    follow(
+        stream.map(|m| m.map(|m| m.task)),
+        None,
+        &args.connect.addr(),
+    )
+    .await
 }
 
 async fn connect(addr: &str) -> Result<VideoGenerationClient<Channel>, Failure> {
@@ -288,26 +342,56 @@ fn unary<T>(message: T) -> Request<T> {
 
 /// Follows a task's stream (WatchTask's or GenerateVideo's) to its end
 /// with a live progress line (plain lines when stdout is not a terminal),
-/// then prints its video URLs.
+/// then prints its video URLs. `task_id` is the task when known before its
+/// first state (GenerateVideo's first message); `addr` the gateway, for the
+/// command that re-attaches when the watch ends first.
 async fn follow(
     stream: impl Stream<Item = Result<Option<Task>, Status>> + Unpin,
+    task_id: Option<&str>,
+    addr: &str,
 ) -> Result<(), Failure> {
     let mut stream = stream;
-    let progress = Progress::new();
+    let mut progress = Progress::new();
     let mut last: Option<Task> = None;
-    while let Some(message) = stream.next().await {
-        let Some(task) = message.inspect_err(|_| progress.clear())? else {
-            continue;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let ended = loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            _ = &mut ctrl_c => break Err(Failure::Interrupted),
         };
-        let state = task.state();
-        if last.as_ref().map(Task::state) != Some(state) {
-            progress.state(state);
+        match message {
+            None => break Ok(()),
+            Some(Err(status)) => break Err(Failure::Rpc(status)),
+            Some(Ok(None)) => {}
+            Some(Ok(Some(task))) => {
+                let state = task.state();
+                if last.as_ref().map(Task::state) != Some(state) {
+                    progress.state(state);
+                }
+                last = Some(task);
+            }
         }
-        last = Some(task);
-    }
+    };
     progress.finish(last.as_ref().map(Task::state));
+    // Once the task is known, a watch that ends early leaves it running.
+    let known = last
+        .as_ref()
+        .map(|t| t.task_id.clone())
+        .or(task_id.map(str::to_owned));
+    let detached = |cause: Failure| match known {
+        Some(task_id) => Failure::Detached {
+            cause: Box::new(cause),
+            task_id,
+            addr: addr.to_owned(),
+        },
+        None => cause,
+    };
+    if let Err(cause) = ended {
+        return Err(detached(cause));
+    }
     let Some(task) = last else {
-        return Err(Failure::StreamEnded);
+        return Err(detached(Failure::StreamEnded));
     };
     match task.state() {
         TaskState::Succeeded => {
@@ -317,15 +401,19 @@ async fn follow(
             Ok(())
         }
         TaskState::Failed => Err(Failure::TaskFailed(task)),
-        _ => Err(Failure::StreamEnded),
+        _ => Err(detached(Failure::StreamEnded)),
     }
 }
 
 /// The live state line: an indicatif spinner on a terminal, else one plain
-/// line per state change.
+/// line per state change. The state first seen is shown as found, without
+/// a time: a watch of a finished task would otherwise say "after 0.0s".
 struct Progress {
     started: Instant,
     spinner: Option<ProgressBar>,
+    /// Whether the state changed while it was watched.
+    changed: bool,
+    seen: bool,
 }
 
 impl Progress {
@@ -342,36 +430,37 @@ impl Progress {
         Self {
             started: Instant::now(),
             spinner,
+            changed: false,
+            seen: false,
         }
     }
 
-    fn state(&self, state: TaskState) {
-        let name = state_name(state);
+    fn state(&mut self, state: TaskState) {
+        self.changed = std::mem::replace(&mut self.seen, true);
         match &self.spinner {
-            Some(bar) => bar.set_message(name),
-            None => println!(
+            Some(bar) => bar.set_message(state_name(state)),
+            None => println!("{}", self.line(state)),
+        }
+    }
+
+    fn line(&self, state: TaskState) -> String {
+        let name = state_name(state);
+        if self.changed {
+            format!(
                 "state {name} after {:.1}s",
                 self.started.elapsed().as_secs_f64()
-            ),
+            )
+        } else {
+            format!("state {name}")
         }
     }
 
-    fn clear(&self) {
-        if let Some(bar) = &self.spinner {
-            bar.finish_and_clear();
-        }
-    }
-
-    /// Leaves the final state on screen once the spinner is gone.
+    /// Leaves the last state on screen once the spinner is gone.
     fn finish(&self, last: Option<TaskState>) {
         let Some(bar) = &self.spinner else { return };
         bar.finish_and_clear();
         if let Some(state) = last {
-            println!(
-                "state {} after {:.1}s",
-                state_name(state),
-                self.started.elapsed().as_secs_f64()
-            );
+            println!("{}", self.line(state));
         }
     }
 }
@@ -464,7 +553,7 @@ pub async fn download(args: DownloadArgs) -> ExitCode {
 /// Asks for fresh links (a task's recorded URLs expire after about 24 h),
 /// then saves each video and prints where.
 async fn run_download(args: DownloadArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect(&args.connect.addr()).await?;
     let links = client
         .get_download_links(unary(GetDownloadLinksRequest {
             task_id: args.task_id.clone(),
@@ -601,6 +690,59 @@ mod tests {
             PathBuf::from("out/v-2.mp4")
         );
         assert_eq!(numbered(Path::new("v"), 2), PathBuf::from("v-3"));
+    }
+
+    #[test]
+    fn a_watch_that_ends_before_its_task_says_how_to_follow_it_again() {
+        let mut details = ErrorDetails::new();
+        details.set_error_info("SHUTTING_DOWN", "hailuo-gateway", HashMap::new());
+        let shutdown = Status::with_error_details(Code::Unavailable, "shutting down", details);
+        let detached = |cause| Failure::Detached {
+            cause: Box::new(cause),
+            task_id: "t1".into(),
+            addr: "http://gw:50051".into(),
+        };
+        let follow_again = "\nthe task goes on; follow it again with:\n  \
+                            hailuo-gateway watch t1 --addr http://gw:50051";
+
+        let text = detached(Failure::Rpc(shutdown)).render();
+        assert!(
+            text.starts_with("error: UNAVAILABLE: shutting down"),
+            "{text}"
+        );
+        assert!(text.ends_with(follow_again), "{text}");
+        assert_eq!(
+            detached(Failure::Interrupted).render(),
+            format!("interrupted{follow_again}")
+        );
+        assert_eq!(
+            detached(Failure::Interrupted).exit_code(),
+            ExitCode::from(EXIT_INTERRUPTED)
+        );
+        assert_eq!(
+            detached(Failure::StreamEnded).render(),
+            format!("error: the watch ended before the task did{follow_again}")
+        );
+    }
+
+    #[test]
+    fn the_first_state_is_shown_as_found_and_changes_with_their_time() {
+        let mut progress = Progress {
+            started: Instant::now(),
+            spinner: None,
+            changed: false,
+            seen: false,
+        };
+        progress.state(TaskState::Succeeded);
+        assert_eq!(progress.line(TaskState::Succeeded), "state SUCCEEDED");
+        progress.state(TaskState::Failed);
+        assert!(
+            progress
+                .line(TaskState::Failed)
+                .starts_with("state FAILED after "),
+            "{}",
+            progress.line(TaskState::Failed)
+        );
     }
 
     #[test]

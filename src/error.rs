@@ -55,6 +55,9 @@ pub enum GatewayError {
     /// The caller's request stream broke off or carried a message that
     /// could not be read (tonic's status says which).
     RequestStream { code: Code, message: String },
+    /// A request message above the server's decoding limit of `limit`
+    /// bytes, refused before it was read.
+    MessageTooLarge { limit: usize },
     /// A GenerateVideo stream without request_id ended with `cause` after
     /// its task was made: a repeat of the call would buy a second video, so
     /// the caller is pointed at WatchTask instead of told to retry.
@@ -174,6 +177,7 @@ impl GatewayError {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
             Self::RequestStream { .. } | Self::TaskNotSucceeded { .. } => Severity::Caller,
+            Self::MessageTooLarge { .. } => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
             Self::WatchExpired | Self::IdempotencyKeyReused { .. } => Severity::Caller,
             Self::Internal(_) => Severity::Operator,
@@ -288,6 +292,25 @@ impl GatewayError {
                     format!(
                         "the task has no video to link to: it is {state}, and links exist only \
                          for TASK_STATE_SUCCEEDED"
+                    ),
+                    details,
+                )
+            }
+            // RESOURCE_EXHAUSTED, as gRPC's status codes say for a message
+            // above the limit (tonic itself answers OUT_OF_RANGE). No
+            // RetryInfo: the same message would be refused again.
+            Self::MessageTooLarge { limit } => {
+                details.set_error_info(
+                    "MESSAGE_TOO_LARGE",
+                    GATEWAY_DOMAIN,
+                    HashMap::from([("limit_bytes".to_string(), limit.to_string())]),
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the request message is larger than the gateway's limit of {limit} bytes \
+                         ({} MiB); an image may be at most 10 MiB",
+                        limit / (1024 * 1024)
                     ),
                     details,
                 )

@@ -12,6 +12,7 @@ use axum::serve::{Listener, ListenerExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -23,11 +24,10 @@ use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
-use crate::grpc::{Credentials, RefusalLogLayer, VideoGenerationService};
+use crate::grpc::{Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationService};
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
 use crate::hub::fleet_tasks::FleetTasks;
-use crate::image::MAX_IMAGE_BYTES;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
@@ -38,10 +38,6 @@ use crate::uploads::Uploader;
 /// Streams one HTTP/2 connection may carry at once; high enough for a
 /// burst of 10,000 watchers on one connection.
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 20_000;
-/// Largest request message accepted: a CreateTask with two images of
-/// `MAX_IMAGE_BYTES` and the rest of its fields; a larger one still gets a
-/// clear error (OUT_OF_RANGE from tonic) before it is read.
-pub(crate) const MAX_MESSAGE_SIZE: usize = 2 * MAX_IMAGE_BYTES + 1024 * 1024;
 /// A burst of thousands of new streams on one connection needs more than
 /// the default 1 MiB window, or h2 answers GOAWAY "too_many_data_frames".
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -243,7 +239,13 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(
                 VideoGenerationServer::new(self.service)
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    // Requests in either; answers compressed only when the
+                    // caller's grpc-accept-encoding asks for it.
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Zstd),
             )
             .serve_with_incoming_shutdown(
                 // tonic ignores the builder's `tcp_nodelay` for a listener

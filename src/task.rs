@@ -223,14 +223,17 @@ impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
             bad.push(violation);
             None
         });
-        if !req.callback_url.is_empty()
-            && let Err(why) = check_http_url(&req.callback_url)
-        {
-            bad.push(FieldViolation::new(
-                "callback_url",
-                format!("callback_url {why}"),
-            ));
-        }
+        let callback_url = match http_url(&req.callback_url) {
+            _ if req.callback_url.is_empty() => None,
+            Ok(url) => Some(url),
+            Err(why) => {
+                bad.push(FieldViolation::new(
+                    "callback_url",
+                    format!("callback_url {why}"),
+                ));
+                None
+            }
+        };
 
         if !req.request_id.is_empty() {
             let printable = req.request_id.chars().all(|c| !c.is_control());
@@ -260,7 +263,7 @@ impl TryFrom<pb::CreateTaskRequest> for CreateTaskInput {
             duration,
             resolution,
             prompt_optimizer: req.prompt_optimizer,
-            callback_url: non_empty(req.callback_url),
+            callback_url,
             request_id: non_empty(req.request_id),
         })
     }
@@ -278,8 +281,8 @@ fn image_source(
             data_field,
             format!("set {url_field} or {data_field}, not both"),
         )),
-        (false, true) => check_http_url(&url)
-            .map(|()| Some(ImageSource::Url(url)))
+        (false, true) => http_url(&url)
+            .map(|url| Some(ImageSource::Url(url)))
             .map_err(|why| FieldViolation::new(url_field, format!("{url_field} {why}"))),
         (true, false) => ImageData::parse(data_field, data)
             .map(|image| Some(ImageSource::Data(image)))
@@ -295,19 +298,34 @@ fn enum_violation(field: &'static str, value: i32) -> FieldViolation {
     FieldViolation::new(field, format!("{field} has no value {value}"))
 }
 
-/// An absolute http(s) URL with a host.
-fn check_http_url(raw: &str) -> Result<(), &'static str> {
+/// An absolute http(s) URL with a host, in the normalised form kie.ai is
+/// sent (lower-case scheme and host, default port dropped, path
+/// percent-encoded).
+///
+/// The WHATWG parser forgives what a caller most likely got wrong: it drops
+/// tabs and newlines, trims spaces, and reads `https:///c.png` as the host
+/// `c.png`. Those are refused here instead of guessed at.
+fn http_url(raw: &str) -> Result<String, &'static str> {
     if raw.len() > MAX_URL_LEN {
         return Err("must be at most 2048 bytes");
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters (percent-encode them)");
     }
     let url = Url::parse(raw).map_err(|_| "must be an absolute http(s) URL")?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must use http or https");
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("must name a host");
+    // Nothing was trimmed, so `raw` starts with the scheme: the host must
+    // follow `://` directly.
+    let after_scheme = raw.get(url.scheme().len()..).unwrap_or_default();
+    let names_host = after_scheme
+        .strip_prefix("://")
+        .is_some_and(|rest| !rest.starts_with(['/', '\\']));
+    if !names_host || url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host (`https://host/path`)");
     }
-    Ok(())
+    Ok(url.into())
 }
 
 #[cfg(test)]
@@ -376,6 +394,46 @@ mod tests {
                 "resolution"
             ]
         );
+    }
+
+    #[test]
+    fn urls_need_a_host_and_no_raw_spaces_or_control_characters() {
+        for bad in [
+            "https:///c.png",
+            "https:/c.png",
+            "https:\\\\c.png",
+            "https://a b/c.png",
+            "https://a.com/b c.png",
+            " https://a.com/c.png",
+            "https://a.com/c.png ",
+            "https://a.com/\tc.png",
+            "https://a.com/c.png\n",
+            "https://a.com/\u{7f}c.png",
+            "https://a.com/\u{a0}c.png",
+        ] {
+            assert!(http_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls_are_sent_in_their_normalised_form() {
+        for (raw, sent) in [
+            (
+                "HTTPS://Example.COM:443/a/../b.png",
+                "https://example.com/b.png",
+            ),
+            ("http://example.com", "http://example.com/"),
+            (
+                "https://bücher.de/ü.png?q=ä",
+                "https://xn--bcher-kva.de/%C3%BC.png?q=%C3%A4",
+            ),
+            (
+                "https://example.com/c.png?x=1#f",
+                "https://example.com/c.png?x=1#f",
+            ),
+        ] {
+            assert_eq!(http_url(raw).as_deref(), Ok(sent), "{raw:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use tonic::Streaming;
 
+use super::message_size::request_stream_failed;
 use crate::error::GatewayError;
 use crate::image::{ImageData, MAX_IMAGE_BYTES, Sniffed, not_an_image, sniff, too_large};
 use crate::pb::upload_image_request::Content;
@@ -21,14 +22,10 @@ pub(super) async fn read_image(
     let mut image: Vec<u8> = Vec::new();
     let mut first = true;
     let mut recognised = false;
-    while let Some(message) =
-        stream
-            .message()
-            .await
-            .map_err(|status| GatewayError::RequestStream {
-                code: status.code(),
-                message: status.message().to_owned(),
-            })?
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|status| request_stream_failed(&status))?
     {
         match message.content {
             Some(Content::Metadata(metadata)) if first => check_metadata(&metadata)?,

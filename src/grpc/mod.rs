@@ -3,6 +3,7 @@
 
 mod generate;
 mod image_stream;
+mod message_size;
 mod task_stream;
 
 use std::future::Future;
@@ -34,6 +35,8 @@ use crate::pb::{
 use crate::task::{CreateTaskInput, TaskId};
 use crate::uploads::Uploader;
 pub use generate::GenerateStream;
+pub(crate) use message_size::MAX_MESSAGE_SIZE;
+use message_size::too_large;
 use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
 
@@ -587,7 +590,7 @@ where
         let started = Instant::now();
         let answered = self.inner.call(request);
         futures_util::future::Either::Right(Box::pin(async move {
-            let response = answered.await?;
+            let mut response = answered.await?;
             if !reached.0.load(Ordering::Relaxed)
                 && let Some(status) = Status::from_header_map(response.headers())
                 && status.code() != Code::Ok
@@ -598,7 +601,26 @@ where
                     request_id: &request_id,
                     latency: started.elapsed(),
                 };
-                log_rpc(&metrics, line, &Ended::from(Outcome::Refused(&status)));
+                match too_large(&status) {
+                    Some(error) => {
+                        // A trailers-only answer: its status is all in the
+                        // headers, which are replaced whole.
+                        let status = error.to_status();
+                        let headers = response.headers_mut();
+                        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                            headers.remove(name);
+                        }
+                        if status.add_header(headers).is_err() {
+                            tracing::error!("the message-too-large status did not fit in headers");
+                        }
+                        let ended = Outcome::Failed {
+                            error: &error,
+                            status: &status,
+                        };
+                        log_rpc(&metrics, line, &Ended::from(ended));
+                    }
+                    None => log_rpc(&metrics, line, &Ended::from(Outcome::Refused(&status))),
+                }
             }
             Ok(response)
         }))

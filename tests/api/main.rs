@@ -26,6 +26,7 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+mod transport;
 mod uploads;
 mod validation;
 mod watch_at_scale;

@@ -81,6 +81,50 @@ async fn optional_urls_must_be_absolute_http_when_present() {
 }
 
 #[tokio::test]
+async fn urls_without_a_host_or_with_raw_spaces_or_control_characters_never_reach_kie() {
+    for url in [
+        "https:///c.png",
+        "https:/c.png",
+        "https://a b/c.png",
+        "https://example.com/a b.png",
+        " https://example.com/c.png",
+        "https://example.com/\tc.png",
+        "https://example.com/c.png\r\n",
+        "https://example.com/\u{0}c.png",
+    ] {
+        for field in ["image_url", "end_image_url", "callback_url"] {
+            let mut r = valid_request();
+            match field {
+                "image_url" => r.image_url = url.into(),
+                "end_image_url" => r.end_image_url = url.into(),
+                _ => r.callback_url = url.into(),
+            }
+            assert_rejected(r, &[field]).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn urls_are_sent_to_kie_in_their_normalised_form() {
+    let app = spawn_app().await;
+    mount_create_ok(&app, "t1").await;
+    let mut r = valid_request();
+    r.image_url = "HTTPS://Example.COM:443/a/../cat.png".into();
+    r.end_image_url = "https://bücher.example/ü.png".into();
+    r.callback_url = "http://Hooks.Example.com:80".into();
+
+    app.create(r).await.expect("accepted");
+
+    let body = app.first_create_body().await;
+    assert_eq!(body["input"]["image_url"], "https://example.com/cat.png");
+    assert_eq!(
+        body["input"]["end_image_url"],
+        "https://xn--bcher-kva.example/%C3%BC.png"
+    );
+    assert_eq!(body["callBackUrl"], "http://hooks.example.com/");
+}
+
+#[tokio::test]
 async fn enum_values_out_of_range_are_rejected() {
     let mut r = valid_request();
     r.model = 7;

@@ -108,8 +108,8 @@ SANDBOX_KEY = "sandbox-key"
 class Gateway:
     """`hailuo-gateway --sandbox` on loopback, its log in target/clients."""
 
-    def __init__(self):
-        self.log_path = OUT / "gateway.log"
+    def __init__(self, log_name="gateway.log"):
+        self.log_path = OUT / log_name
         self.log_path.write_text("")
         # Append mode: the gateway's stdout (its banner) and this process
         # (its stderr, copied line by line) both write here.
@@ -358,6 +358,10 @@ def job_cli_generate_wait(addr):
     again = cli(addr, *args)
     check(r, "cli generate --wait with the same --request-id re-attaches to the same finished task",
           again.code == 0 and again.out.splitlines()[:1] == lines[:1] and cli_states(again.out) == ["SUCCEEDED"], again)
+    finished = cli(addr, "watch", lines[0])
+    check(r, "cli watch of a finished task shows its state as found, with no 'after 0.0s'",
+          finished.code == 0 and finished.out.splitlines()[:1] == ["state SUCCEEDED"]
+          and " after " not in finished.out, finished)
     got = cli(addr, "get", lines[0])
     check(r, "cli get shows the task SUCCEEDED with its video URL",
           got.code == 0 and f"task_id: {lines[0]}" in got.out and "state: SUCCEEDED" in got.out
@@ -406,10 +410,89 @@ def job_cli_errors(addr):
     check(r, "cli: get of an unknown task exits 1 with NOT_FOUND / TASK_NOT_FOUND",
           missing.code == 1 and "error: NOT_FOUND:" in missing.err and "reason: TASK_NOT_FOUND" in missing.err, missing)
     usage = cli(addr, "generate", "--prompt", "a cat", "--image-url", IMAGE, "--duration", "7")
-    check(r, "cli: a bad --duration is a usage error (exit 2)", usage.code == 2, usage)
+    check(r, "cli: a bad --duration is a usage error (exit 2) listing the allowed values",
+          usage.code == 2 and "[possible values: 6, 10]" in usage.err, usage)
+    usage = cli(addr, "generate", "--prompt", "a cat", "--image-url", IMAGE, "--resolution", "1080p")
+    check(r, "cli: a bad --resolution is a usage error (exit 2) listing the allowed values",
+          usage.code == 2 and "[possible values: 512p, 768p]" in usage.err, usage)
+    missing_args = cli(addr, "generate")
+    check(r, "cli: with HAILUO_GATEWAY_ADDR set, generate's missing arguments do not include --addr",
+          missing_args.code == 2 and "--prompt" in missing_args.err and "--addr" not in missing_args.err, missing_args)
+    helped = cli(addr, "generate", "--help")
+    check(r, "cli: generate --help shows --request-id, --prompt-optimizer and that --addr defaults to HAILUO_GATEWAY_ADDR",
+          helped.code == 0 and "--request-id" in helped.out and "--prompt-optimizer" in helped.out
+          and "[default: $HAILUO_GATEWAY_ADDR" in helped.out, helped)
     unreachable = run([GATEWAY, "get", "t1", "--addr", "http://127.0.0.1:1"], timeout=30)
     check(r, "cli: an unreachable gateway exits 1 with a connect error",
           unreachable.code == 1 and "cannot connect to http://127.0.0.1:1" in unreachable.err, unreachable)
+    return r
+
+
+# === a watch that ends before its task (issue 16) ===
+
+
+def start_watch(addr, task_id):
+    """`watch TASK_ID` in a process of its own, once it printed a state line:
+    (the process, the lines it printed so far) or (process, None)."""
+    proc = subprocess.Popen(
+        [str(GATEWAY), "watch", task_id],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HAILUO_GATEWAY_ADDR": f"http://{addr}"},
+        start_new_session=True,
+    )
+    with _children_lock:
+        _children.add(proc)
+    first = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(30)
+    return proc, first[0] if first and first[0].startswith("state ") else None
+
+
+def finish(proc, timeout=60):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        out, err = proc.communicate()
+        err += f"\n[killed after {timeout}s]"
+    with _children_lock:
+        _children.discard(proc)
+    return Result(proc.returncode, out, err)
+
+
+def job_cli_reattach(addr):
+    r = []
+    created = cli(addr, "generate", "--prompt", "a fox", "--image-url", IMAGE)
+    task_id = created.out.strip()
+    if not check(r, "cli generate (for the Ctrl-C check) prints the task id", created.code == 0 and task_id, created):
+        return r
+    proc, first = start_watch(addr, task_id)
+    if first:
+        proc.send_signal(signal.SIGINT)
+    stopped = finish(proc)
+    check(r, "cli watch stopped with Ctrl-C exits 130 and prints the command that follows the task again",
+          first and stopped.code == 130
+          and f"hailuo-gateway watch {task_id} --addr http://{addr}" in stopped.err, (first, stopped))
+
+    # A gateway of its own, stopped while the watch runs.
+    gateway = Gateway("gateway-reattach.log")
+    try:
+        created = cli(gateway.addr, "generate", "--prompt", "a fox", "--image-url", IMAGE)
+        task_id = created.out.strip()
+        proc, first = start_watch(gateway.addr, task_id)
+        if first:
+            os.kill(gateway.proc.pid, signal.SIGTERM)
+        ended = finish(proc)
+    finally:
+        gateway.stop()
+    check(r, "cli watch ended by the gateway's shutdown exits 1 with UNAVAILABLE and the command to re-attach",
+          first and ended.code == 1 and "error: UNAVAILABLE:" in ended.err
+          and f"hailuo-gateway watch {task_id} --addr http://{gateway.addr}" in ended.err, (first, ended))
     return r
 
 
@@ -538,6 +621,7 @@ JOBS = [
     job_cli_generate_then_watch,
     job_cli_failed_task,
     job_cli_errors,
+    job_cli_reattach,
     job_buf_lint,
     job_grpcurl_upload,
     job_cli_image_download,

@@ -86,10 +86,24 @@ fn create_request() -> impl Strategy<Value = pb::CreateTaskRequest> {
         )
 }
 
+/// An absolute http(s) URL that names its host right after `://`, with no
+/// raw whitespace or control characters.
 fn is_http_url(raw: &str) -> bool {
     raw.len() <= 2048
-        && url::Url::parse(raw)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
+        && url::Url::parse(raw).is_ok_and(|u| {
+            let after_scheme = &raw[u.scheme().len()..];
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && after_scheme
+                    .strip_prefix("://")
+                    .is_some_and(|rest| !rest.starts_with(['/', '\\']))
+        })
+}
+
+/// The form a URL is sent to kie.ai in.
+fn normalised(raw: &str) -> String {
+    url::Url::parse(raw).map(String::from).unwrap_or_default()
 }
 
 /// The fields a request should be refused for.
@@ -138,12 +152,16 @@ proptest! {
             Ok(input) => {
                 prop_assert!(expected.is_empty(), "accepted but {expected:?} are bad");
                 prop_assert_eq!(&input.prompt, &req.prompt);
-                prop_assert_eq!(input.image.url(), Some(req.image_url.as_str()));
+                let image_url = normalised(&req.image_url);
+                prop_assert_eq!(input.image.url(), Some(image_url.as_str()));
                 prop_assert_eq!(
                     input.end_image.as_ref().and_then(|e| e.url()).unwrap_or_default(),
-                    req.end_image_url.as_str()
+                    normalised(&req.end_image_url)
                 );
-                prop_assert_eq!(input.callback_url.unwrap_or_default(), req.callback_url);
+                prop_assert_eq!(
+                    input.callback_url.unwrap_or_default(),
+                    normalised(&req.callback_url)
+                );
                 prop_assert_eq!(input.request_id.unwrap_or_default(), req.request_id);
                 prop_assert_eq!(input.prompt_optimizer, req.prompt_optimizer);
                 prop_assert_eq!(input.model, "hailuo/02-image-to-video-standard");
