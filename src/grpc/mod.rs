@@ -168,56 +168,6 @@ impl VideoGeneration for VideoGenerationService {
     ) -> Result<Response<Self::GenerateVideoStream>, Status> {
         self.generate(request).await
     }
-}
-
-impl VideoGenerationService {
-    fn watch_streamer(&self) -> WatchStreamer {
-        WatchStreamer {
-            metrics: self.metrics.clone(),
-            watch: self.watch,
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
-/// What turns a task subscription into a WatchTask stream, apart from the
-/// service: GenerateVideo makes its stream after its handler has returned
-/// (after the first message).
-struct WatchStreamer {
-    metrics: Arc<Metrics>,
-    watch: WatchSettings,
-    shutdown: CancellationToken,
-}
-
-impl WatchStreamer {
-    /// The stream of `call`, which lives on in it: its log line is written
-    /// when the stream ends, with how it ended. `no_repeat`: see
-    /// `task_stream::for_caller`.
-    fn stream(
-        self,
-        mut call: Call,
-        first_seen: FirstSeen,
-        no_repeat: Option<String>,
-    ) -> WatchStream {
-        let metrics = self.metrics;
-        metrics.active_watchers.inc();
-        let on_end = Box::new(move |end: task_stream::End<'_>| {
-            metrics.active_watchers.dec();
-            call.end(match end {
-                task_stream::End::Finished => Outcome::Ok,
-                task_stream::End::Failed { error, status } => Outcome::Failed { error, status },
-                task_stream::End::CallerLeft => Outcome::CallerLeft,
-            });
-        });
-        task_stream::stream(
-            first_seen,
-            self.watch.heartbeat,
-            self.watch.max_duration,
-            self.shutdown,
-            on_end,
-            no_repeat,
-        )
-    }
 
     async fn upload_image(
         &self,
@@ -300,6 +250,56 @@ impl WatchStreamer {
             }
             Err(e) => Err(call.fail(&e)),
         }
+    }
+}
+
+impl VideoGenerationService {
+    fn watch_streamer(&self) -> WatchStreamer {
+        WatchStreamer {
+            metrics: self.metrics.clone(),
+            watch: self.watch,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// What turns a task subscription into a WatchTask stream, apart from the
+/// service: GenerateVideo makes its stream after its handler has returned
+/// (after the first message).
+struct WatchStreamer {
+    metrics: Arc<Metrics>,
+    watch: WatchSettings,
+    shutdown: CancellationToken,
+}
+
+impl WatchStreamer {
+    /// The stream of `call`, which lives on in it: its log line is written
+    /// when the stream ends, with how it ended. `no_repeat`: see
+    /// `task_stream::for_caller`.
+    fn stream(
+        self,
+        mut call: Call,
+        first_seen: FirstSeen,
+        no_repeat: Option<String>,
+    ) -> WatchStream {
+        let metrics = self.metrics;
+        metrics.active_watchers.inc();
+        let on_end = Box::new(move |end: task_stream::End<'_>| {
+            metrics.active_watchers.dec();
+            call.end(match end {
+                task_stream::End::Finished => Outcome::Ok,
+                task_stream::End::Failed { error, status } => Outcome::Failed { error, status },
+                task_stream::End::CallerLeft => Outcome::CallerLeft,
+            });
+        });
+        task_stream::stream(
+            first_seen,
+            self.watch.heartbeat,
+            self.watch.max_duration,
+            self.shutdown,
+            on_end,
+            no_repeat,
+        )
     }
 }
 
