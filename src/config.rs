@@ -676,8 +676,9 @@ impl ServeArgs {
 
     /// Refuses settings that make no sense (every one named in the message):
     /// a poll interval or heartbeat of zero would read kie.ai or send
-    /// messages in a busy loop, and a heartbeat no shorter than the longest
-    /// watch would never be sent.
+    /// messages in a busy loop, and a heartbeat longer than the longest
+    /// watch would never be sent (one as long turns heartbeats off, as the
+    /// benchmark does).
     pub fn check(&self) -> Result<(), ConfigError> {
         let intervals = [
             ("GATEWAY_POLL_FAST", self.poll_fast),
@@ -698,9 +699,9 @@ impl ServeArgs {
                 zero.join(", ")
             )));
         }
-        if *self.watch_heartbeat >= *self.watch_max_duration {
+        if *self.watch_heartbeat > *self.watch_max_duration {
             return Err(ConfigError(format!(
-                "GATEWAY_WATCH_HEARTBEAT ({}) must be shorter than GATEWAY_WATCH_MAX_DURATION ({})",
+                "GATEWAY_WATCH_HEARTBEAT ({}) must not be longer than GATEWAY_WATCH_MAX_DURATION ({})",
                 self.watch_heartbeat, self.watch_max_duration
             )));
         }

@@ -258,6 +258,7 @@ async fn probe(url: &str) -> Probe {
     let connected = tonic::transport::Endpoint::from_shared(url.to_string())
         .expect("url")
         .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await;
     let Ok(channel) = connected else {
