@@ -74,10 +74,23 @@ impl Health for DrainingHealth {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let statuses = self.inner.watch(request).await?.into_inner();
-        let stopped = self.stopped.clone().cancelled_owned();
-        // The same end as a WatchTask stream's: reconnect elsewhere.
-        let end = stream::once(async { Err(GatewayError::ShuttingDown.to_status()) });
-        let stream: WatchStream = Box::pin(statuses.take_until(stopped).chain(end));
-        Ok(Response::new(stream))
+        let stopped = self.stopped.clone();
+        let stream = stream::unfold(Some(statuses), move |statuses| {
+            let stopped = stopped.clone();
+            async move {
+                let mut statuses = statuses?;
+                tokio::select! {
+                    // A change not yet sent (the NOT_SERVING of a drain with
+                    // no delay) goes out before the end.
+                    biased;
+                    Some(status) = statuses.next() => Some((status, Some(statuses))),
+                    // The same end as a WatchTask stream's: reconnect elsewhere.
+                    () = stopped.cancelled() => {
+                        Some((Err(GatewayError::ShuttingDown.to_status()), None))
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
