@@ -231,12 +231,17 @@ async fn nonsensical_cadences_are_refused_at_start_with_one_line_naming_the_sett
             "GATEWAY_WATCH_MAX_DURATION",
         ),
     ] {
-        let output = Command::new(BIN)
+        let run = Command::new(BIN)
             .env_clear()
             .env("KIE_API_KEY", TEST_KEY)
+            .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+            .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
             .envs(env.clone())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), run)
             .await
+            .unwrap_or_else(|_| panic!("{env:?} was not refused: the gateway kept running"))
             .expect("run");
 
         assert_eq!(output.status.code(), Some(2), "{env:?}");
