@@ -17,6 +17,18 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
+echo "== nginx (tests/api/proxy.rs starts its own, grpc_pass on a free loopback port)"
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) >/dev/null || true
+  fi
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
+    echo "nginx is not installed: install it (apt-get install nginx-light, brew install nginx) and run again" >&2
+    exit 1
+  }
+fi
+PATH="$PATH:/usr/sbin" nginx -v
+
 echo "== deploy/kubernetes.yaml (kubernetes-validate --strict, yamllint; seconds)"
 bash deploy/check.sh
 

@@ -23,14 +23,20 @@ pub mod defaults {
     pub const POLL_MEDIUM: Duration = Duration::from_secs(5);
     pub const POLL_MEDIUM_UNTIL: Duration = Duration::from_secs(120);
     pub const POLL_SLOW: Duration = Duration::from_secs(15);
-    /// Below Envoy's 5 min stream idle timeout with a wide margin.
-    pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(60);
+    /// Well inside the shortest common idle timeout of a proxy in front:
+    /// nginx's `grpc_read_timeout` and AWS's and Google's load balancers
+    /// cut a stream quiet for 60 s (Envoy after 5 min). At 60 s a watch
+    /// behind nginx lived or died by a race, and lost as INTERNAL.
+    pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
     pub const WATCH_RETRY_BUDGET: u32 = 10;
     pub const RETRY_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
     pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
     pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    /// NOT_SERVING for this long before the listeners close: a readiness
+    /// probe with a 1 s period sees it about five times.
+    pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
     /// With callbacks on, polling is only a safety net for lost callbacks.
     pub const CALLBACK_SAFETY_POLL: Duration = Duration::from_secs(30);
     /// kie.ai's documented status-query limit per key.
@@ -260,9 +266,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KIE_TIMEOUT", default_value_t = human(defaults::UPSTREAM_TIMEOUT))]
     pub kie_timeout: humantime::Duration,
 
-    /// Time in-flight calls get to finish after SIGTERM/SIGINT.
+    /// Time in-flight calls get to finish once the listeners close.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = human(defaults::SHUTDOWN_GRACE))]
     pub shutdown_grace: humantime::Duration,
+
+    /// After SIGTERM/SIGINT, how long health says NOT_SERVING while calls
+    /// are still taken, so load balancers stop sending before the
+    /// listeners close.
+    #[arg(long, env = "GATEWAY_DRAIN_DELAY", default_value_t = human(defaults::DRAIN_DELAY))]
+    pub drain_delay: humantime::Duration,
 
     /// Public URL of this gateway's `POST /callbacks/kie`. When set, tasks
     /// created without a caller callback_url ask kie.ai to call back here,
@@ -596,6 +608,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
+    /// NOT_SERVING while still serving, before the listeners close.
+    pub drain_delay: Duration,
     pub uploads: UploadSettings,
     pub credits: CreditSettings,
 }
@@ -623,6 +637,8 @@ impl Settings {
             http_addr: loopback,
             watch: WatchSettings::default(),
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            // No load balancer waits on a test's gateway.
+            drain_delay: Duration::ZERO,
             uploads: UploadSettings::default(),
             credits: CreditSettings::default(),
         }
@@ -656,6 +672,40 @@ impl ServeArgs {
             )));
         }
         Ok(self.settings(self.kie_base_url.clone(), self.kie_api_key.clone()))
+    }
+
+    /// Refuses settings that make no sense (every one named in the message):
+    /// a poll interval or heartbeat of zero would read kie.ai or send
+    /// messages in a busy loop, and a heartbeat longer than the longest
+    /// watch would never be sent (one as long turns heartbeats off, as the
+    /// benchmark does).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let intervals = [
+            ("GATEWAY_POLL_FAST", self.poll_fast),
+            ("GATEWAY_POLL_MEDIUM", self.poll_medium),
+            ("GATEWAY_POLL_SLOW", self.poll_slow),
+            ("GATEWAY_CALLBACK_SAFETY_POLL", self.callback_safety_poll),
+            ("GATEWAY_WATCH_HEARTBEAT", self.watch_heartbeat),
+            ("GATEWAY_WATCH_MAX_DURATION", self.watch_max_duration),
+        ];
+        let zero: Vec<&str> = intervals
+            .iter()
+            .filter(|(_, value)| value.is_zero())
+            .map(|(name, _)| *name)
+            .collect();
+        if !zero.is_empty() {
+            return Err(ConfigError(format!(
+                "{} must be longer than 0s",
+                zero.join(", ")
+            )));
+        }
+        if *self.watch_heartbeat > *self.watch_max_duration {
+            return Err(ConfigError(format!(
+                "GATEWAY_WATCH_HEARTBEAT ({}) must not be longer than GATEWAY_WATCH_MAX_DURATION ({})",
+                self.watch_heartbeat, self.watch_max_duration
+            )));
+        }
+        Ok(())
     }
 
     /// Settings with the flags applied, pointing at `base_url` with `api_key`.
@@ -716,6 +766,7 @@ impl ServeArgs {
                 max_duration: self.watch_max_duration.into(),
             },
             shutdown_grace: self.shutdown_grace.into(),
+            drain_delay: self.drain_delay.into(),
             uploads: UploadSettings {
                 path: self.kie_upload_path.clone(),
                 max_concurrent: self.max_concurrent_uploads,

@@ -11,6 +11,7 @@ pub mod error;
 mod expiring_map;
 pub mod fleet;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod http_client;
 pub mod hub;

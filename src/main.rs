@@ -74,6 +74,10 @@ async fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let _logs = telemetry::init(args.log_format);
+    if let Err(e) = args.check() {
+        eprintln!("hailuo-gateway: {e}");
+        return ExitCode::from(2);
+    }
     #[cfg(feature = "sandbox")]
     if args.sandbox {
         return exit_code(serve_sandbox(&args).await);

@@ -25,6 +25,7 @@ use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
 use crate::grpc::{Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationService};
+use crate::health::HealthSwitch;
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
 use crate::hub::fleet_tasks::FleetTasks;
@@ -56,6 +57,14 @@ pub struct Application {
     hub: TaskHub,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    drain: Drain,
+}
+
+/// How the gateway stops: NOT_SERVING for `delay` while still serving,
+/// then the listeners close and open calls get `grace` to finish.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    delay: Duration,
     grace: Duration,
 }
 
@@ -169,7 +178,10 @@ impl Application {
             hub,
             metrics,
             shutdown,
-            grace: settings.shutdown_grace,
+            drain: Drain {
+                delay: settings.drain_delay,
+                grace: settings.shutdown_grace,
+            },
         })
     }
 
@@ -189,9 +201,10 @@ impl Application {
         self.hub.clone()
     }
 
-    /// Serves until `stop` resolves, then: health NOT_SERVING, no new calls,
-    /// open watches end with UNAVAILABLE, in-flight unary calls finish, all
-    /// within the grace period. If either server ends first (a serve error,
+    /// Serves until `stop` resolves, then: health NOT_SERVING while calls
+    /// are still taken for the drain delay, then no new calls, open watches
+    /// (WatchTask and health) end with UNAVAILABLE, in-flight unary calls
+    /// finish, all within the grace period. If either server ends first (a serve error,
     /// a panic), the gateway stops the same way and returns the error.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         self.run_until_stopped_with(|listener| listener, stop).await
@@ -211,13 +224,7 @@ impl Application {
     {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<VideoGenerationServer<VideoGenerationService>>()
-            .await;
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        let (health, health_service) = HealthSwitch::serving(self.shutdown.clone()).await;
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -269,15 +276,8 @@ impl Application {
             http: Some(tokio::spawn(async move { Ok(http.await?) })),
         };
         tracing::info!(%grpc_addr, %http_addr, "gateway ready");
-        let not_serving = async {
-            health_reporter
-                .set_not_serving::<VideoGenerationServer<VideoGenerationService>>()
-                .await;
-            health_reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        };
-        let stopped = supervise(servers, stop, not_serving, &self.shutdown, self.grace).await;
+        let not_serving = health.not_serving();
+        let stopped = supervise(servers, stop, not_serving, &self.shutdown, self.drain).await;
         // The pollers stopped with the servers. Without the hand-back, the
         // process would exit first and the fleet would not poll this
         // replica's tasks until their leases lapse.
@@ -300,7 +300,9 @@ struct Servers {
 }
 
 /// Waits for `stop` or for a server to end, whichever comes first; then
-/// health NOT_SERVING, every server told to stop, and a drain under `grace`.
+/// health NOT_SERVING, the drain delay (after `stop` only: a broken server
+/// should not be advertised any longer than it takes to say so), every
+/// server told to stop, and a drain under the grace period.
 /// A server that ended on its own (neither serve function returns before
 /// its shutdown future unless something broke) makes this an error, so the
 /// process exits non-zero instead of running on with a dead listener.
@@ -309,8 +311,9 @@ async fn supervise(
     stop: impl Future<Output = ()>,
     not_serving: impl Future<Output = ()>,
     shutdown: &CancellationToken,
-    grace: Duration,
+    drain: Drain,
 ) -> anyhow::Result<()> {
+    let Drain { delay, grace } = drain;
     let early = tokio::select! {
         () = stop => None,
         ended = join(&mut servers.grpc) => Some(("gRPC", ended)),
@@ -329,6 +332,13 @@ async fn supervise(
         why.context(format!("the {server} server ended on its own"))
     });
     not_serving.await;
+    if early.is_none() && !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "health NOT_SERVING; still serving for the drain delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
     shutdown.cancel();
     let drained = tokio::time::timeout(grace, async {
         let grpc = join(&mut servers.grpc).await;
@@ -412,7 +422,10 @@ mod tests {
             std::future::pending(),
             async { not_serving.store(true, Ordering::SeqCst) },
             &shutdown,
-            Duration::from_secs(5),
+            Drain {
+                delay: Duration::from_secs(60),
+                grace: Duration::from_secs(5),
+            },
         )
         .await;
 

@@ -252,7 +252,9 @@ pub async fn start_gateway_with(
         .env("GATEWAY_POLL_MEDIUM_UNTIL", scaled(120.0))
         .env("GATEWAY_POLL_SLOW", scaled(15.0))
         .env("GATEWAY_CALLBACK_SAFETY_POLL", scaled(30.0))
-        .env("GATEWAY_SHUTDOWN_GRACE", "1s");
+        .env("GATEWAY_SHUTDOWN_GRACE", "1s")
+        // No load balancer in front to wait for.
+        .env("GATEWAY_DRAIN_DELAY", "0s");
     // Extra settings for experiments, e.g. `TOKIO_WORKER_THREADS=1`.
     if let Ok(extra) = std::env::var("LOADGEN_GATEWAY_ENV") {
         for pair in extra.split(',').filter(|p| !p.is_empty()) {

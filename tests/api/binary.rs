@@ -50,6 +50,8 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("GATEWAY_POLL_FAST", "50ms")
         .env("GATEWAY_SHUTDOWN_GRACE", "5s")
+        // Tests that stop the binary are not behind a load balancer.
+        .env("GATEWAY_DRAIN_DELAY", "0s")
         // Off unless a test turns it on: it would show in upstream counts.
         .env("GATEWAY_CREDITS_REFRESH", "0s");
     for (name, value) in env {

@@ -18,6 +18,7 @@ mod fleet_tls;
 mod fleet_watch;
 mod generate_video;
 mod get_task;
+mod proxy;
 mod reliability;
 mod rpc_logs;
 mod secrets;

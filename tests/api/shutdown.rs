@@ -213,3 +213,188 @@ async fn a_thousand_open_watches_all_get_a_status_on_sigterm_and_the_process_exi
     assert!(exit.success(), "{exit:?}");
     assert!(signalled.elapsed() < Duration::from_secs(6));
 }
+
+#[tokio::test]
+async fn nonsensical_cadences_are_refused_at_start_with_one_line_naming_the_setting() {
+    for (env, named) in [
+        (
+            vec![("GATEWAY_WATCH_HEARTBEAT", "0s")],
+            "GATEWAY_WATCH_HEARTBEAT",
+        ),
+        (vec![("GATEWAY_POLL_FAST", "0s")], "GATEWAY_POLL_FAST"),
+        (vec![("GATEWAY_POLL_SLOW", "0ms")], "GATEWAY_POLL_SLOW"),
+        (
+            vec![
+                ("GATEWAY_WATCH_HEARTBEAT", "2m"),
+                ("GATEWAY_WATCH_MAX_DURATION", "1m"),
+            ],
+            "GATEWAY_WATCH_MAX_DURATION",
+        ),
+    ] {
+        let run = Command::new(BIN)
+            .env_clear()
+            .env("KIE_API_KEY", TEST_KEY)
+            .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+            .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+            .envs(env.clone())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap_or_else(|_| panic!("{env:?} was not refused: the gateway kept running"))
+            .expect("run");
+
+        assert_eq!(output.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(named), "{env:?}: {stderr}");
+    }
+}
+
+/// What a probe opening a fresh connection every ~100 ms saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    Serving,
+    NotServing,
+    Refused,
+}
+
+async fn probe(url: &str) -> Probe {
+    let connected = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    let Ok(channel) = connected else {
+        return Probe::Refused;
+    };
+    let mut health = HealthClient::new(channel);
+    let mut seen = Vec::new();
+    for service in ["", "hailuo.v1.VideoGeneration"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await;
+        seen.push(match answer {
+            Ok(answer) if answer.get_ref().status == 1 => Probe::Serving,
+            Ok(answer) if answer.get_ref().status == 2 => Probe::NotServing,
+            Ok(answer) => panic!("unexpected health status {:?}", answer.get_ref()),
+            // Connected just before the listener closed.
+            Err(_) => Probe::Refused,
+        });
+    }
+    assert_eq!(seen[0], seen[1], "\"\" and the service agree");
+    seen[0]
+}
+
+#[tokio::test]
+async fn on_sigterm_a_polling_probe_sees_not_serving_for_the_drain_delay_before_any_refusal() {
+    let upstream = MockServer::start().await;
+    let RunningGateway {
+        mut child,
+        grpc_url: url,
+        mut logs,
+        ..
+    } = start_gateway_with(&upstream, &[("GATEWAY_DRAIN_DELAY", "2s")]).await;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health_watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = health_watch.message().await.expect("ok").expect("a status");
+    assert_eq!(first.status, 1, "SERVING");
+    let poller_url = url.clone();
+    let poller = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < until {
+            let now = probe(&poller_url).await;
+            seen.push(now);
+            if now == Probe::Refused {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    });
+    let polled_before_sigterm = wait_for(Duration::from_secs(5), || async {
+        probe(&url).await == Probe::Serving
+    })
+    .await;
+    assert!(polled_before_sigterm);
+
+    let signalled = std::time::Instant::now();
+    sigterm(&child);
+
+    let changed = tokio::time::timeout(Duration::from_secs(2), health_watch.message())
+        .await
+        .expect("NOT_SERVING at once")
+        .expect("ok")
+        .expect("a status");
+    assert_eq!(changed.status, 2, "NOT_SERVING");
+    let ended = tokio::time::timeout(Duration::from_secs(6), health_watch.message())
+        .await
+        .expect("the health watch ends once the drain delay is over");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1900),
+        "not before the drain delay: {:?}",
+        signalled.elapsed()
+    );
+    let exit = exit_within(&mut child, Duration::from_secs(5), "exits soon after").await;
+    assert!(exit.success(), "{exit:?}");
+    // Well within the grace period (5 s) after the delay: nothing held it.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+
+    let seen = poller.await.expect("join");
+    let first_not_serving = seen
+        .iter()
+        .position(|p| *p == Probe::NotServing)
+        .unwrap_or_else(|| panic!("NOT_SERVING never seen: {seen:?}"));
+    let first_refused = seen
+        .iter()
+        .position(|p| *p == Probe::Refused)
+        .unwrap_or_else(|| panic!("never refused: {seen:?}"));
+    assert!(
+        seen[..first_not_serving]
+            .iter()
+            .all(|p| *p == Probe::Serving),
+        "{seen:?}"
+    );
+    let draining = &seen[first_not_serving..first_refused];
+    assert!(draining.iter().all(|p| *p == Probe::NotServing), "{seen:?}");
+    // 2 s at one probe per ~100 ms: generous for a loaded machine.
+    assert!(draining.len() >= 5, "{seen:?}");
+    let mut after_ready = Vec::new();
+    // Every line up to the process's end (its stderr closed).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(line) = logs.recv().await {
+            after_ready.push(line);
+        }
+    })
+    .await;
+    assert!(
+        after_ready
+            .iter()
+            .any(|line| line.contains("gateway stopped")),
+        "{after_ready:#?}"
+    );
+    assert!(
+        !after_ready.iter().any(|line| line.contains("WARN")),
+        "no warning when nothing was left open: {after_ready:#?}"
+    );
+}
