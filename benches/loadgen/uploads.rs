@@ -7,19 +7,15 @@
 //! gets a fresh simulator (and gateway), so that each peak RSS (VmHWM) is
 //! that path's alone.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use bytes::Bytes;
+use hailuo_gateway::kie::Multipart;
 use hailuo_gateway::pb::upload_image_request::Content;
 use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use hailuo_gateway::pb::{UploadImageMetadata, UploadImageRequest};
-use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -394,13 +390,14 @@ impl DirectUpload {
     /// One upload under a fresh random name; the size kie.ai stored.
     async fn upload(&self, image: &Bytes) -> Result<usize, Failure> {
         let file_name = format!("{:032x}.png", rand::random::<u128>());
-        let form = Form::new("loadgen", &file_name, "image/png", image.clone());
+        // The gateway's own form: the image sent from the buffer without a copy.
+        let form = Multipart::upload("loadgen", &file_name, "image/png", image.clone());
         let answer = self
             .http
             .post(self.url.clone())
             .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::CONTENT_TYPE, form.content_type())
-            .header(reqwest::header::CONTENT_LENGTH, form.len)
+            .header(reqwest::header::CONTENT_LENGTH, form.content_length())
             .body(reqwest::Body::wrap(form))
             .send()
             .await
@@ -416,63 +413,5 @@ impl DirectUpload {
             Ok(KieAnswer { code, .. }) => Err(Failure::Other(format!("code {code}"))),
             Err(e) => Err(Failure::Other(e.to_string())),
         }
-    }
-}
-
-/// The multipart form of a file-stream upload (`uploadPath`, `fileName`,
-/// `file`), its image sent from the caller's buffer without a copy, as the
-/// gateway sends it.
-struct Form {
-    parts: VecDeque<Bytes>,
-    boundary: String,
-    len: u64,
-}
-
-impl Form {
-    fn new(upload_path: &str, file_name: &str, mime: &str, file: Bytes) -> Self {
-        let boundary = format!("loadgen-{:032x}", rand::random::<u128>());
-        let field = |name: &str, value: &str| {
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-        };
-        let head = format!(
-            "{}{}--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
-             filename=\"{file_name}\"\r\nContent-Type: {mime}\r\n\r\n",
-            field("uploadPath", upload_path),
-            field("fileName", file_name),
-        );
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let parts = VecDeque::from([Bytes::from(head), file, Bytes::from(tail)]);
-        let len = parts.iter().map(|p| p.len() as u64).sum();
-        Self {
-            parts,
-            boundary,
-            len,
-        }
-    }
-
-    fn content_type(&self) -> String {
-        format!("multipart/form-data; boundary={}", self.boundary)
-    }
-}
-
-impl Body for Form {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.parts.pop_front().map(|part| Ok(Frame::data(part))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.parts.iter().map(|p| p.len() as u64).sum())
     }
 }

@@ -23,7 +23,7 @@ use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
-use multipart::Multipart;
+pub use multipart::Multipart;
 use wire::{CreateTaskBody, Created, Envelope, Record, Uploaded};
 
 /// kie.ai sits behind a CDN that refuses requests without a User-Agent.
@@ -160,7 +160,7 @@ impl KieClient {
             .http
             .request(Method::POST, self.upload_url.clone())
             .header(CONTENT_TYPE, body.content_type())
-            .header(CONTENT_LENGTH, body.len())
+            .header(CONTENT_LENGTH, body.content_length())
             .body(reqwest::Body::wrap(body));
         let started = Instant::now();
         let answer = self

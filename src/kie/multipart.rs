@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 /// A body of fixed parts, sent in order; its length is known up front.
-pub(crate) struct Multipart {
+pub struct Multipart {
     parts: VecDeque<Bytes>,
     boundary: String,
     len: u64,
@@ -18,7 +18,7 @@ pub(crate) struct Multipart {
 
 impl Multipart {
     /// The form kie.ai documents: `uploadPath`, `fileName`, then `file`.
-    pub(crate) fn upload(upload_path: &str, file_name: &str, mime: &str, file: Bytes) -> Self {
+    pub fn upload(upload_path: &str, file_name: &str, mime: &str, file: Bytes) -> Self {
         // Random, so that it cannot occur in the image by design.
         let boundary = format!("hailuo-gateway-{:032x}", rand::random::<u128>());
         let text = |name: &str, value: &str| {
@@ -42,11 +42,11 @@ impl Multipart {
         }
     }
 
-    pub(crate) fn content_type(&self) -> String {
+    pub fn content_type(&self) -> String {
         format!("multipart/form-data; boundary={}", self.boundary)
     }
 
-    pub(crate) fn len(&self) -> u64 {
+    pub fn content_length(&self) -> u64 {
         self.len
     }
 }
