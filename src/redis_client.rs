@@ -134,6 +134,16 @@ impl Redis {
             Err(_elapsed) => Err(FleetError::TimedOut),
         }
     }
+
+    /// Runs one Lua script (EVALSHA, loading it on NOSCRIPT) within the
+    /// same time box as [`Redis::call`], with the same caveat.
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, FleetError> {
+        self.call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
 }
 
 /// The CA and client certificate for a rediss:// URL, read and checked

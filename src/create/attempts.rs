@@ -270,17 +270,8 @@ impl Attempts {
         let token = token.to_owned();
         let task_id = task_id.clone();
         tokio::spawn(async move {
-            match this.created_with(&credential, &task_id, &url).await {
-                Ok(true) => this.learned(&token, &task_id),
-                Ok(false) => tracing::warn!(
-                    %task_id,
-                    "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"
-                ),
-                Err(error) => tracing::warn!(
-                    %task_id,
-                    %error,
-                    "callback's task could not be re-read: its create attempt stays unknown"
-                ),
+            if this.confirms(&credential, &task_id, &url).await {
+                this.learned(&token, &task_id);
             }
         });
     }
@@ -311,28 +302,42 @@ impl Attempts {
                     return;
                 }
             };
-            match this.created_with(&credential, &task_id, &lost.url).await {
-                Ok(true) => {
-                    if let Err(error) = fleet.attempts.forget(token).await {
-                        tracing::debug!(%error, "a settled attempt stays in Redis until its TTL");
-                    }
-                    let learned = Learned {
-                        key: Some(lost.key),
-                        call_id: String::new(),
-                    };
-                    this.resolve(learned, task_id.as_str());
+            if this.confirms(&credential, &task_id, &lost.url).await {
+                if let Err(error) = fleet.attempts.forget(token).await {
+                    tracing::debug!(%error, "a settled attempt stays in Redis until its TTL");
                 }
-                Ok(false) => tracing::warn!(
-                    %task_id,
-                    "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"
-                ),
-                Err(error) => tracing::warn!(
+                let learned = Learned {
+                    key: Some(lost.key),
+                    call_id: String::new(),
+                };
+                this.resolve(learned, task_id.as_str());
+            }
+        });
+    }
+
+    /// Whether a callback's task is the attempt's own: kie.ai's record
+    /// echoes the attempt's callback `url`. Either way it cannot be shown
+    /// is logged; the attempt then stays unknown.
+    async fn confirms(&self, credential: &Credential, task_id: &TaskId, url: &str) -> bool {
+        match self.created_with(credential, task_id, url).await {
+            Ok(confirmed) => {
+                if !confirmed {
+                    tracing::warn!(
+                        %task_id,
+                        "callback ignored: kie.ai's record of the task does not carry the attempt's callback URL"
+                    );
+                }
+                confirmed
+            }
+            Err(error) => {
+                tracing::warn!(
                     %task_id,
                     %error,
                     "callback's task could not be re-read: its create attempt stays unknown"
-                ),
+                );
+                false
             }
-        });
+        }
     }
 
     /// Whether kie.ai's record of the task echoes `url` as its callBackUrl.

@@ -105,23 +105,16 @@ impl FleetLimits {
         if !self.membership.is_up() {
             return CreateSlot::Share(self.membership.share(limit));
         }
-        let (key, member, script) = (&self.creates_key, self.member(), &self.create);
-        let (window_ms, longest_ms) = (
-            crate::redis_client::millis(window),
-            crate::redis_client::millis(longest),
-        );
         let answer = self
             .redis
-            .call(|mut c| async move {
-                script
-                    .key(key)
+            .run_script::<(u8, u64)>(
+                self.create
+                    .key(&self.creates_key)
                     .arg(limit)
-                    .arg(window_ms)
-                    .arg(longest_ms)
-                    .arg(member)
-                    .invoke_async::<(u8, u64)>(&mut c)
-                    .await
-            })
+                    .arg(crate::redis_client::millis(window))
+                    .arg(crate::redis_client::millis(longest))
+                    .arg(self.member()),
+            )
             .await;
         match answer {
             Ok((1, wait)) => CreateSlot::After(Duration::from_millis(wait)),
@@ -145,18 +138,15 @@ impl FleetLimits {
             if !self.membership.is_up() {
                 return None;
             }
-            let (key, member, script) = (&self.reads_key, &member, &self.read_acquire);
             let answer = self
                 .redis
-                .call(|mut c| async move {
-                    script
-                        .key(key)
+                .run_script::<(u8, i64)>(
+                    self.read_acquire
+                        .key(&self.reads_key)
                         .arg(limit)
                         .arg(lease_ms)
-                        .arg(member)
-                        .invoke_async::<(u8, i64)>(&mut c)
-                        .await
-                })
+                        .arg(&member),
+                )
                 .await;
             match answer {
                 Ok((1, _)) => {
@@ -180,18 +170,15 @@ impl FleetLimits {
     }
 
     async fn release_read(&self, member: String) {
-        let (key, script) = (&self.reads_key, &self.read_release);
         let lease_ms = crate::redis_client::millis(self.read_lease);
         let released = self
             .redis
-            .call(|mut c| async move {
-                script
-                    .key(key)
+            .run_script::<i64>(
+                self.read_release
+                    .key(&self.reads_key)
                     .arg(member)
-                    .arg(lease_ms)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
+                    .arg(lease_ms),
+            )
             .await;
         // Not retried: a slot whose release is lost is held until its lease
         // lapses, which only costs budget.

@@ -159,17 +159,9 @@ impl Membership {
     async fn beat(&self) {
         let back = !self.is_up();
         let lapse_ms = crate::redis_client::millis(LAPSE);
-        let (key, id, script) = (&self.key, &self.id, &self.heartbeat);
         let seen = self
             .redis
-            .call(|mut c| async move {
-                script
-                    .key(key)
-                    .arg(id)
-                    .arg(lapse_ms)
-                    .invoke_async::<usize>(&mut c)
-                    .await
-            })
+            .run_script::<usize>(self.heartbeat.key(&self.key).arg(&self.id).arg(lapse_ms))
             .await;
         match seen {
             Ok(seen) => {

@@ -141,19 +141,10 @@ impl FleetTasks {
         rank: i32,
         task: &[u8],
     ) -> Result<Written, FleetError> {
-        let (key, script) = (&keys.state, &self.write);
         let ttl_ms = crate::redis_client::millis(self.ttl);
         let (outcome, stored): (i64, Vec<u8>) = self
             .redis
-            .call(|mut c| async move {
-                script
-                    .key(key)
-                    .arg(rank)
-                    .arg(task)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .run_script(self.write.key(&keys.state).arg(rank).arg(task).arg(ttl_ms))
             .await?;
         Ok(Written {
             moved: outcome == 2,
@@ -212,18 +203,10 @@ impl FleetTasks {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(RENEW_EVERY) => {}
             }
-            let (key, id, script) = (&key, &self.id, &self.renew);
             let lease_ms = crate::redis_client::millis(LEASE);
             let renewal = self
                 .redis
-                .call(|mut c| async move {
-                    script
-                        .key(key)
-                        .arg(id)
-                        .arg(lease_ms)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
+                .run_script::<i64>(self.renew.key(&key).arg(&self.id).arg(lease_ms))
                 .await;
             match renewal {
                 Ok(1) => renewed = Instant::now(),
@@ -242,13 +225,10 @@ impl FleetTasks {
         if held.swap(false, Ordering::Relaxed) {
             // Handing it back lets a follower take over at its next look
             // instead of after the lease; if this fails, the lease lapses.
-            let (key, id, script) = (&key, &self.id, &self.release);
-            let _ =
-                self.redis
-                    .call(|mut c| async move {
-                        script.key(key).arg(id).invoke_async::<i64>(&mut c).await
-                    })
-                    .await;
+            let _ = self
+                .redis
+                .run_script::<i64>(self.release.key(&key).arg(&self.id))
+                .await;
         }
     }
 }
