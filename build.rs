@@ -21,5 +21,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Image bytes as `Bytes`: handed on to the upload without a copy.
         .bytes(".hailuo.v1")
         .compile_fds(fds)?;
+
+    git_commit();
     Ok(())
+}
+
+/// `HAILUO_GATEWAY_GIT_COMMIT` for the build_info metric: the variable's
+/// own value when set (a build without `.git`, such as a container's),
+/// else the checkout's commit, else "unknown". Rebuilt when HEAD moves.
+fn git_commit() {
+    const VAR: &str = "HAILUO_GATEWAY_GIT_COMMIT";
+    println!("cargo:rerun-if-env-changed={VAR}");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let commit = std::env::var(VAR)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    // HEAD names the branch; the branch's ref (loose or packed) names the
+    // commit. Only files that exist: a missing one would rerun every build.
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rustc-env={VAR}={commit}");
 }

@@ -16,6 +16,10 @@ pub mod defaults {
     pub const KIE_BASE_URL: &str = "https://api.kie.ai";
     pub const GRPC_ADDR: &str = "0.0.0.0:50051";
     pub const HTTP_ADDR: &str = "0.0.0.0:8080";
+    /// Metrics stay off the public callback listener, and on loopback
+    /// unless the operator opens them (a pod sets 0.0.0.0:9464 for its
+    /// scraper). Not 9090: that is Prometheus's own port.
+    pub const ADMIN_ADDR: &str = "127.0.0.1:9464";
     /// kie.ai's guidance: every 2-3 s for the first 30 s, 5-10 s until 2 min,
     /// 15-30 s after.
     pub const POLL_FAST: Duration = Duration::from_secs(2);
@@ -216,9 +220,14 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = defaults::GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the HTTP listener (kie.ai callbacks, metrics).
+    /// Address of the HTTP listener kie.ai's callbacks reach (often public).
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = defaults::HTTP_ADDR)]
     pub http_addr: SocketAddr,
+
+    /// Address of the admin listener: Prometheus metrics (GET /metrics) and
+    /// GET /healthz, apart from the callback listener.
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
 
     /// Poll interval while a task is young.
     #[arg(long, env = "GATEWAY_POLL_FAST", default_value_t = human(defaults::POLL_FAST))]
@@ -606,6 +615,8 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Metrics and a liveness probe, apart from the callback listener.
+    pub admin_addr: SocketAddr,
     pub watch: WatchSettings,
     pub shutdown_grace: Duration,
     /// NOT_SERVING while still serving, before the listeners close.
@@ -635,6 +646,7 @@ impl Settings {
             callbacks: CallbackSettings::default(),
             grpc_addr: loopback,
             http_addr: loopback,
+            admin_addr: loopback,
             watch: WatchSettings::default(),
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             // No load balancer waits on a test's gateway.
@@ -745,6 +757,7 @@ impl ServeArgs {
             },
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
+            admin_addr: self.admin_addr,
             watch: WatchSettings {
                 cadence: PollCadence {
                     fast: self.poll_fast.into(),

@@ -113,6 +113,7 @@ async fn serve_sandbox(args: &ServeArgs) -> anyhow::Result<()> {
             sandbox::banner(
                 app.grpc_addr(),
                 app.http_addr(),
+                app.admin_addr(),
                 &simulator_url,
                 &upload_url
             )

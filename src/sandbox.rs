@@ -58,7 +58,13 @@ pub async fn start(
 
 /// What a new user sees first: where things are and what to paste (from
 /// the repository's root, for the sample image in assets/).
-pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_url: &str) -> String {
+pub fn banner(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    admin: SocketAddr,
+    simulator_url: &str,
+    upload_url: &str,
+) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             format!("localhost:{}", a.port())
@@ -74,7 +80,8 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_ur
   No kie.ai key is used and no credits are spent. Tasks finish in about 13 s.
 
   gRPC     {g}   (reflection on: no proto files needed)
-  HTTP     http://{http}   (/metrics, /callbacks/kie, /healthz)
+  HTTP     http://{http}   (/callbacks/kie, /healthz)
+  Admin    http://{admin}   (/metrics, /healthz)
 
   Try it: one call from prompt to video (the task id first, then each state, then the video URL)
     grpcurl -plaintext -d '{{"create": {{"prompt": "a cat surfing a wave at sunset", "image_url": "https://example.com/cat.png", "request_id": "try-1"}}}}' {g} hailuo.v1.VideoGeneration/GenerateVideo
@@ -94,5 +101,6 @@ pub fn banner(grpc: SocketAddr, http: SocketAddr, simulator_url: &str, upload_ur
   Scenario markers in the prompt ([sim:fail], [sim:429], [sim:slow], ...) are listed in src/simulator/SCENARIOS.md.
 "#,
         http = host(http),
+        admin = host(admin),
     )
 }

@@ -1,5 +1,5 @@
 //! All wiring in one place: `Application::build` binds the listeners (port 0
-//! allowed) and `run_until_stopped` serves until the stop signal, then
+//! allowed: gRPC, the callback listener and the admin listener) and `run_until_stopped` serves until the stop signal, then
 //! drains under a grace timeout.
 
 use std::future::Future;
@@ -52,6 +52,8 @@ const HAND_BACK_WITHIN: Duration = Duration::from_secs(1);
 pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// Metrics, apart from the (public) callback listener.
+    admin_listener: TcpListener,
     service: VideoGenerationService,
     callbacks: CallbackState,
     hub: TaskHub,
@@ -76,6 +78,14 @@ impl Application {
         let http_listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for metrics on {} (GATEWAY_ADMIN_ADDR)",
+                    settings.admin_addr
+                )
+            })?;
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let kie = KieClient::new(&settings.upstream, metrics.clone())?;
@@ -173,6 +183,7 @@ impl Application {
         Ok(Self {
             grpc_listener,
             http_listener,
+            admin_listener,
             service,
             callbacks,
             hub,
@@ -197,6 +208,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The admin listener's address (metrics).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
     pub fn hub(&self) -> TaskHub {
         self.hub.clone()
     }
@@ -204,7 +222,7 @@ impl Application {
     /// Serves until `stop` resolves, then: health NOT_SERVING while calls
     /// are still taken for the drain delay, then no new calls, open watches
     /// (WatchTask and health) end with UNAVAILABLE, in-flight unary calls
-    /// finish, all within the grace period. If either server ends first (a serve error,
+    /// finish, all within the grace period. If any server ends first (a serve error,
     /// a panic), the gateway stops the same way and returns the error.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         self.run_until_stopped_with(|listener| listener, stop).await
@@ -224,6 +242,7 @@ impl Application {
     {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
+        let admin_addr = self.admin_addr();
         let (health, health_service) = HealthSwitch::serving(self.shutdown.clone()).await;
 
         let reflection = || {
@@ -267,15 +286,24 @@ impl Application {
         });
         let http = axum::serve(
             http_listener,
-            crate::http::router(self.callbacks, self.metrics.clone()),
+            crate::http::router(self.callbacks),
+        )
+        .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let admin_listener = self.admin_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let admin = axum::serve(
+            admin_listener,
+            crate::http::admin_router(self.metrics.clone()),
         )
         .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let servers = Servers {
             grpc: Some(tokio::spawn(async move { Ok(grpc.await?) })),
             http: Some(tokio::spawn(async move { Ok(http.await?) })),
+            admin: Some(tokio::spawn(async move { Ok(admin.await?) })),
         };
-        tracing::info!(%grpc_addr, %http_addr, "gateway ready");
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, "gateway ready");
         let not_serving = health.not_serving();
         let stopped = supervise(servers, stop, not_serving, &self.shutdown, self.drain).await;
         // The pollers stopped with the servers. Without the hand-back, the
@@ -293,10 +321,11 @@ impl Application {
 
 type ServerTask = JoinHandle<anyhow::Result<()>>;
 
-/// The two server tasks; each is taken out once it has ended.
+/// The server tasks; each is taken out once it has ended.
 struct Servers {
     grpc: Option<ServerTask>,
     http: Option<ServerTask>,
+    admin: Option<ServerTask>,
 }
 
 /// Waits for `stop` or for a server to end, whichever comes first; then
@@ -318,6 +347,7 @@ async fn supervise(
         () = stop => None,
         ended = join(&mut servers.grpc) => Some(("gRPC", ended)),
         ended = join(&mut servers.http) => Some(("HTTP", ended)),
+        ended = join(&mut servers.admin) => Some(("admin", ended)),
     };
     let early = early.map(|(server, ended)| {
         let why = match ended {
@@ -343,7 +373,8 @@ async fn supervise(
     let drained = tokio::time::timeout(grace, async {
         let grpc = join(&mut servers.grpc).await;
         let http = join(&mut servers.http).await;
-        grpc.and(http)
+        let admin = join(&mut servers.admin).await;
+        grpc.and(http).and(admin)
     })
     .await;
     let Ok(drained) = drained else {
@@ -410,7 +441,14 @@ mod tests {
         let servers = Servers {
             // tonic's serve returns `Ok` when its connection stream ends.
             grpc: Some(tokio::spawn(async { Ok(()) })),
-            http: Some(tokio::spawn(async move {
+            http: Some(tokio::spawn({
+                let told_to_stop = told_to_stop.clone();
+                async move {
+                    told_to_stop.cancelled().await;
+                    Ok(())
+                }
+            })),
+            admin: Some(tokio::spawn(async move {
                 told_to_stop.cancelled().await;
                 Ok(())
             })),

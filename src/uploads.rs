@@ -62,13 +62,18 @@ impl Uploader {
         match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(UploadSlot { _permit: permit }),
             // The semaphore is never closed.
-            Ok(Err(_)) | Err(_) => Err(UpstreamError {
+            Ok(Err(_)) | Err(_) => Err({
+                self.kie
+                    .metrics()
+                    .shed(Endpoint::FileUpload.as_str(), "upload_slots");
+                UpstreamError {
                 endpoint: Endpoint::FileUpload,
                 key_source: credential.source,
                 retry_after: Some(SHED_RETRY),
-                kind: UpstreamErrorKind::Shed {
-                    reason: "upload_slots",
-                },
+                    kind: UpstreamErrorKind::Shed {
+                        reason: "upload_slots",
+                    },
+                }
             }),
         }
     }

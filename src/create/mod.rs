@@ -23,7 +23,7 @@ use crate::hub::TaskHub;
 use crate::kie::{
     CreateOutcome, Credential, Endpoint, KieClient, UpstreamError, UpstreamErrorKind,
 };
-use crate::metrics::{CreateTally, Metrics};
+use crate::metrics::{CreateTally, IdempotencyTally, Metrics};
 use crate::task::{CreateTaskInput, ImageSource, TaskId};
 use crate::uploads::Uploader;
 use attempts::{Attempts, Ticket};
@@ -110,6 +110,14 @@ impl Creator {
             .clone()
             .reserve(key.clone(), fingerprint)
             .await;
+        self.metrics.idempotency(match &reservation {
+            Reservation::Reserved(_) => IdempotencyTally::Miss,
+            Reservation::Known(_) => IdempotencyTally::Hit,
+            Reservation::Failed(_) => IdempotencyTally::HitFailed,
+            Reservation::Unknown(_) => IdempotencyTally::HitUnknown,
+            Reservation::Mismatch => IdempotencyTally::Mismatch,
+            Reservation::Unreachable => IdempotencyTally::Unavailable,
+        });
         match reservation {
             Reservation::Reserved(lease) => {
                 attempt.lease = Some(lease);
@@ -152,6 +160,8 @@ impl Creator {
         if uploaded && admit_by == Some(Duration::ZERO) {
             // The caller's deadline ended during the upload: a task now
             // would be paid for with nobody told its id.
+            self.metrics
+                .shed(Endpoint::CreateTask.as_str(), "deadline_passed_during_upload");
             let error = UpstreamError {
                 endpoint: Endpoint::CreateTask,
                 key_source: credential.source,

@@ -287,6 +287,7 @@ impl WatchStreamer {
     ) -> WatchStream {
         let metrics = self.metrics;
         metrics.active_watchers.inc();
+        let heartbeats = metrics.heartbeats.clone();
         let on_end = Box::new(move |end: task_stream::End<'_>| {
             metrics.active_watchers.dec();
             call.end(match end {
@@ -297,7 +298,7 @@ impl WatchStreamer {
         });
         task_stream::stream(
             first_seen,
-            self.watch.heartbeat,
+            (self.watch.heartbeat, heartbeats),
             self.watch.max_duration,
             self.shutdown,
             on_end,

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,8 @@ struct Watcher {
     rx: watch::Receiver<Observation>,
     last_state: Option<i32>,
     heartbeat: Duration,
+    /// Counts each heartbeat sent.
+    heartbeats: Counter,
     /// Ends the call after the configured maximum watch duration.
     expires: Pin<Box<Sleep>>,
     shutdown: CancellationToken,
@@ -108,6 +111,7 @@ impl Watcher {
                 }
                 () = tokio::time::sleep(self.heartbeat) => {
                     if let Observation::Task(task) = &*self.rx.borrow() {
+                        self.heartbeats.inc();
                         return Some(Ok(message(task, true)));
                     }
                 }
@@ -181,10 +185,11 @@ pub(crate) fn for_caller(error: GatewayError, no_repeat: Option<&str>) -> Gatewa
 }
 
 /// The stream a WatchTask call returns, from a subscription whose first
-/// read is in. `no_repeat`: see `for_caller`.
+/// read is in: a heartbeat after each quiet period, counted. `no_repeat`:
+/// see `for_caller`.
 pub(crate) fn stream(
     FirstSeen(rx): FirstSeen,
-    heartbeat: Duration,
+    (heartbeat, heartbeats): (Duration, Counter),
     max_duration: Duration,
     shutdown: CancellationToken,
     on_end: OnEnd,
@@ -194,6 +199,7 @@ pub(crate) fn stream(
         rx,
         last_state: None,
         heartbeat,
+        heartbeats,
         expires: Box::pin(tokio::time::sleep(max_duration)),
         shutdown,
         on_end: Some(on_end),

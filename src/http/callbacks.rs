@@ -55,9 +55,8 @@ pub(crate) async fn receive(
     body: Body,
 ) -> Answer {
     let metrics = &state.metrics;
-    metrics.callbacks_received.inc();
     let reject = |status: StatusCode, reason: &'static str, msg: &str| {
-        metrics.callback_rejected(reason);
+        metrics.callback(reason);
         tracing::warn!(reason, "callback rejected");
         answer(status, msg)
     };
@@ -93,7 +92,7 @@ pub(crate) async fn receive(
     let Ok(task_id) = TaskId::parse(raw_id) else {
         return reject(StatusCode::BAD_REQUEST, "bad_task_id", "malformed task id");
     };
-    metrics.callbacks_accepted.inc();
+    metrics.callback("accepted");
     // Wakes this replica's pollers, and announces it to the fleet.
     let woken = state.waker.wake(&task_id);
     tracing::info!(%task_id, woken, "callback accepted");

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::UpstreamLimits;
+use crate::metrics::Metrics;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -69,6 +70,21 @@ pub(crate) struct Gate {
     /// Set when Redis is configured: its window replaces the local one
     /// while Redis is up (the in-flight cap and the queue stay local).
     fleet: OnceLock<Arc<dyn SharedCreateWindow>>,
+    /// In flight and queued, as gauges; sheds, by reason.
+    metrics: Arc<Metrics>,
+}
+
+/// The right to send one request, held until its answer is read; counted
+/// in `upstream_in_flight` while held.
+pub(crate) struct Permit {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.metrics.upstream_in_flight.dec();
+    }
 }
 
 /// Start times of the createTask calls in the current window, including
@@ -125,17 +141,18 @@ impl Window {
     }
 }
 
-/// Keeps the queue count right however the wait ends.
-struct Queued<'a>(&'a AtomicUsize);
+/// Keeps the queue count (and its gauge) right however the wait ends.
+struct Queued<'a>(&'a AtomicUsize, &'a Metrics);
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.upstream_queued.dec();
     }
 }
 
 impl Gate {
-    pub(crate) fn new(limits: UpstreamLimits) -> Self {
+    pub(crate) fn new(limits: UpstreamLimits, metrics: Arc<Metrics>) -> Self {
         let creates = (limits.create_limit > 0).then(|| {
             Mutex::new(Window {
                 limit: limits.create_limit,
@@ -143,12 +160,20 @@ impl Gate {
                 starts: VecDeque::new(),
             })
         });
+        let max_in_flight = limits.max_in_flight.max(1);
+        metrics
+            .upstream_in_flight_limit
+            .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
+        metrics
+            .upstream_queued_limit
+            .set(i64::try_from(limits.max_queued).unwrap_or(i64::MAX));
         Self {
-            slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
             queued: AtomicUsize::new(0),
             max_queued: limits.max_queued,
             creates,
             fleet: OnceLock::new(),
+            metrics,
         }
     }
 
@@ -192,8 +217,28 @@ impl Gate {
     }
 
     /// Waits for the right to send one request to `endpoint`; the permit is
-    /// held until the answer is read.
+    /// held until the answer is read. A shed call is counted by reason.
     pub(crate) async fn admit(
+        &self,
+        endpoint: Endpoint,
+        deadline: Option<Duration>,
+    ) -> Result<Permit, Shed> {
+        match self.wait_for_slot(endpoint, deadline).await {
+            Ok(slot) => {
+                self.metrics.upstream_in_flight.inc();
+                Ok(Permit {
+                    _slot: slot,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            Err(shed) => {
+                self.metrics.shed(endpoint.as_str(), shed.reason);
+                Err(shed)
+            }
+        }
+    }
+
+    async fn wait_for_slot(
         &self,
         endpoint: Endpoint,
         deadline: Option<Duration>,
@@ -219,7 +264,8 @@ impl Gate {
                 retry_after: SHED_RETRY,
             });
         }
-        let _queued = Queued(&self.queued);
+        self.metrics.upstream_queued.inc();
+        let _queued = Queued(&self.queued, &self.metrics);
         if let Some(start) = start {
             tokio::time::sleep_until(start).await;
         }
@@ -259,7 +305,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn creates_beyond_the_window_wait_or_are_shed_past_their_deadline() {
-        let gate = Gate::new(limits(100, 100, 2));
+        let gate = Gate::new(limits(100, 100, 2), Arc::new(Metrics::new()));
         let t0 = Instant::now();
         drop(gate.admit(Endpoint::CreateTask, None).await.expect("1st"));
         drop(gate.admit(Endpoint::CreateTask, None).await.expect("2nd"));
@@ -307,7 +353,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_sheds_at_once() {
-        let gate = Arc::new(Gate::new(limits(1, 1, 0)));
+        let metrics = Arc::new(Metrics::new());
+        let gate = Arc::new(Gate::new(limits(1, 1, 0), metrics.clone()));
         let held = gate.admit(Endpoint::RecordInfo, None).await.expect("slot");
         let waiting = {
             let gate = gate.clone();
@@ -321,11 +368,20 @@ mod tests {
             .await
             .expect_err("queue full");
         assert_eq!(shed.reason, "queue_full");
+        assert_eq!(metrics.upstream_in_flight.get(), 1);
+        assert_eq!(metrics.upstream_queued.get(), 1);
+        assert!(
+            metrics.encode(false).contains(
+                "hailuo_gateway_shed_total{endpoint=\"recordInfo\",reason=\"queue_full\"} 1"
+            )
+        );
 
         drop(held);
         waiting
             .await
             .expect("join")
             .expect("the queued caller gets the slot");
+        assert_eq!(metrics.upstream_in_flight.get(), 0);
+        assert_eq!(metrics.upstream_queued.get(), 0);
     }
 }

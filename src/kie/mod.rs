@@ -84,7 +84,7 @@ impl KieClient {
         let credit_url = settings.base_url.join("api/v1/chat/credit")?;
         Ok(Self {
             http,
-            gate: Arc::new(gate::Gate::new(settings.limits)),
+            gate: Arc::new(gate::Gate::new(settings.limits, metrics.clone())),
             create_url,
             record_url,
             upload_url,
@@ -93,6 +93,11 @@ impl KieClient {
             timeout: settings.timeout,
             metrics,
         })
+    }
+
+    /// The registry this client counts its calls in.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Keeps the createTask window fleet-wide (Redis configured).

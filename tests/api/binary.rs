@@ -19,6 +19,8 @@ pub struct RunningGateway {
     pub grpc_url: String,
     /// `http://` URL of the HTTP listener.
     pub http_url: String,
+    /// `http://` URL of the admin listener (metrics).
+    pub admin_url: String,
     /// stderr lines up to and including the ready line.
     pub startup_logs: Vec<String>,
     /// stderr lines after the ready line.
@@ -28,7 +30,12 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// A caller connected to this gateway.
     pub async fn caller(&self) -> Caller {
-        Caller::connect(self.grpc_url.clone(), self.http_url.clone()).await
+        Caller::connect(
+            self.grpc_url.clone(),
+            self.http_url.clone(),
+            self.admin_url.clone(),
+        )
+        .await
     }
 }
 
@@ -48,6 +55,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         .env("KIE_BASE_URL", base_url)
         .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
         .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
         .env("GATEWAY_POLL_FAST", "50ms")
         .env("GATEWAY_SHUTDOWN_GRACE", "5s")
         // Tests that stop the binary are not behind a load balancer.
@@ -73,7 +81,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         rest.split_whitespace().next().map(str::to_string)
     };
     let mut startup_logs = Vec::new();
-    let (grpc, http) = tokio::time::timeout(Duration::from_secs(20), async {
+    let (grpc, http, admin) = tokio::time::timeout(Duration::from_secs(20), async {
         let mut before = Vec::new();
         while let Some(line) = lines.next_line().await.expect("read stderr") {
             startup_logs.push(line.clone());
@@ -81,6 +89,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
                 return (
                     field(&line, "grpc_addr").expect("grpc_addr"),
                     field(&line, "http_addr").expect("http_addr"),
+                    field(&line, "admin_addr").expect("admin_addr"),
                 );
             }
             before.push(line);
@@ -100,6 +109,7 @@ pub async fn start_gateway_at(base_url: &str, env: &[(&str, &str)]) -> RunningGa
         child,
         grpc_url: format!("http://{grpc}"),
         http_url: format!("http://{http}"),
+        admin_url: format!("http://{admin}"),
         startup_logs,
         logs,
     }

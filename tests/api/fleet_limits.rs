@@ -40,11 +40,12 @@ impl Replica {
         let app = Application::build(settings).await.expect("build app");
         let grpc_url = format!("http://{}", app.grpc_addr());
         let http_url = format!("http://{}", app.http_addr());
+        let admin_url = format!("http://{}", app.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        let caller = Caller::connect(grpc_url.clone(), http_url).await;
+        let caller = Caller::connect(grpc_url.clone(), http_url, admin_url).await;
         Self {
             caller,
             grpc_url,

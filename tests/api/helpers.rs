@@ -27,18 +27,21 @@ pub const RECORD_PATH: &str = "/api/v1/jobs/recordInfo";
 /// record created long ago.
 const STREAM_HANG: Duration = Duration::from_secs(30);
 
-/// A caller of one gateway: a client of its gRPC API and the address of its
-/// HTTP listener, with one typed helper for each thing a test does to it.
+/// A caller of one gateway: a client of its gRPC API and the addresses of
+/// its HTTP listeners (callbacks; admin, for metrics), with one typed helper
+/// for each thing a test does to it.
 pub struct Caller {
     pub client: VideoGenerationClient<Channel>,
     grpc_url: String,
     http_url: String,
+    admin_url: String,
     http: OnceLock<reqwest::Client>,
 }
 
 impl Caller {
-    /// Connects to the gateway whose listeners are at these `http://` URLs.
-    pub async fn connect(grpc_url: String, http_url: String) -> Self {
+    /// Connects to the gateway whose listeners (gRPC, callbacks, admin) are
+    /// at these `http://` URLs.
+    pub async fn connect(grpc_url: String, http_url: String, admin_url: String) -> Self {
         let client = VideoGenerationClient::connect(grpc_url.clone())
             .await
             .expect("connect to gateway");
@@ -46,6 +49,7 @@ impl Caller {
             client,
             grpc_url,
             http_url,
+            admin_url,
             http: OnceLock::new(),
         }
     }
@@ -89,6 +93,11 @@ impl Caller {
     /// `path` on the gateway's HTTP listener.
     pub fn http_url(&self, path: &str) -> String {
         format!("{}{path}", self.http_url)
+    }
+
+    /// `path` on the gateway's admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin_url)
     }
 
     /// The URL the gateway takes kie.ai's callbacks on.
@@ -136,10 +145,10 @@ impl Caller {
             .await
     }
 
-    /// The gateway's /metrics text.
+    /// The gateway's /metrics text (on the admin listener).
     pub async fn metrics(&self) -> String {
         self.http()
-            .get(self.http_url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .expect("GET /metrics")
@@ -255,13 +264,18 @@ pub async fn spawn_gateway(settings: Settings) -> Gateway {
     let app = Application::build(settings).await.expect("build app");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
+    let admin_addr = app.admin_addr();
     let hub = app.hub();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let caller =
-        Caller::connect(format!("http://{grpc_addr}"), format!("http://{http_addr}")).await;
+    let caller = Caller::connect(
+        format!("http://{grpc_addr}"),
+        format!("http://{http_addr}"),
+        format!("http://{admin_addr}"),
+    )
+    .await;
     Gateway {
         caller,
         hub,

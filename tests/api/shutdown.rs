@@ -236,6 +236,7 @@ async fn nonsensical_cadences_are_refused_at_start_with_one_line_naming_the_sett
             .env("KIE_API_KEY", TEST_KEY)
             .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
             .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+            .env("GATEWAY_ADMIN_ADDR", "127.0.0.1:0")
             .envs(env.clone())
             .kill_on_drop(true)
             .output();

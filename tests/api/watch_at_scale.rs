@@ -267,15 +267,15 @@ async fn forged_or_stale_callbacks_are_rejected_and_change_nothing() {
     assert!(!task.video_urls.iter().any(|u| u == evil));
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("hailuo_gateway_callbacks_rejected_total{reason=\"bad_signature\"} 3"),
+        metrics.contains("hailuo_gateway_callbacks_total{outcome=\"bad_signature\"} 3"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("hailuo_gateway_callbacks_rejected_total{reason=\"stale_timestamp\"} 1"),
+        metrics.contains("hailuo_gateway_callbacks_total{outcome=\"stale_timestamp\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("hailuo_gateway_callbacks_accepted_total 1"),
+        metrics.contains("hailuo_gateway_callbacks_total{outcome=\"accepted\"} 1"),
         "{metrics}"
     );
 }
@@ -443,7 +443,6 @@ async fn metrics_show_rpcs_upstream_calls_watchers_pollers_and_callbacks() {
         "hailuo_gateway_upstream_calls_total{endpoint=\"createTask\",kie_code=\"200\"} 1",
         "hailuo_gateway_active_watchers 0",
         "hailuo_gateway_active_pollers 0",
-        "hailuo_gateway_callbacks_received_total 0",
         "hailuo_gateway_read_budget_waiting 0",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
