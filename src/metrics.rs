@@ -553,7 +553,7 @@ mod tests {
         // A half-hour watch lands in its own bucket, not in +Inf.
         assert!(
             text.contains(
-                "hailuo_gateway_stream_duration_seconds_bucket{method=\"WatchTask\",le=\"1800.0\"} 1"
+                "hailuo_gateway_stream_duration_seconds_bucket{method=\"WatchTask\",le=\"1800\"} 1"
             ),
             "{text}"
         );

@@ -166,7 +166,7 @@ impl Direct {
 
 pub async fn gauge(http: &reqwest::Client, gateway: &Gateway, name: &str) -> anyhow::Result<f64> {
     let text = http
-        .get(format!("{}/metrics", gateway.http_url))
+        .get(format!("{}/metrics", gateway.admin_url))
         .send()
         .await?
         .text()

@@ -186,6 +186,8 @@ pub struct Gateway {
     pub proc: Proc,
     pub grpc_url: String,
     pub http_url: String,
+    /// The admin listener: metrics.
+    pub admin_url: String,
 }
 
 #[derive(Clone, Copy)]
@@ -231,6 +233,7 @@ pub async fn start_gateway_with(
     let grpc_port = free_port()?;
     let http_port = free_port()?;
     let http_url = format!("http://127.0.0.1:{http_port}");
+    let admin_port = free_port()?;
     let log_path = logs.join(format!("gateway-{grpc_port}.log"));
     let log = std::fs::File::create(&log_path)?;
     let scaled = |secs: f64| format!("{}ms", (secs * 1000.0 * options.scale).round() as u64);
@@ -242,6 +245,7 @@ pub async fn start_gateway_with(
         .env("KIE_UPLOAD_BASE_URL", &sim.upload_url)
         .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("GATEWAY_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         // Benchmarks create far more than kie.ai's 20 tasks per 10 s.
         .env("KIE_CREATE_LIMIT", "0")
         // Idle streams stay idle.
@@ -299,5 +303,6 @@ pub async fn start_gateway_with(
         proc,
         grpc_url: format!("http://127.0.0.1:{grpc_port}"),
         http_url,
+        admin_url: format!("http://127.0.0.1:{admin_port}"),
     })
 }

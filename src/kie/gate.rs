@@ -81,6 +81,12 @@ pub(crate) struct Permit {
     metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.metrics.upstream_in_flight.dec();

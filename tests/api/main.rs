@@ -18,6 +18,8 @@ mod fleet_tls;
 mod fleet_watch;
 mod generate_video;
 mod get_task;
+#[cfg(feature = "sandbox")]
+mod metrics;
 mod proxy;
 mod reliability;
 mod rpc_logs;
