@@ -29,6 +29,21 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
 fi
 PATH="$PATH:/usr/sbin" nginx -v
 
+echo "== promtool (tests/clients/run.py checks a live scrape with it; docs/alerts.yml below)"
+if ! command -v promtool >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    # Debian's prometheus package carries promtool; its server is not started.
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || true
+  fi
+fi
+if command -v promtool >/dev/null; then
+  promtool --version | head -1
+  promtool check rules docs/alerts.yml
+else
+  # tests/clients/run.py falls back on prometheus_client's parser.
+  echo "promtool not installed: docs/alerts.yml unchecked, scrapes checked with prometheus_client's parser" >&2
+fi
+
 echo "== deploy/kubernetes.yaml (kubernetes-validate --strict, yamllint; seconds)"
 bash deploy/check.sh
 

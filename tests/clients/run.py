@@ -7,7 +7,10 @@
 Starts `hailuo-gateway --sandbox` on 127.0.0.1:0 (the port is read from its
 "gateway ready grpc_addr=..." log line), then runs these jobs concurrently:
 grpcurl through reflection only, the Python and Node client checks, the
-Python, Node and Rust examples, the command-line client, and `buf lint`. Each
+Python, Node and Rust examples, the command-line client, and `buf lint`; then
+scrapes the gateway's admin listener after all that traffic and checks the
+exposition with `promtool check metrics` (prometheus_client's parsers when
+promtool is not installed; the OpenMetrics variant always). Each
 job yields named checks; the last line printed is `clients: N passed, N
 failed`, and the exit code is 1 if any check failed. Every process has a
 timeout and is killed on exit.
@@ -15,6 +18,8 @@ timeout and is killed on exit.
 
 import json
 import os
+import shutil
+import urllib.error
 import urllib.request
 import uuid
 import re
@@ -115,7 +120,8 @@ class Gateway:
         # (its stderr, copied line by line) both write here.
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [str(GATEWAY), "--sandbox", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+            [str(GATEWAY), "--sandbox", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+             "--admin-addr", "127.0.0.1:0"],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -131,7 +137,7 @@ class Gateway:
             },
             start_new_session=True,
         )
-        self.addr = None
+        self.addr = self.http_addr = self.admin_addr = None
         self._ready = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(START_TIMEOUT) or self.addr is None:
@@ -143,9 +149,9 @@ class Gateway:
             self.log.write(line)
             self.log.flush()
             plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            match = re.search(r"gateway ready grpc_addr=(\S+)", plain)
+            match = re.search(r"gateway ready grpc_addr=(\S+) http_addr=(\S+) admin_addr=(\S+)", plain)
             if match and not self._ready.is_set():
-                self.addr = match.group(1)
+                self.addr, self.http_addr, self.admin_addr = match.groups()
                 self._ready.set()
         self._ready.set()
 
@@ -496,6 +502,81 @@ def job_cli_reattach(addr):
     return r
 
 
+# === the metrics an SRE scrapes (issue 16) ===
+
+
+def scrape(url, accept=None):
+    """(status, content type, body) of a GET; status 0 when unreachable."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, "", ""
+    except OSError:
+        return 0, "", ""
+
+
+def sample(text, series):
+    """The value of one series line (`name{labels}`) in a text exposition, or 0."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def metrics_checks(gateway):
+    """After every job's traffic (errors, watches, callbacks, a repeated
+    request_id, kie.ai's 429): the admin listener's exposition is clean for
+    promtool and carries what an SRE alerts on; the callback listener has none."""
+    r = []
+    status, content_type, text = scrape(f"http://{gateway.admin_addr}/metrics")
+    if not check(r, "GET /metrics on the admin listener answers Prometheus text 0.0.4",
+                 status == 200 and content_type.startswith("text/plain; version=0.0.4"), (status, content_type)):
+        return r
+    (OUT / "metrics.txt").write_text(text)
+    if shutil.which("promtool"):
+        linted = subprocess.run(["promtool", "check", "metrics"], input=text, text=True, capture_output=True,
+                                timeout=60)
+        check(r, "promtool check metrics: clean (HELP, TYPE, names, units; no lint problems)",
+              linted.returncode == 0 and not linted.stdout.strip() and not linted.stderr.strip(),
+              f"exit {linted.returncode}: {linted.stdout}{linted.stderr}")
+    else:
+        print("metrics: promtool not installed; prometheus_client's parser only", flush=True)
+    try:
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+        from prometheus_client.parser import text_string_to_metric_families
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        check(r, "prometheus_client parses the text exposition, every family with help text",
+              families and all(f.documentation for f in families.values()), sorted(families))
+        status, content_type, om = scrape(f"http://{gateway.admin_addr}/metrics",
+                                          "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        om_families = [f.name for f in openmetrics_families(om)]
+        check(r, "Accept: application/openmetrics-text gets OpenMetrics that prometheus_client's parser takes",
+              content_type.startswith("application/openmetrics-text") and om.endswith("# EOF\n")
+              and "hailuo_gateway_rpcs" in om_families, (content_type, om_families))
+    except Exception as e:  # noqa: BLE001 - a parse error is a failed check
+        check(r, "prometheus_client parses both expositions", False, f"{type(e).__name__}: {e}")
+    moved = {
+        'hailuo_gateway_rpcs_total{method="CreateTask",code="INVALID_ARGUMENT"}': "an invalid request",
+        'hailuo_gateway_upstream_rate_limited_total{endpoint="createTask"}': "kie.ai's 429 ([sim:429])",
+        'hailuo_gateway_stream_duration_seconds_count{method="WatchTask"}': "watches",
+        'hailuo_gateway_callbacks_total{outcome="accepted"}': "kie.ai's callbacks",
+        'hailuo_gateway_idempotency_total{result="hit"}': "a repeated --request-id",
+        'hailuo_gateway_upstream_calls_total{endpoint="fileStreamUpload",kie_code="200"}': "uploads",
+        "process_cpu_seconds_total": "the process",
+    }
+    counted = {series: sample(text, series) for series in moved}
+    check(r, "the traffic shows: " + ", ".join(moved.values()),
+          all(v > 0 for v in counted.values()), {s: v for s, v in counted.items() if v <= 0})
+    for family in ["hailuo_gateway_build_info gauge", "hailuo_gateway_watch_heartbeats_total counter",
+                   "hailuo_gateway_upstream_in_flight gauge", "process_open_fds gauge"]:
+        check(r, f"# TYPE {family}", f"# TYPE {family}\n" in text)
+    status, _, _ = scrape(f"http://{gateway.http_addr}/metrics")
+    check(r, "the callback listener (kie.ai's, often public) answers /metrics 404", status == 404, status)
+    return r
+
+
 # === local images in, videos out (issue 13) ===
 
 
@@ -669,6 +750,11 @@ def main():
                     print(f"  {'ok  ' if ok else 'FAIL'} {check_name}" + ("" if ok else f"\n       {detail}"))
                     passed += ok
                     failed += not ok
+        print("-- metrics (after every job)")
+        for check_name, ok, detail in metrics_checks(gateway):
+            print(f"  {'ok  ' if ok else 'FAIL'} {check_name}" + ("" if ok else f"\n       {detail}"))
+            passed += ok
+            failed += not ok
         if failed:
             print(f"clients: gateway log tail:\n{gateway.log_tail()}")
     except Exception as e:  # noqa: BLE001 - reported as a failure below
