@@ -547,8 +547,14 @@ mod tests {
             "process_max_fds",
             "process_start_time_seconds",
         ] {
-            assert!(text.contains(&format!("# HELP {family} ")), "{family}: {text}");
-            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}: {text}"
+            );
         }
         // A half-hour watch lands in its own bucket, not in +Inf.
         assert!(

@@ -284,11 +284,8 @@ impl Application {
         let http_listener = wrap(self.http_listener).tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let http = axum::serve(
-            http_listener,
-            crate::http::router(self.callbacks),
-        )
-        .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
+        let http = axum::serve(http_listener, crate::http::router(self.callbacks))
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
         let admin_listener = self.admin_listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

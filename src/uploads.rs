@@ -67,9 +67,9 @@ impl Uploader {
                     .metrics()
                     .shed(Endpoint::FileUpload.as_str(), "upload_slots");
                 UpstreamError {
-                endpoint: Endpoint::FileUpload,
-                key_source: credential.source,
-                retry_after: Some(SHED_RETRY),
+                    endpoint: Endpoint::FileUpload,
+                    key_source: credential.source,
+                    retry_after: Some(SHED_RETRY),
                     kind: UpstreamErrorKind::Shed {
                         reason: "upload_slots",
                     },

@@ -160,8 +160,10 @@ impl Creator {
         if uploaded && admit_by == Some(Duration::ZERO) {
             // The caller's deadline ended during the upload: a task now
             // would be paid for with nobody told its id.
-            self.metrics
-                .shed(Endpoint::CreateTask.as_str(), "deadline_passed_during_upload");
+            self.metrics.shed(
+                Endpoint::CreateTask.as_str(),
+                "deadline_passed_during_upload",
+            );
             let error = UpstreamError {
                 endpoint: Endpoint::CreateTask,
                 key_source: credential.source,

@@ -376,11 +376,9 @@ mod tests {
         assert_eq!(shed.reason, "queue_full");
         assert_eq!(metrics.upstream_in_flight.get(), 1);
         assert_eq!(metrics.upstream_queued.get(), 1);
-        assert!(
-            metrics.encode(false).contains(
-                "hailuo_gateway_shed_total{endpoint=\"recordInfo\",reason=\"queue_full\"} 1"
-            )
-        );
+        assert!(metrics.encode(false).contains(
+            "hailuo_gateway_shed_total{endpoint=\"recordInfo\",reason=\"queue_full\"} 1"
+        ));
 
         drop(held);
         waiting

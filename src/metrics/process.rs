@@ -40,11 +40,7 @@ impl Collector for ProcessCollector {
                 "virtual memory size, in bytes",
                 Some(now.virtual_bytes),
             ),
-            (
-                "process_open_fds",
-                "open file descriptors",
-                now.open_fds,
-            ),
+            ("process_open_fds", "open file descriptors", now.open_fds),
             (
                 "process_max_fds",
                 "the most file descriptors the process may open (its soft limit)",
@@ -180,7 +176,10 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
                       Max open files            1024                 1048576              files     \n";
         assert_eq!(soft_limit(limits, "Max open files"), Some(1024.0));
-        assert_eq!(boot_time("cpu  1 2 3\nbtime 1764547200\n"), Some(1764547200.0));
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1764547200\n"),
+            Some(1764547200.0)
+        );
         let status = "Name:\tx\nVmRSS:\t   14336 kB\nThreads:\t9\n";
         assert_eq!(status_bytes(status, "VmRSS"), Some(14336.0 * 1024.0));
     }

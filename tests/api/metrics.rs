@@ -81,7 +81,10 @@ async fn the_admin_listener_shows_every_family_and_counts_that_move_with_real_ca
     let (content_type, text) = scrape(&gateway, "*/*").await;
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     assert!(!text.contains("# EOF"));
-    assert!(text.contains("hailuo_gateway_build_info{version=\""), "{text}");
+    assert!(
+        text.contains("hailuo_gateway_build_info{version=\""),
+        "{text}"
+    );
     assert!(value(&gateway, "process_open_fds").await >= 3.0);
     assert_eq!(
         value(&gateway, "hailuo_gateway_upstream_in_flight_limit").await,
@@ -198,7 +201,10 @@ async fn the_admin_listener_shows_every_family_and_counts_that_move_with_real_ca
     // family shows once it has a series).
     let (_, text) = scrape(&gateway, "text/plain").await;
     for family in FAMILIES {
-        assert!(text.contains(&format!("# TYPE {family}\n")), "{family}:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {family}\n")),
+            "{family}:\n{text}"
+        );
         let name = family.split(' ').next().expect("name");
         assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
     }
