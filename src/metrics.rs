@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     method: &'static str,
+    /// Bounded: names from the callers file, or "anonymous".
+    caller: String,
     code: &'static str,
 }
 
@@ -243,8 +245,19 @@ impl Metrics {
     }
 
     /// One finished gRPC call; `code` is the status code's canonical name.
-    pub(crate) fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
-        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
+    pub(crate) fn rpc(
+        &self,
+        method: &'static str,
+        caller: &str,
+        code: &'static str,
+        latency: Duration,
+    ) {
+        let labels = RpcLabels {
+            method,
+            caller: caller.to_owned(),
+            code,
+        };
+        self.rpcs.get_or_create(&labels).inc();
         self.rpc_latency
             .get_or_create(&MethodLabels { method })
             .observe(latency.as_secs_f64());

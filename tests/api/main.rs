@@ -5,6 +5,8 @@ mod binary;
 mod helpers;
 mod redis_server;
 
+#[cfg(feature = "sandbox")]
+mod callers;
 mod create_outcome;
 mod create_task;
 mod credits;
