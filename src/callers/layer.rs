@@ -3,24 +3,34 @@
 //! reaches no handler, no store and no upstream. Health and reflection
 //! paths pass untouched (probes and `grpcurl describe` need no token).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http;
 use futures_util::future::Either;
+use parking_lot::Mutex;
 
 use super::{Caller, Callers};
 use crate::error::GatewayError;
 
-/// How long a refused token waits for its answer. A timer, not a thread:
-/// a guessing peer gets at most one answer per stream per this delay, while
-/// other callers' calls run as before. Tokens are meant to be random
-/// (128 bits or more), so the delay is about making a flood cheap for the
-/// gateway and slow for the peer, not about making guessing hard.
+/// How long a refused token waits for its answer, at least. A timer, not
+/// a thread: the refused call holds no worker while it waits.
 pub const REFUSAL_DELAY: Duration = Duration::from_millis(200);
+/// Refusals one peer address gets answered at most at this pace (500 a
+/// second) after a burst of `REFUSAL_BURST`; the rest wait their turn. A
+/// peer that waits for its answers (any client does, within its streams)
+/// is held to that pace, so its flood costs the gateway little CPU and its
+/// guesses against 128-bit-or-more tokens go nowhere; calls with a good
+/// token, from that address too, never wait in this queue.
+const REFUSAL_INTERVAL: Duration = Duration::from_millis(2);
+const REFUSAL_BURST: Duration = Duration::from_secs(1);
+/// Peers remembered at once; past it, those with no queue are forgotten.
+const PEERS_REMEMBERED: usize = 10_000;
 
 /// Filled by the caller check with the call's caller, for a layer outside
 /// it (the refusal log) that writes the line of a call no handler saw.
@@ -48,6 +58,8 @@ pub struct CallerAuthLayer {
     callers: Option<Callers>,
     /// `/<package>.<Service>/`: the paths checked.
     prefix: Arc<str>,
+    /// Per peer address (`None`: unknown), when its next refusal may go.
+    refusals: Arc<Mutex<HashMap<Option<IpAddr>, Instant>>>,
 }
 
 impl CallerAuthLayer {
@@ -55,8 +67,34 @@ impl CallerAuthLayer {
         Self {
             callers,
             prefix: format!("/{service_name}/").into(),
+            refusals: Arc::default(),
         }
     }
+
+    /// When a refusal to `peer` may be answered: after the base delay, and
+    /// in the peer's turn.
+    fn refusal_at(&self, peer: Option<IpAddr>) -> Instant {
+        let now = Instant::now();
+        let floor = now.checked_sub(REFUSAL_BURST).unwrap_or(now);
+        let mut refusals = self.refusals.lock();
+        if refusals.len() >= PEERS_REMEMBERED {
+            refusals.retain(|_, next| *next > now);
+        }
+        let next = refusals.entry(peer).or_insert(floor);
+        let turn = (*next).max(floor) + REFUSAL_INTERVAL;
+        *next = turn;
+        turn.max(now) + REFUSAL_DELAY
+    }
+}
+
+/// The peer's address, as tonic's listener records it.
+/// COORDINATOR: behind the TLS acceptor the info is
+/// `TlsConnectInfo<TcpConnectInfo>`; read it here too.
+fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .map(|addr| addr.ip())
 }
 
 impl<S> tower::Layer<S> for CallerAuthLayer {
@@ -104,8 +142,9 @@ where
             }
         };
         let Some(caller) = caller else {
-            return Either::Right(Box::pin(async {
-                tokio::time::sleep(REFUSAL_DELAY).await;
+            let at = self.layer.refusal_at(peer_ip(request.extensions()));
+            return Either::Right(Box::pin(async move {
+                tokio::time::sleep_until(at.into()).await;
                 Ok(GatewayError::CallerUnauthenticated.to_status().into_http())
             }));
         };

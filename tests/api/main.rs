@@ -21,6 +21,8 @@ mod fleet_watch;
 mod generate_video;
 mod get_task;
 mod proxy;
+#[cfg(feature = "sandbox")]
+mod quotas;
 mod reliability;
 mod rpc_logs;
 mod secrets;
