@@ -35,7 +35,7 @@ pub enum GatewayError {
     /// caller; the same answer for a missing and a wrong one.
     CallerUnauthenticated,
     /// A caller's quota is used up; nothing was sent upstream.
-    QuotaExceeded(crate::callers::quota::Exceeded),
+    QuotaExceeded(QuotaExceeded),
     /// The caller has quotas and the store that counts them (Redis) cannot
     /// be reached: refused rather than let through; nothing was sent.
     QuotaUnavailable,
@@ -115,6 +115,18 @@ impl RelayedError {
     fn code(&self) -> Code {
         Code::from_i32(self.code)
     }
+}
+
+/// A quota a create would go over (from `callers::quota`).
+#[derive(Clone, Debug)]
+pub struct QuotaExceeded {
+    pub caller: std::sync::Arc<str>,
+    /// `creates_per_minute`, `creates_per_day` or `credits_per_day`: the
+    /// callers file's own name for it.
+    pub quota: &'static str,
+    pub limit: String,
+    /// Until the window that is full ends.
+    pub frees_in: Duration,
 }
 
 /// A createTask that was sent and got no answer that can be read: kie.ai

@@ -142,7 +142,9 @@ impl Table {
                 ));
             }
             if raw.name == ANONYMOUS {
-                return Err(format!("{at}: {ANONYMOUS:?} is the name of unauthenticated calls"));
+                return Err(format!(
+                    "{at}: {ANONYMOUS:?} is the name of unauthenticated calls"
+                ));
             }
             let token_sha256 = parse_digest(&raw.token_sha256).ok_or_else(|| {
                 format!("{at}: token_sha256 must be 64 hex digits (the SHA-256 of the token)")
@@ -345,8 +347,14 @@ mod tests {
     fn a_token_finds_its_caller_and_no_other() {
         let text = format!("{}{}", entry("a", "tok-a"), entry("b", "tok-b"));
         let table = Table::parse(&text, |_| None).expect("valid");
-        assert_eq!(table.by_token("tok-b").map(|c| c.name.clone()), Some("b".into()));
-        assert_eq!(table.by_token("tok-a").map(|c| c.name.clone()), Some("a".into()));
+        assert_eq!(
+            table.by_token("tok-b").map(|c| c.name.clone()),
+            Some("b".into())
+        );
+        assert_eq!(
+            table.by_token("tok-a").map(|c| c.name.clone()),
+            Some("a".into())
+        );
         assert!(table.by_token("tok-c").is_none());
         assert!(table.by_token("").is_none());
     }
@@ -355,14 +363,29 @@ mod tests {
     fn a_bad_file_is_refused_in_one_line() {
         let cases = [
             ("[[caller]\nname=1", "line 1"),
-            (&format!("{}{}", entry("a", "x"), entry("a", "y")), "used twice"),
-            (&format!("{}{}", entry("a", "x"), entry("b", "x")), "share a token"),
+            (
+                &format!("{}{}", entry("a", "x"), entry("a", "y")),
+                "used twice",
+            ),
+            (
+                &format!("{}{}", entry("a", "x"), entry("b", "x")),
+                "share a token",
+            ),
             (&entry("anonymous", "x"), "unauthenticated"),
             (&entry("a b", "x"), "metric label"),
             ("", "no [[caller]]"),
-            ("[[caller]]\nname = \"a\"\ntoken_sha256 = \"ab\"\n", "64 hex"),
-            (&format!("{}creates_per_minut = 3\n", entry("a", "x")), "unknown field"),
-            (&format!("{}kie_api_key_env = \"NOPE\"\n", entry("a", "x")), "not set"),
+            (
+                "[[caller]]\nname = \"a\"\ntoken_sha256 = \"ab\"\n",
+                "64 hex",
+            ),
+            (
+                &format!("{}creates_per_minut = 3\n", entry("a", "x")),
+                "unknown field",
+            ),
+            (
+                &format!("{}kie_api_key_env = \"NOPE\"\n", entry("a", "x")),
+                "not set",
+            ),
         ];
         for (text, expected) in cases {
             let e = Table::parse(text, |_| None).expect_err(text);

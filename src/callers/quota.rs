@@ -15,23 +15,11 @@ use parking_lot::Mutex;
 use redis::Script;
 
 use super::Caller;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, QuotaExceeded as Exceeded};
 use crate::redis_client::Redis;
 
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
-
-/// A quota a create would go over.
-#[derive(Clone, Debug)]
-pub struct Exceeded {
-    pub caller: Arc<str>,
-    /// `creates_per_minute`, `creates_per_day` or `credits_per_day`: the
-    /// callers file's own name for it.
-    pub quota: &'static str,
-    pub limit: String,
-    /// Until the window that is full ends.
-    pub frees_in: Duration,
-}
 
 /// The credits a create is expected to cost: kie.ai's price list as the
 /// simulator knows it (Hailuo 02 standard), by duration and resolution.
@@ -153,7 +141,9 @@ impl QuotaBook {
                     (Some("0"), Some(minute), Some(day)) => (minute, day),
                     (Some(which), Some(frees), _) => {
                         return Err(match which {
-                            "1" => exceeded("creates_per_minute", fmt_u(q.creates_per_minute), frees),
+                            "1" => {
+                                exceeded("creates_per_minute", fmt_u(q.creates_per_minute), frees)
+                            }
                             "2" => exceeded("creates_per_day", fmt_u(q.creates_per_day), frees),
                             _ => exceeded("credits_per_day", fmt_f(q.credits_per_day), frees),
                         });
@@ -168,14 +158,28 @@ impl QuotaBook {
                 let u = usage.at(now);
                 let to_minute = (u.minute + 1) * MINUTE_MS - now;
                 let to_day = (u.day + 1) * DAY_MS - now;
-                if q.creates_per_minute.is_some_and(|l| u.creates_minute + 1 > l) {
-                    return Err(exceeded("creates_per_minute", fmt_u(q.creates_per_minute), to_minute));
+                if q.creates_per_minute
+                    .is_some_and(|l| u.creates_minute + 1 > l)
+                {
+                    return Err(exceeded(
+                        "creates_per_minute",
+                        fmt_u(q.creates_per_minute),
+                        to_minute,
+                    ));
                 }
                 if q.creates_per_day.is_some_and(|l| u.creates_day + 1 > l) {
-                    return Err(exceeded("creates_per_day", fmt_u(q.creates_per_day), to_day));
+                    return Err(exceeded(
+                        "creates_per_day",
+                        fmt_u(q.creates_per_day),
+                        to_day,
+                    ));
                 }
                 if q.credits_per_day.is_some_and(|l| u.credits_day + price > l) {
-                    return Err(exceeded("credits_per_day", fmt_f(q.credits_per_day), to_day));
+                    return Err(exceeded(
+                        "credits_per_day",
+                        fmt_f(q.credits_per_day),
+                        to_day,
+                    ));
                 }
                 *usage = Usage {
                     creates_minute: u.creates_minute + 1,

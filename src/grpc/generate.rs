@@ -29,7 +29,13 @@ impl VideoGenerationService {
             let call_id = call.request_id.to_str().unwrap_or_default();
             let task_id = self
                 .creator
-                .create(call.caller.clone(), credential.clone(), input, call.deadline, call_id)
+                .create(
+                    call.caller.clone(),
+                    credential.clone(),
+                    input,
+                    call.deadline,
+                    call_id,
+                )
                 .await?;
             Ok::<_, GatewayError>((task_id, credential, repeatable))
         }

@@ -60,12 +60,17 @@ pub(crate) struct Credentials {
 pub const KIE_KEY_METADATA: &str = "x-kie-api-key";
 
 impl Credentials {
-    fn for_call(&self, metadata: &MetadataMap, caller: &Caller) -> Result<Credential, GatewayError> {
+    fn for_call(
+        &self,
+        metadata: &MetadataMap,
+        caller: &Caller,
+    ) -> Result<Credential, GatewayError> {
         // A key the callers file gives this caller comes first: the
         // operator chose it.
         if let Some(key) = &caller.kie_key {
-            return Credential::new(key.clone(), KeySource::Gateway)
-                .ok_or(GatewayError::Internal("a caller's kie.ai key is not a valid header"));
+            return Credential::new(key.clone(), KeySource::Gateway).ok_or(GatewayError::Internal(
+                "a caller's kie.ai key is not a valid header",
+            ));
         }
         let header = if self.caller_tokens {
             KIE_KEY_METADATA
@@ -81,9 +86,15 @@ impl Credentials {
                 .to_str()
                 .ok()
                 .and_then(|v| {
-                    let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "));
+                    let bearer = v
+                        .strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "));
                     // x-kie-api-key takes the bare key, or Bearer <key>.
-                    if self.caller_tokens { Some(bearer.unwrap_or(v)) } else { bearer }
+                    if self.caller_tokens {
+                        Some(bearer.unwrap_or(v))
+                    } else {
+                        bearer
+                    }
                 })
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
@@ -122,7 +133,13 @@ impl VideoGeneration for VideoGenerationService {
             let credential = self.credentials.for_call(&metadata, &call.caller)?;
             let call_id = call.request_id.to_str().unwrap_or_default();
             self.creator
-                .create(call.caller.clone(), credential, input, call.deadline, call_id)
+                .create(
+                    call.caller.clone(),
+                    credential,
+                    input,
+                    call.deadline,
+                    call_id,
+                )
                 .await
         }
         .await;
@@ -265,7 +282,9 @@ impl VideoGeneration for VideoGenerationService {
     ) -> Result<Response<GetCreditsResponse>, Status> {
         let mut call = Call::start("GetCredits", &request, &self.metrics);
         let result = async {
-            let credential = self.credentials.for_call(request.metadata(), &call.caller)?;
+            let credential = self
+                .credentials
+                .for_call(request.metadata(), &call.caller)?;
             Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
         }
         .await;
@@ -291,9 +310,24 @@ impl VideoGeneration for VideoGenerationService {
                 let day = timestamp(standing.day_resets_ms());
                 #[allow(clippy::cast_precision_loss)]
                 let rows = [
-                    ("creates_per_minute", q.creates_per_minute.map(|l| l as f64), standing.creates_minute as f64, minute),
-                    ("creates_per_day", q.creates_per_day.map(|l| l as f64), standing.creates_day as f64, day),
-                    ("credits_per_day", q.credits_per_day, standing.credits_day, day),
+                    (
+                        "creates_per_minute",
+                        q.creates_per_minute.map(|l| l as f64),
+                        standing.creates_minute as f64,
+                        minute,
+                    ),
+                    (
+                        "creates_per_day",
+                        q.creates_per_day.map(|l| l as f64),
+                        standing.creates_day as f64,
+                        day,
+                    ),
+                    (
+                        "credits_per_day",
+                        q.credits_per_day,
+                        standing.credits_day,
+                        day,
+                    ),
                 ];
                 let quotas = rows
                     .into_iter()
@@ -309,7 +343,10 @@ impl VideoGeneration for VideoGenerationService {
                     })
                     .collect();
                 let caller = call.caller.name.to_string();
-                Ok(respond(&call.request_id, GetQuotaResponse { caller, quotas }))
+                Ok(respond(
+                    &call.request_id,
+                    GetQuotaResponse { caller, quotas },
+                ))
             }
             Err(e) => Err(call.fail(&e)),
         }
@@ -552,7 +589,12 @@ impl<'a> From<Outcome<'a>> for Ended<'a> {
 /// says who must act: the caller (info), nobody yet (warn), the operator
 /// (error).
 fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
-    metrics.rpc(line.method, line.caller, code_name(ended.code), line.latency);
+    metrics.rpc(
+        line.method,
+        line.caller,
+        code_name(ended.code),
+        line.latency,
+    );
     // `tracing` needs a level known where the event is written: one arm per
     // level, the same fields in each.
     macro_rules! event {

@@ -74,11 +74,8 @@ pub struct CallersFile {
 
 impl CallersFile {
     pub fn new(text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "callers-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("callers-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("callers.toml");
         std::fs::write(&path, text).expect("write");
@@ -157,7 +154,10 @@ async fn a_missing_or_wrong_token_is_unauthenticated_and_health_needs_none() {
     let file = CallersFile::new(&two_callers());
     let gateway = spawn_gateway(sim.settings(Some(file.path.clone()))).await;
 
-    let missing = gateway.create(sim_request("a cat")).await.expect_err("no token");
+    let missing = gateway
+        .create(sim_request("a cat"))
+        .await
+        .expect_err("no token");
     assert_unauthenticated(&missing);
     let wrong = gateway
         .create(with_token(sim_request("a cat"), "tok-guess"))
@@ -166,9 +166,10 @@ async fn a_missing_or_wrong_token_is_unauthenticated_and_health_needs_none() {
     assert_unauthenticated(&wrong);
     // A caller's token in another scheme is no token.
     let mut basic = tonic::Request::new(sim_request("a cat"));
-    basic
-        .metadata_mut()
-        .insert("authorization", format!("Basic {RENDER_TOKEN}").parse().expect("ascii"));
+    basic.metadata_mut().insert(
+        "authorization",
+        format!("Basic {RENDER_TOKEN}").parse().expect("ascii"),
+    );
     assert_unauthenticated(&gateway.create(basic).await.expect_err("basic"));
     // Same answer, whichever the call.
     let get = gateway
@@ -261,7 +262,10 @@ async fn with_caller_tokens_a_pass_through_key_comes_in_x_kie_api_key() {
     request
         .metadata_mut()
         .insert("x-kie-api-key", SIM_KEY.parse().expect("ascii"));
-    gateway.create(request).await.expect("created with the caller's key");
+    gateway
+        .create(request)
+        .await
+        .expect("created with the caller's key");
     // The token is not taken for a kie.ai key.
     let no_key = gateway
         .create(with_token(sim_request("a cat"), RENDER_TOKEN))
@@ -272,7 +276,8 @@ async fn with_caller_tokens_a_pass_through_key_comes_in_x_kie_api_key() {
     assert_eq!(sim.creates(), 1);
     let sent = sim.state().requests();
     assert!(
-        sent.iter().all(|r| !format!("{r:?}").contains(RENDER_TOKEN)),
+        sent.iter()
+            .all(|r| !format!("{r:?}").contains(RENDER_TOKEN)),
         "the caller token never goes to kie.ai"
     );
 }
@@ -317,7 +322,11 @@ async fn a_bad_reload_keeps_the_last_good_callers_and_a_good_one_applies() {
     let gateway = spawn_gateway(sim.settings(Some(file.path.clone()))).await;
     let quota = |token: &'static str| {
         let mut client = gateway.client.clone();
-        async move { client.get_quota(with_token(GetQuotaRequest {}, token)).await }
+        async move {
+            client
+                .get_quota(with_token(GetQuotaRequest {}, token))
+                .await
+        }
     };
     quota(RENDER_TOKEN).await.expect("render-farm");
     quota(EDIT_TOKEN).await.expect_err("not yet a caller");
@@ -326,7 +335,9 @@ async fn a_bad_reload_keeps_the_last_good_callers_and_a_good_one_applies() {
     file.write("[[caller]]\nname = \"editorial\"\ntoken_sha256 = \"nothex\"\n");
     tokio::time::sleep(Duration::from_secs(5)).await;
     quota(RENDER_TOKEN).await.expect("still render-farm");
-    quota(EDIT_TOKEN).await.expect_err("the bad version did not apply");
+    quota(EDIT_TOKEN)
+        .await
+        .expect_err("the bad version did not apply");
 
     // A good version replaces it: render-farm out, editorial in.
     file.write(&caller_entry("editorial", EDIT_TOKEN, ""));
@@ -416,7 +427,11 @@ async fn ten_thousand_wrong_tokens_cost_nothing_and_do_not_slow_a_good_caller() 
     let flood_time = flood_started.elapsed();
 
     assert_eq!(refusals.len(), FLOOD);
-    assert!(refusals.iter().all(|(code, _)| *code == Code::Unauthenticated));
+    assert!(
+        refusals
+            .iter()
+            .all(|(code, _)| *code == Code::Unauthenticated)
+    );
     let fastest_refusal = refusals.iter().map(|(_, d)| *d).min().expect("some");
     assert!(
         fastest_refusal >= Duration::from_millis(190),

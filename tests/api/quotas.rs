@@ -102,7 +102,10 @@ async fn over_its_quota_a_caller_is_refused_before_kie_ai_with_quota_failure_and
     assert_eq!(used(&quota, "credits_per_day"), (1000.0, 100.0, 900.0));
     let reset = quota.quotas[0].reset_time.expect("reset time");
     let now = now_secs() as i64;
-    assert!(reset.seconds > now - 1 && reset.seconds <= now + 60, "{reset:?}");
+    assert!(
+        reset.seconds > now - 1 && reset.seconds <= now + 60,
+        "{reset:?}"
+    );
 }
 
 #[tokio::test]

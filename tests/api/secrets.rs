@@ -141,7 +141,10 @@ async fn caller_tokens_appear_in_no_log_line_status_or_metric() {
             Err(s) => seen.push(format!("{s:?} {:?}", s.metadata())),
         }
     }
-    assert!(seen[0].contains("t_ok") && seen[1].contains("Unauthenticated"), "{seen:?}");
+    assert!(
+        seen[0].contains("t_ok") && seen[1].contains("Unauthenticated"),
+        "{seen:?}"
+    );
     seen.push(caller.metrics().await);
     sigterm(&gateway.child);
     let _ = tokio::time::timeout(Duration::from_secs(7), gateway.child.wait()).await;
