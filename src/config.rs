@@ -216,6 +216,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KIE_BASE_URL", default_value = defaults::KIE_BASE_URL)]
     pub kie_base_url: Url,
 
+    /// TOML file of the callers allowed to call (`[[caller]]` with name,
+    /// token_sha256 and optional quotas): when set, every VideoGeneration
+    /// call needs `authorization: Bearer <caller token>`, and a
+    /// pass-through kie.ai key goes in `x-kie-api-key`. Read again when it
+    /// changes; a bad version is a warning and the last good one stays.
+    #[arg(long, env = "GATEWAY_CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+
     /// Address of the gRPC listener.
     #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = defaults::GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
@@ -613,6 +621,8 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     pub idempotency: IdempotencySettings,
     pub callbacks: CallbackSettings,
+    /// Set: callers need a token from this file (see `callers/`).
+    pub callers_file: Option<PathBuf>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// Metrics and a liveness probe, apart from the callback listener.
@@ -644,6 +654,7 @@ impl Settings {
             redis: None,
             idempotency: IdempotencySettings::default(),
             callbacks: CallbackSettings::default(),
+            callers_file: None,
             grpc_addr: loopback,
             http_addr: loopback,
             admin_addr: loopback,
@@ -755,6 +766,7 @@ impl ServeArgs {
                 to_self: false,
                 hmac_key: self.kie_webhook_hmac_key.clone(),
             },
+            callers_file: self.callers_file.clone(),
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             admin_addr: self.admin_addr,

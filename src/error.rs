@@ -31,6 +31,14 @@ pub enum GatewayError {
     InvalidArgument(Vec<FieldViolation>),
     /// Key pass-through is on and the caller sent no usable bearer key.
     MissingCallerKey(&'static str),
+    /// Caller tokens are on and the call's token (or certificate) names no
+    /// caller; the same answer for a missing and a wrong one.
+    CallerUnauthenticated,
+    /// A caller's quota is used up; nothing was sent upstream.
+    QuotaExceeded(QuotaExceeded),
+    /// The caller has quotas and the store that counts them (Redis) cannot
+    /// be reached: refused rather than let through; nothing was sent.
+    QuotaUnavailable,
     /// kie.ai (or the way to it) failed.
     Upstream(UpstreamError),
     /// A watch gave up after its retry budget of failed upstream reads.
@@ -109,6 +117,18 @@ impl RelayedError {
     }
 }
 
+/// A quota a create would go over (from `callers::quota`).
+#[derive(Clone, Debug)]
+pub struct QuotaExceeded {
+    pub caller: std::sync::Arc<str>,
+    /// `creates_per_minute`, `creates_per_day` or `credits_per_day`: the
+    /// callers file's own name for it.
+    pub quota: &'static str,
+    pub limit: String,
+    /// Until the window that is full ends.
+    pub frees_in: Duration,
+}
+
 /// A createTask that was sent and got no answer that can be read: kie.ai
 /// may have made (and charged) the task.
 #[derive(Clone, Debug)]
@@ -176,6 +196,8 @@ impl GatewayError {
     pub fn severity(&self) -> Severity {
         match self {
             Self::InvalidArgument(_) | Self::MissingCallerKey(_) => Severity::Caller,
+            Self::CallerUnauthenticated | Self::QuotaExceeded(_) => Severity::Caller,
+            Self::QuotaUnavailable => Severity::Transient,
             Self::RequestStream { .. } | Self::TaskNotSucceeded { .. } => Severity::Caller,
             Self::MessageTooLarge { .. } => Severity::Caller,
             Self::ShuttingDown | Self::WatchRetriesExhausted { .. } => Severity::Transient,
@@ -227,6 +249,54 @@ impl GatewayError {
                 Status::with_error_details(
                     Code::InvalidArgument,
                     format!("invalid request: {message}"),
+                    details,
+                )
+            }
+            Self::CallerUnauthenticated => {
+                details.set_error_info(CALLER_UNAUTHENTICATED, GATEWAY_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::Unauthenticated,
+                    "this gateway takes calls from known callers only: send \
+                     `authorization: Bearer <caller token>` metadata",
+                    details,
+                )
+            }
+            Self::QuotaExceeded(exceeded) => {
+                details.set_error_info(
+                    QUOTA_EXCEEDED,
+                    GATEWAY_DOMAIN,
+                    HashMap::from([
+                        ("caller".to_string(), exceeded.caller.to_string()),
+                        ("quota".to_string(), exceeded.quota.to_string()),
+                        ("limit".to_string(), exceeded.limit.clone()),
+                    ]),
+                );
+                details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                    exceeded.caller.to_string(),
+                    format!("{} quota of {} used up", exceeded.quota, exceeded.limit),
+                )]);
+                details.set_retry_info(Some(exceeded.frees_in));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "caller {} has used its {} quota ({}); nothing was sent to kie.ai: \
+                         it frees in {} s",
+                        exceeded.caller,
+                        exceeded.quota,
+                        exceeded.limit,
+                        exceeded.frees_in.as_secs().max(1)
+                    ),
+                    details,
+                )
+            }
+            Self::QuotaUnavailable => {
+                details.set_error_info(QUOTA_UNAVAILABLE, GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(UNAVAILABLE_RETRY));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the gateway cannot reach the store that counts this caller's quotas, so \
+                     it refuses the create rather than let it through; nothing was sent to \
+                     kie.ai: retry (safe)",
                     details,
                 )
             }
@@ -457,6 +527,10 @@ impl OutcomeUnknown {
 
 /// ErrorInfo reason of a create that may have made a task.
 pub(crate) const CREATE_OUTCOME_UNKNOWN: &str = "CREATE_OUTCOME_UNKNOWN";
+/// ErrorInfo reasons of the caller check and the quotas.
+pub const CALLER_UNAUTHENTICATED: &str = "CALLER_UNAUTHENTICATED";
+pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+pub const QUOTA_UNAVAILABLE: &str = "QUOTA_UNAVAILABLE";
 /// ErrorInfo reason of a request_id call refused because Redis is away.
 pub const COORDINATION_UNAVAILABLE: &str = "COORDINATION_UNAVAILABLE";
 

@@ -2,6 +2,7 @@
 //! streaming gRPC contract (`hailuo.v1.VideoGeneration`).
 #![forbid(unsafe_code)]
 
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod create;

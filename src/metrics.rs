@@ -31,6 +31,8 @@ const GIT_COMMIT: &str = env!("HAILUO_GATEWAY_GIT_COMMIT");
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     method: &'static str,
+    /// Bounded: names from the callers file, or "anonymous".
+    caller: String,
     code: &'static str,
 }
 
@@ -396,8 +398,19 @@ impl Metrics {
     }
 
     /// One finished gRPC call; `code` is the status code's canonical name.
-    pub(crate) fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
-        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
+    pub(crate) fn rpc(
+        &self,
+        method: &'static str,
+        caller: &str,
+        code: &'static str,
+        latency: Duration,
+    ) {
+        let labels = RpcLabels {
+            method,
+            caller: caller.to_owned(),
+            code,
+        };
+        self.rpcs.get_or_create(&labels).inc();
         let histogram = if STREAMS.contains(&method) {
             &self.stream_latency
         } else {
@@ -533,8 +546,8 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_in_both_formats() {
         let metrics = Metrics::new();
-        metrics.rpc("WatchTask", "OK", Duration::from_secs(1800));
-        metrics.rpc("GetTask", "OK", Duration::from_millis(3));
+        metrics.rpc("WatchTask", "anonymous", "OK", Duration::from_secs(1800));
+        metrics.rpc("GetTask", "anonymous", "OK", Duration::from_millis(3));
         let text = metrics.encode(false);
         assert!(!text.contains("# EOF"), "{text}");
         for family in [

@@ -16,6 +16,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::callers::Callers;
+use crate::callers::layer::CallerAuthLayer;
+use crate::callers::quota::QuotaBook;
 use crate::config::Settings;
 use crate::create::Creator;
 use crate::create::attempts::{Attempts, FleetLedger};
@@ -60,6 +63,8 @@ pub struct Application {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     drain: Drain,
+    /// `None`: no caller tokens, every call is `anonymous`.
+    callers: Option<Callers>,
 }
 
 /// How the gateway stops: NOT_SERVING for `delay` while still serving,
@@ -87,6 +92,19 @@ impl Application {
                 )
             })?;
         let shutdown = CancellationToken::new();
+        // First: a bad callers file stops the start before anything else.
+        let callers = settings
+            .callers_file
+            .as_deref()
+            .map(Callers::load)
+            .transpose()?;
+        if let Some(callers) = &callers {
+            callers.spawn_reload(shutdown.clone());
+        }
+        // COORDINATOR: `mtls` is whether client certificates are verified
+        // (GATEWAY_TLS_CLIENT_CA_FILE set); mTLS alone also identifies callers.
+        let mtls = false;
+        warn_if_open(&grpc_listener, callers.is_some() || mtls);
         let metrics = Arc::new(Metrics::new());
         let kie = KieClient::new(&settings.upstream, metrics.clone())?;
         let hub = TaskHub::new(
@@ -153,7 +171,11 @@ impl Application {
                 shutdown.clone(),
             );
         }
+        // Counters on a connection of their own, like the limits': a quota
+        // check is on every create's path.
+        let quotas = QuotaBook::new(settings.redis.as_ref().map(Redis::new).transpose()?);
         let creator = Arc::new(Creator {
+            quotas: quotas.clone(),
             kie: kie.clone(),
             uploads: uploads.clone(),
             hub: hub.clone(),
@@ -168,7 +190,9 @@ impl Application {
             credentials: Credentials {
                 gateway: gateway_credential,
                 passthrough: settings.upstream.key_passthrough,
+                caller_tokens: callers.is_some(),
             },
+            quotas,
             watch: settings.watch,
             shutdown: shutdown.clone(),
             uploads,
@@ -193,6 +217,7 @@ impl Application {
                 delay: settings.drain_delay,
                 grace: settings.shutdown_grace,
             },
+            callers,
         })
     }
 
@@ -259,7 +284,13 @@ impl Application {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            // Outermost first: the refusal log sees the caller check's
+            // refusals too.
             .layer(RefusalLogLayer::new(self.metrics.clone()))
+            .layer(CallerAuthLayer::new(
+                self.callers,
+                <VideoGenerationServer<VideoGenerationService> as tonic::server::NamedService>::NAME,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -313,6 +344,22 @@ impl Application {
             tracing::warn!("task leases not all handed back; they lapse by themselves");
         }
         stopped
+    }
+}
+
+/// One warning when anyone who reaches the gRPC port beyond this host can
+/// spend the account's credits.
+fn warn_if_open(listener: &TcpListener, authenticated: bool) {
+    if let Ok(addr) = listener.local_addr()
+        && !addr.ip().is_loopback()
+        && !authenticated
+    {
+        tracing::warn!(
+            %addr,
+            "the gRPC listener is reachable beyond loopback with no caller authentication: \
+             anyone who reaches it spends this gateway's kie.ai credits; set \
+             GATEWAY_CALLERS_FILE (or client certificates)"
+        );
     }
 }
 

@@ -119,6 +119,13 @@ impl VideoGeneration for BareForwarder {
         Err(tonic::Status::unimplemented("bare forwarder"))
     }
 
+    async fn get_quota(
+        &self,
+        _: tonic::Request<hailuo_gateway::pb::GetQuotaRequest>,
+    ) -> Result<tonic::Response<hailuo_gateway::pb::GetQuotaResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare forwarder"))
+    }
+
     async fn upload_image(
         &self,
         _: tonic::Request<tonic::Streaming<hailuo_gateway::pb::UploadImageRequest>>,

@@ -185,7 +185,6 @@ pub async fn start_simulator_with(plan: &Plan, env: &[(&str, &str)]) -> anyhow::
 pub struct Gateway {
     pub proc: Proc,
     pub grpc_url: String,
-    pub http_url: String,
     /// The admin listener: metrics.
     pub admin_url: String,
 }
@@ -302,7 +301,6 @@ pub async fn start_gateway_with(
     Ok(Gateway {
         proc,
         grpc_url: format!("http://127.0.0.1:{grpc_port}"),
-        http_url,
         admin_url: format!("http://127.0.0.1:{admin_port}"),
     })
 }

@@ -168,6 +168,24 @@ fn image(field: &mut impl FnMut(&[u8]), source: Option<&ImageSource>) {
     }
 }
 
+/// The scope of a caller's request_ids: its kie.ai key and, when caller
+/// tokens are on, its name, so that two callers sharing the gateway's key
+/// never meet. Anonymous calls keep the key's scope alone.
+pub(crate) fn scope_for(caller: &crate::callers::Caller, key: &str) -> String {
+    if caller.is_anonymous() {
+        return scope_of(key);
+    }
+    let mut hasher = Sha256::new();
+    for part in [caller.name.as_bytes(), key.as_bytes()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The scope of a kie.ai key: a digest, so that the map never holds keys.
 pub(crate) fn scope_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());

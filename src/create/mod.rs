@@ -18,6 +18,8 @@ pub mod idempotency;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::callers::Caller;
+use crate::callers::quota::{self, QuotaBook};
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
 use crate::hub::TaskHub;
 use crate::kie::{
@@ -29,7 +31,7 @@ use crate::uploads::Uploader;
 use attempts::{Attempts, Ticket};
 use idempotency::{
     Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Settlement, fingerprint,
-    scope_of,
+    scope_for,
 };
 
 pub(crate) struct Creator {
@@ -41,10 +43,13 @@ pub(crate) struct Creator {
     pub(crate) metrics: Arc<Metrics>,
     /// Uploads the frames sent as bytes.
     pub(crate) uploads: Arc<Uploader>,
+    /// Each caller's quotas, counted before anything goes upstream.
+    pub(crate) quotas: Arc<QuotaBook>,
 }
 
 /// One attempt's inputs, moved onto its own task.
 struct Attempt {
+    caller: Caller,
     credential: Credential,
     input: CreateTaskInput,
     /// Bounds the wait for the gateway's own limits, not kie.ai's answer.
@@ -60,6 +65,7 @@ impl Creator {
     /// the caller's; `call_id` its x-request-id.
     pub(crate) async fn create(
         self: &Arc<Self>,
+        caller: Caller,
         credential: Credential,
         input: CreateTaskInput,
         deadline: Option<Duration>,
@@ -67,6 +73,7 @@ impl Creator {
     ) -> Result<String, GatewayError> {
         let request_id = input.request_id.clone();
         let attempt = Attempt {
+            caller,
             credential,
             input,
             admit_by: deadline,
@@ -101,7 +108,7 @@ impl Creator {
             return self.spawn(attempt).await;
         };
         let key = IdempotencyKey {
-            scope: scope_of(attempt.credential.key.expose()),
+            scope: scope_for(&attempt.caller, attempt.credential.key.expose()),
             request_id,
         };
         let fingerprint = fingerprint_of(&attempt.input).await;
@@ -143,8 +150,32 @@ impl Creator {
             .unwrap_or(Err(GatewayError::Internal("the create attempt panicked")))
     }
 
-    async fn run(&self, attempt: Attempt) -> Result<String, GatewayError> {
+    /// The attempt within its caller's quotas: counted first (a refusal
+    /// frees the request_id, as nothing was sent), handed back when kie.ai
+    /// certainly made no task, kept when it made one or may have.
+    async fn run(&self, mut attempt: Attempt) -> Result<String, GatewayError> {
+        let price = quota::price(attempt.input.duration, attempt.input.resolution);
+        let hold = match self.quotas.reserve(&attempt.caller, price).await {
+            Ok(hold) => hold,
+            Err(error) => {
+                if let Some(lease) = attempt.lease.take() {
+                    lease.settle(Settlement::NotCreated(&error));
+                }
+                return Err(error);
+            }
+        };
+        let result = self.attempt(attempt).await;
+        if let (Some(hold), Err(e)) = (hold, &result)
+            && !matches!(e, GatewayError::CreateOutcomeUnknown(_))
+        {
+            hold.release().await;
+        }
+        result
+    }
+
+    async fn attempt(&self, attempt: Attempt) -> Result<String, GatewayError> {
         let Attempt {
+            caller: _,
             credential,
             mut input,
             admit_by,

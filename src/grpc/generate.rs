@@ -25,11 +25,17 @@ impl VideoGenerationService {
         let created = async {
             let input = CreateTaskInput::try_from(message.create.unwrap_or_default())?;
             let repeatable = input.request_id.is_some();
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             let call_id = call.request_id.to_str().unwrap_or_default();
             let task_id = self
                 .creator
-                .create(credential.clone(), input, call.deadline, call_id)
+                .create(
+                    call.caller.clone(),
+                    credential.clone(),
+                    input,
+                    call.deadline,
+                    call_id,
+                )
                 .await?;
             Ok::<_, GatewayError>((task_id, credential, repeatable))
         }

@@ -20,6 +20,9 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::StatusExt;
 
+use crate::callers::Caller;
+use crate::callers::layer::CallerSlot;
+use crate::callers::quota::QuotaBook;
 use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
 use crate::error::{GatewayError, Severity, code_name};
@@ -29,8 +32,9 @@ use crate::metrics::Metrics;
 use crate::pb::video_generation_server::{VideoGeneration, VideoGenerationServer};
 use crate::pb::{
     CreateTaskRequest, CreateTaskResponse, GenerateVideoRequest, GetCreditsRequest,
-    GetCreditsResponse, GetDownloadLinksRequest, GetDownloadLinksResponse, GetTaskRequest,
-    GetTaskResponse, UploadImageRequest, UploadImageResponse, WatchTaskRequest,
+    GetCreditsResponse, GetDownloadLinksRequest, GetDownloadLinksResponse, GetQuotaRequest,
+    GetQuotaResponse, GetTaskRequest, GetTaskResponse, Quota, UploadImageRequest,
+    UploadImageResponse, WatchTaskRequest,
 };
 use crate::task::{CreateTaskInput, TaskId};
 use crate::uploads::Uploader;
@@ -47,12 +51,34 @@ pub(crate) struct Credentials {
     pub(crate) gateway: Option<Credential>,
     /// Take the caller's `authorization: Bearer` key when present.
     pub(crate) passthrough: bool,
+    /// Caller tokens are on: `authorization` carries the caller's token,
+    /// so a pass-through key comes in `x-kie-api-key` instead.
+    pub(crate) caller_tokens: bool,
 }
 
+/// The metadata key of a pass-through kie.ai key when caller tokens are on.
+pub const KIE_KEY_METADATA: &str = "x-kie-api-key";
+
 impl Credentials {
-    fn for_call(&self, metadata: &MetadataMap) -> Result<Credential, GatewayError> {
+    fn for_call(
+        &self,
+        metadata: &MetadataMap,
+        caller: &Caller,
+    ) -> Result<Credential, GatewayError> {
+        // A key the callers file gives this caller comes first: the
+        // operator chose it.
+        if let Some(key) = &caller.kie_key {
+            return Credential::new(key.clone(), KeySource::Gateway).ok_or(GatewayError::Internal(
+                "a caller's kie.ai key is not a valid header",
+            ));
+        }
+        let header = if self.caller_tokens {
+            KIE_KEY_METADATA
+        } else {
+            "authorization"
+        };
         if self.passthrough
-            && let Some(value) = metadata.get("authorization")
+            && let Some(value) = metadata.get(header)
         {
             let not_bearer =
                 GatewayError::MissingCallerKey("the authorization metadata is not `Bearer <key>`");
@@ -60,8 +86,15 @@ impl Credentials {
                 .to_str()
                 .ok()
                 .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
+                    let bearer = v
+                        .strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "));
+                    // x-kie-api-key takes the bare key, or Bearer <key>.
+                    if self.caller_tokens {
+                        Some(bearer.unwrap_or(v))
+                    } else {
+                        bearer
+                    }
                 })
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
@@ -84,6 +117,7 @@ pub(crate) struct VideoGenerationService {
     pub(crate) uploads: Arc<Uploader>,
     /// For the calls that are one kie.ai read: download links, credits.
     pub(crate) kie: KieClient,
+    pub(crate) quotas: Arc<QuotaBook>,
 }
 
 #[tonic::async_trait]
@@ -96,10 +130,16 @@ impl VideoGeneration for VideoGenerationService {
         let (metadata, _, message) = request.into_parts();
         let result = async {
             let input = CreateTaskInput::try_from(message)?;
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             let call_id = call.request_id.to_str().unwrap_or_default();
             self.creator
-                .create(credential, input, call.deadline, call_id)
+                .create(
+                    call.caller.clone(),
+                    credential,
+                    input,
+                    call.deadline,
+                    call_id,
+                )
                 .await
         }
         .await;
@@ -123,7 +163,7 @@ impl VideoGeneration for VideoGenerationService {
         call.task_id = loggable_id(&raw_id);
         let result = async {
             let task_id = TaskId::parse(raw_id)?;
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             self.hub.get(credential, task_id, call.deadline).await
         }
         .await;
@@ -149,7 +189,7 @@ impl VideoGeneration for VideoGenerationService {
         call.task_id = loggable_id(&raw_id);
         let subscribed = async {
             let task_id = TaskId::parse(raw_id)?;
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             let rx = self.hub.subscribe(credential, task_id);
             task_stream::first_observation(rx, &self.shutdown).await
         }
@@ -179,7 +219,7 @@ impl VideoGeneration for VideoGenerationService {
         let mut call = Call::start("UploadImage", &request, &self.metrics);
         let (metadata, _, stream) = request.into_parts();
         let result = async {
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             // Taken before the stream is read: the slots bound how many
             // images are held in memory at once.
             let slot = self.uploads.slot(&credential, call.deadline).await?;
@@ -219,7 +259,7 @@ impl VideoGeneration for VideoGenerationService {
         call.task_id = loggable_id(&raw_id);
         let result = async {
             let task_id = TaskId::parse(raw_id)?;
-            let credential = self.credentials.for_call(&metadata)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
             crate::downloads::fresh_links(&self.hub, &self.kie, credential, task_id, call.deadline)
                 .await
         }
@@ -242,7 +282,9 @@ impl VideoGeneration for VideoGenerationService {
     ) -> Result<Response<GetCreditsResponse>, Status> {
         let mut call = Call::start("GetCredits", &request, &self.metrics);
         let result = async {
-            let credential = self.credentials.for_call(request.metadata())?;
+            let credential = self
+                .credentials
+                .for_call(request.metadata(), &call.caller)?;
             Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
         }
         .await;
@@ -253,6 +295,68 @@ impl VideoGeneration for VideoGenerationService {
             }
             Err(e) => Err(call.fail(&e)),
         }
+    }
+
+    async fn get_quota(
+        &self,
+        request: Request<GetQuotaRequest>,
+    ) -> Result<Response<GetQuotaResponse>, Status> {
+        let mut call = Call::start("GetQuota", &request, &self.metrics);
+        match self.quotas.standing(&call.caller).await {
+            Ok(standing) => {
+                call.end(Outcome::Ok);
+                let q = call.caller.quotas;
+                let minute = timestamp(standing.minute_resets_ms());
+                let day = timestamp(standing.day_resets_ms());
+                #[allow(clippy::cast_precision_loss)]
+                let rows = [
+                    (
+                        "creates_per_minute",
+                        q.creates_per_minute.map(|l| l as f64),
+                        standing.creates_minute as f64,
+                        minute,
+                    ),
+                    (
+                        "creates_per_day",
+                        q.creates_per_day.map(|l| l as f64),
+                        standing.creates_day as f64,
+                        day,
+                    ),
+                    (
+                        "credits_per_day",
+                        q.credits_per_day,
+                        standing.credits_day,
+                        day,
+                    ),
+                ];
+                let quotas = rows
+                    .into_iter()
+                    .filter_map(|(name, limit, used, reset)| {
+                        let limit = limit?;
+                        Some(Quota {
+                            name: name.into(),
+                            limit,
+                            used,
+                            remaining: (limit - used).max(0.0),
+                            reset_time: Some(reset),
+                        })
+                    })
+                    .collect();
+                let caller = call.caller.name.to_string();
+                Ok(respond(
+                    &call.request_id,
+                    GetQuotaResponse { caller, quotas },
+                ))
+            }
+            Err(e) => Err(call.fail(&e)),
+        }
+    }
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: 0,
     }
 }
 
@@ -337,6 +441,8 @@ struct Call {
     deadline: Option<Duration>,
     /// The task id for the log line, once known.
     task_id: String,
+    /// Who called (the caller check put it in the request's extensions).
+    caller: Caller,
     metrics: Arc<Metrics>,
     logged: bool,
 }
@@ -363,6 +469,11 @@ impl Call {
             request_id,
             deadline: caller_deadline(metadata),
             task_id: String::new(),
+            caller: request
+                .extensions()
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or_else(Caller::anonymous),
             metrics: metrics.clone(),
             logged: false,
         }
@@ -400,6 +511,7 @@ impl Call {
             &self.metrics,
             Line {
                 method: self.method,
+                caller: &self.caller.name,
                 task_id: &self.task_id,
                 request_id: self.request_id.to_str().unwrap_or_default(),
                 latency: self.started.elapsed(),
@@ -418,6 +530,8 @@ impl Drop for Call {
 /// What identifies an RPC in its log line.
 struct Line<'a> {
     method: &'static str,
+    /// A name from the callers file or `anonymous`: bounded.
+    caller: &'a str,
     task_id: &'a str,
     request_id: &'a str,
     latency: Duration,
@@ -476,7 +590,12 @@ impl<'a> From<Outcome<'a>> for Ended<'a> {
 /// says who must act: the caller (info), nobody yet (warn), the operator
 /// (error).
 fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
-    metrics.rpc(line.method, code_name(ended.code), line.latency);
+    metrics.rpc(
+        line.method,
+        line.caller,
+        code_name(ended.code),
+        line.latency,
+    );
     // `tracing` needs a level known where the event is written: one arm per
     // level, the same fields in each.
     macro_rules! event {
@@ -484,6 +603,7 @@ fn log_rpc(metrics: &Metrics, line: Line<'_>, ended: &Ended<'_>) {
             tracing::event!(
                 $level,
                 method = line.method,
+                caller = line.caller,
                 task_id = line.task_id,
                 request_id = line.request_id,
                 code = ?ended.code,
@@ -581,6 +701,8 @@ where
         };
         let reached = HandlerReached::default();
         request.extensions_mut().insert(reached.clone());
+        let caller = CallerSlot::default();
+        request.extensions_mut().insert(caller.clone());
         let request_id = request
             .headers()
             .get(REQUEST_ID)
@@ -596,8 +718,10 @@ where
                 && let Some(status) = Status::from_header_map(response.headers())
                 && status.code() != Code::Ok
             {
+                let caller = caller.name();
                 let line = Line {
                     method,
+                    caller: &caller,
                     task_id: "",
                     request_id: &request_id,
                     latency: started.elapsed(),
@@ -643,6 +767,7 @@ fn our_method(path: &str) -> Option<&'static str> {
         "GetDownloadLinks" => Some("GetDownloadLinks"),
         "GetCredits" => Some("GetCredits"),
         "GenerateVideo" => Some("GenerateVideo"),
+        "GetQuota" => Some("GetQuota"),
         _ => None,
     }
 }

@@ -98,7 +98,7 @@ async fn generate_video_sends_the_task_id_first_then_each_state_and_ends_ok_afte
     let body = app.first_create_body().await;
     assert_eq!(body["input"]["prompt"], "a cat surfing a wave at sunset");
     let count = app
-        .metric(r#"hailuo_gateway_rpcs_total{method="GenerateVideo",code="OK"}"#)
+        .metric(r#"hailuo_gateway_rpcs_total{method="GenerateVideo",caller="anonymous",code="OK"}"#)
         .await;
     assert_eq!(count, Some(1.0), "counted once, under its own method");
 }
@@ -178,7 +178,8 @@ async fn a_stream_cancelled_midway_is_resumed_by_the_same_request_id_with_one_cr
     let seen = next(&mut first).await;
     assert_eq!(seen.task.expect("task").state(), TaskState::Waiting);
     drop(first);
-    let cancelled = r#"hailuo_gateway_rpcs_total{method="GenerateVideo",code="CANCELLED"}"#;
+    let cancelled =
+        r#"hailuo_gateway_rpcs_total{method="GenerateVideo",caller="anonymous",code="CANCELLED"}"#;
     assert!(
         wait_for(Duration::from_secs(10), || async {
             app.metric(cancelled).await == Some(1.0)

@@ -54,6 +54,11 @@ impl Caller {
         }
     }
 
+    /// The gateway's gRPC URL.
+    pub fn grpc_url(&self) -> String {
+        self.grpc_url.clone()
+    }
+
     /// A client on a connection of its own.
     pub async fn new_client(&self) -> VideoGenerationClient<Channel> {
         VideoGenerationClient::connect(self.grpc_url.clone())

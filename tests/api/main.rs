@@ -5,6 +5,8 @@ mod binary;
 mod helpers;
 mod redis_server;
 
+#[cfg(feature = "sandbox")]
+mod callers;
 mod create_outcome;
 mod create_task;
 mod credits;
@@ -21,6 +23,8 @@ mod get_task;
 #[cfg(feature = "sandbox")]
 mod metrics;
 mod proxy;
+#[cfg(feature = "sandbox")]
+mod quotas;
 mod reliability;
 mod rpc_logs;
 mod secrets;

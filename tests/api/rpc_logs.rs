@@ -115,7 +115,7 @@ async fn a_create_task_the_caller_cancelled_is_logged_and_counted() {
     assert_eq!(entry["level"], "INFO", "the caller's doing: {entry}");
     let metrics = caller.metrics().await;
     assert!(
-        metrics.contains(r#"hailuo_gateway_rpcs_total{method="CreateTask",code="CANCELLED"} 1"#),
+        metrics.contains(r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="anonymous",code="CANCELLED"} 1"#),
         "{metrics}"
     );
 }
@@ -147,7 +147,7 @@ async fn a_watch_whose_deadline_passes_before_its_first_message_is_counted() {
     let counted = wait_for(Duration::from_secs(5), || async {
         app.metrics()
             .await
-            .contains(r#"hailuo_gateway_rpcs_total{method="WatchTask",code="CANCELLED"} 1"#)
+            .contains(r#"hailuo_gateway_rpcs_total{method="WatchTask",caller="anonymous",code="CANCELLED"} 1"#)
     })
     .await;
     assert!(counted, "{}", app.metrics().await);
@@ -172,7 +172,7 @@ async fn a_request_tonic_cannot_decode_is_counted() {
 
     let counted = wait_for(Duration::from_secs(5), || async {
         app.metrics().await.contains(
-            r#"hailuo_gateway_rpcs_total{method="CreateTask",code="RESOURCE_EXHAUSTED"} 1"#,
+            r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="anonymous",code="RESOURCE_EXHAUSTED"} 1"#,
         )
     })
     .await;
@@ -378,7 +378,9 @@ async fn every_json_log_line_has_unique_keys_and_every_rpc_exactly_one_line_and_
         ("r-deadline", "WatchTask", "CANCELLED"),
     ];
     let series = |method: &str, code: &str| {
-        format!(r#"hailuo_gateway_rpcs_total{{method="{method}",code="{code}"}}"#)
+        format!(
+            r#"hailuo_gateway_rpcs_total{{method="{method}",caller="anonymous",code="{code}"}}"#
+        )
     };
     let mut wanted: HashMap<String, u32> = HashMap::new();
     for (_, method, code) in expected {

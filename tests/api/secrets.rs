@@ -94,3 +94,72 @@ async fn the_api_key_appears_in_no_log_line_status_or_metric() {
         }
     }
 }
+
+/// Caller tokens (GATEWAY_CALLERS_FILE) never show either: not the good
+/// one, not a wrong one, in no log line, status, metadata or metric.
+#[tokio::test]
+async fn caller_tokens_appear_in_no_log_line_status_or_metric() {
+    const GOOD: &str = "tok-good-51f0c3a9d7e24b68";
+    const WRONG: &str = "tok-wrong-0a9e7d3c5b1f4862";
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CREATE_PATH))
+        .respond_with(kie_ok(json!({"taskId": "t_ok"})))
+        .mount(&upstream)
+        .await;
+    let dir = std::env::temp_dir().join(format!("secrets-callers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("callers.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[caller]]\nname = \"team-a\"\ntoken_sha256 = \"{}\"\ncreates_per_minute = 100\n",
+            hailuo_gateway::callers::token_sha256_hex(GOOD)
+        ),
+    )
+    .expect("write");
+    let file_path = file.to_string_lossy().into_owned();
+    let mut gateway = start_gateway_with(
+        &upstream,
+        &[
+            ("RUST_LOG", "trace"),
+            ("GATEWAY_LOG_FORMAT", "json"),
+            ("GATEWAY_CALLERS_FILE", &file_path),
+        ],
+    )
+    .await;
+    let caller = gateway.caller().await;
+    let mut seen = Vec::new();
+    for token in [GOOD, WRONG, GOOD] {
+        let mut request = tonic::Request::new(valid_request());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        match caller.client.clone().create_task(request).await {
+            Ok(r) => seen.push(format!("{:?} {:?}", r.metadata(), r.get_ref())),
+            Err(s) => seen.push(format!("{s:?} {:?}", s.metadata())),
+        }
+    }
+    assert!(
+        seen[0].contains("t_ok") && seen[1].contains("Unauthenticated"),
+        "{seen:?}"
+    );
+    seen.push(caller.metrics().await);
+    sigterm(&gateway.child);
+    let _ = tokio::time::timeout(Duration::from_secs(7), gateway.child.wait()).await;
+    let mut logs = gateway.startup_logs.clone();
+    while let Ok(line) = gateway.logs.try_recv() {
+        logs.push(line);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        logs.iter().any(|l| l.contains("\"caller\":\"team-a\"")),
+        "the caller's name is on its RPC lines"
+    );
+    for secret in [GOOD, WRONG] {
+        for line in logs.iter().chain(seen.iter()) {
+            assert!(!line.contains(secret), "{secret:?} leaked in: {line}");
+        }
+    }
+}

@@ -437,8 +437,8 @@ async fn metrics_show_rpcs_upstream_calls_watchers_pollers_and_callbacks() {
     let text = app.metrics().await;
 
     for expected in [
-        "hailuo_gateway_rpcs_total{method=\"CreateTask\",code=\"OK\"} 1",
-        "hailuo_gateway_rpcs_total{method=\"CreateTask\",code=\"INVALID_ARGUMENT\"} 1",
+        "hailuo_gateway_rpcs_total{method=\"CreateTask\",caller=\"anonymous\",code=\"OK\"} 1",
+        "hailuo_gateway_rpcs_total{method=\"CreateTask\",caller=\"anonymous\",code=\"INVALID_ARGUMENT\"} 1",
         "hailuo_gateway_rpc_duration_seconds_count{method=\"CreateTask\"} 2",
         "hailuo_gateway_upstream_calls_total{endpoint=\"createTask\",kie_code=\"200\"} 1",
         "hailuo_gateway_active_watchers 0",

@@ -197,8 +197,52 @@ def run(check, client):
         return f"not ok {check.__name__}: {type(e).__name__}: {e} (line {where.lineno})"
 
 
+def with_a_token_the_caller_is_named_and_its_quota_shown(client, token):
+    quota = client.GetQuota(pb.GetQuotaRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10)
+    assert quota.caller == "python-team", quota
+    names = [q.name for q in quota.quotas]
+    assert names == ["creates_per_minute"], names
+    assert quota.quotas[0].limit == 5 and quota.quotas[0].remaining == 5, quota
+
+
+def without_a_token_a_call_is_unauthenticated_with_error_info(client, token):
+    status = expect_error(
+        lambda: client.CreateTask(pb.CreateTaskRequest(prompt="a cat", image_url=IMAGE), timeout=10),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "CALLER_UNAUTHENTICATED", info
+    assert info.domain == "hailuo-gateway", info
+    wrong = expect_error(
+        lambda: client.GetQuota(pb.GetQuotaRequest(), metadata=[("authorization", "Bearer " + token[::-1])],
+                                timeout=10),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert detail(wrong, error_details_pb2.ErrorInfo).reason == "CALLER_UNAUTHENTICATED"
+
+
+CALLER_CHECKS = [
+    with_a_token_the_caller_is_named_and_its_quota_shown,
+    without_a_token_a_call_is_unauthenticated_with_error_info,
+]
+
+
+def caller_tokens_main(addr, token):
+    """`--caller-tokens ADDR TOKEN`: a gateway with a callers file."""
+    lines = []
+    with grpc.insecure_channel(addr) as channel:
+        client = pb_grpc.VideoGenerationStub(channel)
+        for check in CALLER_CHECKS:
+            lines.append(run(lambda c: check(c, token), client).replace("<lambda>", check.__name__))
+    for line in lines:
+        print(line.replace("\n", " "))
+    return 1 if any(line.startswith("not ok") for line in lines) else 0
+
+
 def main():
     global SIMULATOR_URL
+    if sys.argv[1] == "--caller-tokens":
+        return caller_tokens_main(sys.argv[2], sys.argv[3])
     addr, SIMULATOR_URL = sys.argv[1], sys.argv[2]
     with grpc.insecure_channel(addr) as channel:
         client = pb_grpc.VideoGenerationStub(channel)

@@ -113,7 +113,7 @@ SANDBOX_KEY = "sandbox-key"
 class Gateway:
     """`hailuo-gateway --sandbox` on loopback, its log in target/clients."""
 
-    def __init__(self, log_name="gateway.log"):
+    def __init__(self, log_name="gateway.log", env=None):
         self.log_path = OUT / log_name
         self.log_path.write_text("")
         # Append mode: the gateway's stdout (its banner) and this process
@@ -134,6 +134,7 @@ class Gateway:
                 # Everything the gateway says about itself, for the secrets
                 # check at the end.
                 "RUST_LOG": "info,hailuo_gateway=trace",
+                **(env or {}),
             },
             start_new_session=True,
         )
@@ -299,6 +300,31 @@ def job_python_client(addr, simulator_url):
     result = run([VENV_BIN / "python", "tests/clients/python_client.py", addr, simulator_url],
                  env={"PYTHONPATH": str(OUT / "python")})
     return tap_lines([], result, "python")
+
+
+# A caller token for the second gateway, the one with a callers file.
+CALLER_TOKEN = "tok-python-" + uuid.uuid4().hex
+
+
+def job_python_caller_tokens(addr):
+    """A gateway of its own with GATEWAY_CALLERS_FILE: the Python client
+    with its token, and without one (UNAUTHENTICATED, ErrorInfo decoded)."""
+    import hashlib
+    callers = OUT / "callers.toml"
+    digest = hashlib.sha256(CALLER_TOKEN.encode()).hexdigest()
+    callers.write_text(f'[[caller]]\nname = "python-team"\ntoken_sha256 = "{digest}"\ncreates_per_minute = 5\n')
+    gateway = Gateway("gateway-callers.log", env={"GATEWAY_CALLERS_FILE": str(callers)})
+    try:
+        result = run([VENV_BIN / "python", "tests/clients/python_client.py", "--caller-tokens",
+                      gateway.addr, CALLER_TOKEN], env={"PYTHONPATH": str(OUT / "python")})
+    finally:
+        gateway.stop()
+    r = tap_lines([], result, "python caller tokens")
+    log = gateway.log_path.read_text(errors="replace")
+    check(r, "python caller tokens: the token is in no gateway log line", CALLER_TOKEN not in log)
+    check(r, "python caller tokens: the caller's name is on its RPC log lines",
+          re.search(r"caller=.?python-team", log), tail(log))
+    return r
 
 
 def job_node_client(addr):
@@ -695,6 +721,7 @@ JOBS = [
     job_grpcurl_generate,
     job_python_client,
     job_node_client,
+    job_python_caller_tokens,
     job_python_example,
     job_node_example,
     job_rust_example,

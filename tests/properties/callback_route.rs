@@ -34,11 +34,7 @@ fn callback_app() -> CallbackApp {
         .enable_all()
         .build()
         .expect("runtime");
-    let app = |hmac_key| {
-        let state = callback_state(hmac_key);
-        let metrics = state.metrics.clone();
-        router(state, metrics)
-    };
+    let app = |hmac_key| router(callback_state(hmac_key));
     CallbackApp {
         runtime,
         open: app(None),
