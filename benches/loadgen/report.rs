@@ -518,13 +518,17 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
     }
     let _ = writeln!(
         md,
-        "\n| concurrency | fleet (gateway + Redis) / single process with request_id | fleet / single process without request_id |\n|---|---|---|"
+        "\n| concurrency | fleet (gateway + Redis) / single process with request_id (the target) | fleet gateway alone / single process with request_id | fleet (gateway + Redis) / single process without request_id |\n|---|---|---|---|"
     );
     for &c in &plan.concurrency {
         let _ = writeln!(
             md,
-            "| {c} | {} | {} |",
+            "| {c} | {} | {} | {} |",
             f.show(&format!("fleet/cpu_ratio_vs_request_id/c{c}"), 2),
+            f.show(
+                &format!("fleet/cpu_ratio_gateway_only_vs_request_id/c{c}"),
+                2
+            ),
             f.show(&format!("fleet/cpu_ratio_vs_plain/c{c}"), 2),
         );
     }
