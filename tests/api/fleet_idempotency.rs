@@ -503,10 +503,10 @@ async fn replicas_with_different_ttls_agree_on_whose_lease_runs() {
         store(Duration::from_secs(3600)),
         store(Duration::from_secs(60)),
     );
-    let Reservation::Reserved(held) = long.clone().reserve(key("r-ttls"), [1; 32]).await else {
+    let Reservation::Reserved(held) = short.clone().reserve(key("r-ttls"), [1; 32]).await else {
         panic!("reserves");
     };
-    let waiter = tokio::spawn(short.clone().reserve(key("r-ttls"), [1; 32]));
+    let waiter = tokio::spawn(long.clone().reserve(key("r-ttls"), [1; 32]));
     tokio::time::sleep(lease * 3).await;
     assert!(!waiter.is_finished(), "the duplicate waits for the attempt");
     held.settle(Settlement::Created("t_ttls"));
@@ -516,9 +516,9 @@ async fn replicas_with_different_ttls_agree_on_whose_lease_runs() {
         .expect("waiter");
     assert!(matches!(seen, Reservation::Known(t) if t == "t_ttls"));
 
-    // The other way round: the short-TTL replica's attempt dies (its own
-    // runtime shut down mid-attempt, as with a SIGKILL); the long-TTL
-    // replica sees its lease lapse.
+    // The other way round: the long-TTL replica's attempt dies (its own
+    // runtime shut down mid-attempt, as with a SIGKILL); the short-TTL
+    // replica sees its lease lapse, not an hour later.
     let settings = redis.settings();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -528,12 +528,11 @@ async fn replicas_with_different_ttls_agree_on_whose_lease_runs() {
         runtime.block_on(async move {
             let dying = RedisIdempotencyStore::with_timings(
                 Redis::new(&settings).expect("redis"),
-                Duration::from_secs(60),
+                Duration::from_secs(3600),
                 lease,
                 LINGER,
             );
-            let Reservation::Reserved(held) = dying.reserve(key("r-ttls-2"), [2; 32]).await
-            else {
+            let Reservation::Reserved(held) = dying.reserve(key("r-ttls-2"), [2; 32]).await else {
                 panic!("reserves");
             };
             std::mem::forget(held);
@@ -544,7 +543,7 @@ async fn replicas_with_different_ttls_agree_on_whose_lease_runs() {
     .expect("the dying replica reserved");
     let seen = tokio::time::timeout(
         Duration::from_secs(5),
-        long.clone().reserve(key("r-ttls-2"), [2; 32]),
+        short.clone().reserve(key("r-ttls-2"), [2; 32]),
     )
     .await
     .expect("the lapse ends the wait");
