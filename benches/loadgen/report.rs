@@ -494,7 +494,8 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
          trip on the call's path, a pipeline of the reserve script behind the settle scripts \
          of the calls before it (a settle no reserve carries within 2 ms goes alone), plus \
          the replica's heartbeat each second). CPU per call is the gateway's, and Redis's beside \
-         it; the ratios add Redis's CPU to the fleet gateway's.\n"
+         it; the target's ratio adds Redis's CPU to the fleet gateway's (the fleet gateway alone is \
+         beside it).\n"
     );
     let _ = writeln!(
         md,
