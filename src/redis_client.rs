@@ -91,9 +91,13 @@ impl Redis {
             None => redis::Client::open(info),
         }
         .map_err(unusable)?;
+        // No response timeout of redis-rs's own: every call is already in
+        // [`Redis::call`]'s time box, which also covers a reconnect, and a
+        // second timer per call is CPU for nothing (neither timeout makes
+        // the manager reconnect: a time-out is not a dropped connection).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(None)
             .set_number_of_retries(CONNECT_RETRIES)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));

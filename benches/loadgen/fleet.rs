@@ -181,7 +181,15 @@ pub async fn fleet(
                 k("fleet_request_id", "cpu_gateway") + k("fleet_request_id", "cpu_redis");
             let vs_request_id = fleet_cpu / k("request_id", "cpu_gateway");
             let vs_plain = fleet_cpu / k("plain", "cpu_gateway");
+            // The gateway alone, beside: what moved into Redis's scripts is
+            // still paid for, so the target is read on the sum.
+            let gateway_only =
+                k("fleet_request_id", "cpu_gateway") / k("request_id", "cpu_gateway");
             figures.push(format!("fleet/cpu_ratio_vs_request_id/c{c}"), vs_request_id);
+            figures.push(
+                format!("fleet/cpu_ratio_gateway_only_vs_request_id/c{c}"),
+                gateway_only,
+            );
             figures.push(format!("fleet/cpu_ratio_vs_plain/c{c}"), vs_plain);
         }
     }

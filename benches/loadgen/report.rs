@@ -494,7 +494,8 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
          trip on the call's path, a pipeline of the reserve script behind the settle scripts \
          of the calls before it (a settle no reserve carries within 2 ms goes alone), plus \
          the replica's heartbeat each second). CPU per call is the gateway's, and Redis's beside \
-         it; the ratios add Redis's CPU to the fleet gateway's.\n"
+         it; the target's ratio adds Redis's CPU to the fleet gateway's (the fleet gateway alone is \
+         beside it).\n"
     );
     let _ = writeln!(
         md,
@@ -518,13 +519,17 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
     }
     let _ = writeln!(
         md,
-        "\n| concurrency | fleet (gateway + Redis) / single process with request_id | fleet / single process without request_id |\n|---|---|---|"
+        "\n| concurrency | fleet (gateway + Redis) / single process with request_id (the target) | fleet gateway alone / single process with request_id | fleet (gateway + Redis) / single process without request_id |\n|---|---|---|---|"
     );
     for &c in &plan.concurrency {
         let _ = writeln!(
             md,
-            "| {c} | {} | {} |",
+            "| {c} | {} | {} | {} |",
             f.show(&format!("fleet/cpu_ratio_vs_request_id/c{c}"), 2),
+            f.show(
+                &format!("fleet/cpu_ratio_gateway_only_vs_request_id/c{c}"),
+                2
+            ),
             f.show(&format!("fleet/cpu_ratio_vs_plain/c{c}"), 2),
         );
     }

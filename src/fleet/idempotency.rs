@@ -3,9 +3,11 @@
 //!
 //! One hash per request_id (`<prefix>:idem:{<scope>.<id digest>}`) holds
 //! its state; Lua scripts move it, so replicas racing on one key see one
-//! order. An attempt in flight holds a lease that its replica renews; a
-//! lease that lapses (the replica died mid-attempt) turns the key into an
-//! unknown outcome, never a free key: the request may have been sent.
+//! order. An attempt in flight holds a lease that its replica renews (the
+//! key's own expiry, lease + TTL while in flight: no clock read on a
+//! reserve's path); a lease that lapses (the replica died mid-attempt)
+//! turns the key into an unknown outcome, never a free key: the request
+//! may have been sent.
 //!
 //! Waiters poll the hash with a short back-off (woken at once when their
 //! own replica records an outcome): Redis is the truth, and a poll needs no
@@ -142,7 +144,7 @@ impl RedisIdempotencyStore {
         reserve
             .arg(fingerprint)
             .arg(attempt)
-            .arg(millis(self.lease))
+            .arg(millis(self.lease + self.ttl))
             .arg(millis(self.ttl))
             .arg(waited)
             .arg(&self.lapse);
@@ -183,11 +185,11 @@ async fn renew_leases(store: Weak<RedisIdempotencyStore>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(store) = store.upgrade() else { return };
-        let (lease_ms, ttl_ms) = (millis(store.lease), millis(store.ttl));
+        let expiry_ms = millis(store.lease + store.ttl);
         let mut pipe = redis::pipe();
         for held in store.local().values() {
             let mut renew = evalsha(&store.renew, &held.redis_key);
-            renew.arg(&held.attempt).arg(lease_ms).arg(ttl_ms);
+            renew.arg(&held.attempt).arg(expiry_ms);
             pipe.add_command(renew);
         }
         if pipe.is_empty() {

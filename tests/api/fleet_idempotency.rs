@@ -483,3 +483,72 @@ async fn an_attempt_in_flight_keeps_its_key_over_many_leases() {
         .expect("waiter");
     assert!(matches!(seen, Reservation::Known(t) if t == "t_long"));
 }
+
+#[tokio::test]
+async fn replicas_with_different_ttls_agree_on_whose_lease_runs() {
+    // The lease is the key's expiry past the attempt's own TTL: a replica
+    // that remembers request_ids for less (a settings change rolling out)
+    // must still see the attempt in flight, and see it lapse on time.
+    let redis = RedisServer::start().await;
+    let lease = Duration::from_millis(300);
+    let store = |ttl| {
+        RedisIdempotencyStore::with_timings(
+            Redis::new(&redis.settings()).expect("redis"),
+            ttl,
+            lease,
+            LINGER,
+        )
+    };
+    let (long, short) = (
+        store(Duration::from_secs(3600)),
+        store(Duration::from_secs(60)),
+    );
+    let Reservation::Reserved(held) = short.clone().reserve(key("r-ttls"), [1; 32]).await else {
+        panic!("reserves");
+    };
+    let waiter = tokio::spawn(long.clone().reserve(key("r-ttls"), [1; 32]));
+    tokio::time::sleep(lease * 3).await;
+    assert!(!waiter.is_finished(), "the duplicate waits for the attempt");
+    held.settle(Settlement::Created("t_ttls"));
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the outcome ends the wait")
+        .expect("waiter");
+    assert!(matches!(seen, Reservation::Known(t) if t == "t_ttls"));
+
+    // The other way round: the long-TTL replica's attempt dies (its own
+    // runtime shut down mid-attempt, as with a SIGKILL); the short-TTL
+    // replica sees its lease lapse, not an hour later.
+    let settings = redis.settings();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let dying = RedisIdempotencyStore::with_timings(
+                Redis::new(&settings).expect("redis"),
+                Duration::from_secs(3600),
+                lease,
+                LINGER,
+            );
+            let Reservation::Reserved(held) = dying.reserve(key("r-ttls-2"), [2; 32]).await else {
+                panic!("reserves");
+            };
+            std::mem::forget(held);
+        });
+        drop(runtime);
+    })
+    .join()
+    .expect("the dying replica reserved");
+    let seen = tokio::time::timeout(
+        Duration::from_secs(5),
+        short.clone().reserve(key("r-ttls-2"), [2; 32]),
+    )
+    .await
+    .expect("the lapse ends the wait");
+    assert!(
+        matches!(seen, Reservation::Unknown(_)),
+        "a lapsed attempt reads as unknown, never free"
+    );
+}

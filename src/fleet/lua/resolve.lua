@@ -5,7 +5,7 @@ local key = KEYS[1]
 if redis.call('HGET', key, 'st') ~= 'unknown' then
   return 0
 end
-redis.call('HDEL', key, 'lease', 'err', 'unk', 'until', 'lapsed')
+redis.call('HDEL', key, 'unk', 'until', 'lapsed')
 redis.call('HSET', key, 'st', 'done', 'task', ARGV[1])
-redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+redis.call('PEXPIRE', key, ARGV[2])
 return 1

@@ -6,26 +6,29 @@
 -- kept for the attempt's waiters.
 local key = KEYS[1]
 local attempt, kind, payload = ARGV[1], ARGV[2], ARGV[3]
-local ttl_ms, learn_ms, failed_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local h = redis.call('HMGET', key, 'st', 'at', 'lapsed')
 if h[2] ~= attempt then
   return 0
 end
-if not (h[1] == 'inflight' or (h[1] == 'unknown' and h[3] == '1')) then
+-- In flight, the hash holds only st, fp, at and ttl: nothing to clear.
+if h[1] == 'unknown' and h[3] == '1' then
+  redis.call('HDEL', key, 'unk', 'lapsed')
+elseif h[1] ~= 'inflight' then
   return 0
 end
-redis.call('HDEL', key, 'lease', 'task', 'err', 'unk', 'until', 'lapsed')
 if kind == 'created' then
   redis.call('HSET', key, 'st', 'done', 'task', payload)
-  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('PEXPIRE', key, ARGV[4])
 elseif kind == 'failed' then
   redis.call('HSET', key, 'st', 'failed', 'err', payload)
-  redis.call('PEXPIRE', key, failed_ms)
+  redis.call('PEXPIRE', key, ARGV[6])
 else
-  redis.call('HSET', key, 'st', 'unknown', 'unk', payload)
+  local learn_ms = tonumber(ARGV[5])
   if learn_ms > 0 then
-    redis.call('HSET', key, 'until', now() + learn_ms)
+    redis.call('HSET', key, 'st', 'unknown', 'unk', payload, 'until', now() + learn_ms)
+  else
+    redis.call('HSET', key, 'st', 'unknown', 'unk', payload)
   end
-  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('PEXPIRE', key, ARGV[4])
 end
 return 1
