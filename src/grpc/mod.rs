@@ -19,6 +19,7 @@ use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::StatusExt;
+use tracing::Instrument;
 
 use crate::config::{Secret, WatchSettings};
 use crate::create::Creator;
@@ -102,6 +103,7 @@ impl VideoGeneration for VideoGenerationService {
                 .create(credential, input, call.deadline, call_id)
                 .await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(task_id) => {
@@ -126,6 +128,7 @@ impl VideoGeneration for VideoGenerationService {
             let credential = self.credentials.for_call(&metadata)?;
             self.hub.get(credential, task_id, call.deadline).await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(task) => {
@@ -153,6 +156,7 @@ impl VideoGeneration for VideoGenerationService {
             let rx = self.hub.subscribe(credential, task_id);
             task_stream::first_observation(rx, &self.shutdown).await
         }
+        .instrument(call.span.clone())
         .await;
         let first_seen = match subscribed {
             Ok(first_seen) => first_seen,
@@ -193,6 +197,7 @@ impl VideoGeneration for VideoGenerationService {
                     .await?,
             )
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(uploaded) => {
@@ -223,6 +228,7 @@ impl VideoGeneration for VideoGenerationService {
             crate::downloads::fresh_links(&self.hub, &self.kie, credential, task_id, call.deadline)
                 .await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(links) => {
@@ -245,6 +251,7 @@ impl VideoGeneration for VideoGenerationService {
             let credential = self.credentials.for_call(request.metadata())?;
             Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(credits) => {
@@ -338,6 +345,9 @@ struct Call {
     task_id: String,
     metrics: Arc<Metrics>,
     logged: bool,
+    /// The call's trace span (`Span::none()` while traces are off); its
+    /// log line is written inside it.
+    span: tracing::Span,
 }
 
 impl Call {
@@ -364,6 +374,7 @@ impl Call {
             task_id: String::new(),
             metrics: metrics.clone(),
             logged: false,
+            span: crate::otel::rpc_span(method, metadata),
         }
     }
 
@@ -395,6 +406,8 @@ impl Call {
             }
             outcome => Ended::from(outcome),
         };
+        crate::otel::rpc_ended(&self.span, outcome.code, &self.task_id);
+        let _inside = self.span.enter();
         log_rpc(
             &self.metrics,
             Line {
