@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::binary::{BIN, exit_within, sigterm, start_gateway_at};
 use crate::helpers::*;
+use crate::rpc_logs::strict_json;
 
 const SIM_KEY: &str = "trace-key";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -266,15 +267,19 @@ async fn a_callers_trace_continues_through_the_gateway_to_kie_and_is_flushed_at_
     );
 
     // The RPC's log line carries the trace id.
-    let mut lines = Vec::new();
+    let mut lines = gateway.startup_logs.clone();
     while let Ok(Some(line)) =
         tokio::time::timeout(Duration::from_secs(5), gateway.logs.recv()).await
     {
         lines.push(line);
     }
-    let create_line = lines
+    // With spans in them, JSON lines stay strict JSON.
+    let entries: Vec<Value> = lines
         .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| strict_json(l).unwrap_or_else(|e| panic!("not strict JSON: {e}")))
+        .collect();
+    let create_line = entries
+        .iter()
         .find(|l| l["message"] == "rpc" && l["method"] == "CreateTask")
         .unwrap_or_else(|| panic!("no CreateTask line in {lines:#?}"));
     assert_eq!(
