@@ -19,6 +19,7 @@ pub mod hub;
 pub mod image;
 pub mod kie;
 pub mod metrics;
+mod otel;
 pub mod redis_client;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

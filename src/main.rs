@@ -73,7 +73,20 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let _logs = telemetry::init(args.log_format);
+    let mut logs = match telemetry::init_with_traces(args.log_format) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("hailuo-gateway: OTLP trace export: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let exit = serve_with(args).await;
+    // The drain's last spans leave before the process does.
+    logs.flush_traces().await;
+    exit
+}
+
+async fn serve_with(args: ServeArgs) -> ExitCode {
     if let Err(e) = args.check() {
         eprintln!("hailuo-gateway: {e}");
         return ExitCode::from(2);

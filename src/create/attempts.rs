@@ -352,7 +352,7 @@ impl Attempts {
             attempt += 1;
             match self
                 .kie
-                .record(credential, task_id, Some(VERIFY_TIMEOUT))
+                .record(credential, task_id, Some(VERIFY_TIMEOUT), 1)
                 .await
             {
                 Ok(record) => return Ok(record.call_back_url().as_deref() == Some(url)),

@@ -18,6 +18,8 @@ pub mod idempotency;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::callers::Caller;
 use crate::callers::quota::{self, QuotaBook};
 use crate::error::{GatewayError, OutcomeUnknown, Prospect};
@@ -145,7 +147,9 @@ impl Creator {
     /// Runs the attempt on its own task: the caller leaving (or its
     /// deadline ending) does not cut it.
     async fn spawn(self: Arc<Self>, attempt: Attempt) -> Result<String, GatewayError> {
-        tokio::spawn(async move { self.run(attempt).await })
+        // The attempt's upstream calls stay beneath the caller's RPC span.
+        let run = async move { self.run(attempt).await }.instrument(crate::otel::current());
+        tokio::spawn(run)
             .await
             .unwrap_or(Err(GatewayError::Internal("the create attempt panicked")))
     }

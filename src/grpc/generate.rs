@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt, stream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{Call, VideoGenerationService, respond, task_stream};
 use crate::error::GatewayError;
@@ -39,6 +40,7 @@ impl VideoGenerationService {
                 .await?;
             Ok::<_, GatewayError>((task_id, credential, repeatable))
         }
+        .instrument(call.span.clone())
         .await;
         let (task_id, credential, repeatable) = match created {
             Ok(created) => created,
@@ -51,7 +53,7 @@ impl VideoGenerationService {
         // Subscribed before the first message goes out, so that the first
         // read is already on its way.
         let subscription = TaskId::parse(task_id.clone())
-            .map(|id| self.hub.subscribe(credential, id))
+            .map(|id| call.span.in_scope(|| self.hub.subscribe(credential, id)))
             .map_err(GatewayError::from);
         let streamer = self.watch_streamer();
         let shutdown = self.shutdown.clone();

@@ -19,6 +19,7 @@ use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::StatusExt;
+use tracing::Instrument;
 
 use crate::callers::Caller;
 use crate::callers::layer::CallerSlot;
@@ -142,6 +143,7 @@ impl VideoGeneration for VideoGenerationService {
                 )
                 .await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(task_id) => {
@@ -166,6 +168,7 @@ impl VideoGeneration for VideoGenerationService {
             let credential = self.credentials.for_call(&metadata, &call.caller)?;
             self.hub.get(credential, task_id, call.deadline).await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(task) => {
@@ -193,6 +196,7 @@ impl VideoGeneration for VideoGenerationService {
             let rx = self.hub.subscribe(credential, task_id);
             task_stream::first_observation(rx, &self.shutdown).await
         }
+        .instrument(call.span.clone())
         .await;
         let first_seen = match subscribed {
             Ok(first_seen) => first_seen,
@@ -233,6 +237,7 @@ impl VideoGeneration for VideoGenerationService {
                     .await?,
             )
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(uploaded) => {
@@ -263,6 +268,7 @@ impl VideoGeneration for VideoGenerationService {
             crate::downloads::fresh_links(&self.hub, &self.kie, credential, task_id, call.deadline)
                 .await
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(links) => {
@@ -287,6 +293,7 @@ impl VideoGeneration for VideoGenerationService {
                 .for_call(request.metadata(), &call.caller)?;
             Ok::<_, GatewayError>(self.kie.credits(&credential, call.deadline).await?)
         }
+        .instrument(call.span.clone())
         .await;
         match result {
             Ok(credits) => {
@@ -445,6 +452,9 @@ struct Call {
     caller: Caller,
     metrics: Arc<Metrics>,
     logged: bool,
+    /// The call's trace span (`Span::none()` while traces are off); its
+    /// log line is written inside it.
+    span: tracing::Span,
 }
 
 impl Call {
@@ -476,6 +486,7 @@ impl Call {
                 .unwrap_or_else(Caller::anonymous),
             metrics: metrics.clone(),
             logged: false,
+            span: crate::otel::rpc_span(method, metadata),
         }
     }
 
@@ -507,6 +518,8 @@ impl Call {
             }
             outcome => Ended::from(outcome),
         };
+        crate::otel::rpc_ended(&self.span, outcome.code, &self.task_id);
+        let _inside = self.span.enter();
         log_rpc(
             &self.metrics,
             Line {

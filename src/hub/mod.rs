@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
@@ -194,7 +195,10 @@ impl TaskHub {
         });
         drop(pollers);
         self.inner.metrics.active_pollers.inc();
-        tokio::spawn(poll(self.inner.clone(), key, channel, wake));
+        // Its reads are traced beneath the call that started it.
+        let poller =
+            poll(self.inner.clone(), key, channel, wake).instrument(crate::otel::current());
+        tokio::spawn(poller);
         rx
     }
 
@@ -309,7 +313,7 @@ impl Inner {
             let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let error = match self
                 .kie
-                .record_info(&key.credential, &key.task_id, left)
+                .record_info(&key.credential, &key.task_id, left, attempt + 1)
                 .await
             {
                 Ok(task) => return Ok(task),
@@ -443,7 +447,7 @@ async fn poll(
         };
         let read = inner
             .kie
-            .record_info(&key.credential, &key.task_id, None)
+            .record_info(&key.credential, &key.task_id, None, failures + 1)
             .await;
         // The budget counts the read until its answer is in.
         drop(permit);

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 use url::Url;
 
 pub use error::{CreateOutcome, Endpoint, KeySource, UpstreamError, UpstreamErrorKind};
@@ -21,6 +22,7 @@ pub use gate::{CreateSlot, SharedCreateWindow};
 
 use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
+use crate::otel;
 use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
 pub use multipart::Multipart;
@@ -138,7 +140,7 @@ impl KieClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         let answer: Answer<Created> = self
-            .send(endpoint, credential, request, admit_by, None)
+            .send(endpoint, credential, request, admit_by, None, 1)
             .await?;
         let created = answer
             .data
@@ -167,11 +169,14 @@ impl KieClient {
             .header(CONTENT_TYPE, body.content_type())
             .header(CONTENT_LENGTH, body.content_length())
             .body(reqwest::Body::wrap(body));
+        // Not behind the gate: the uploader's own slots bound uploads.
+        let span = otel::upstream_span(endpoint.as_str(), 1);
         let started = Instant::now();
         let answer = self
-            .exchange::<Uploaded>(endpoint, credential, request, deadline)
+            .exchange::<Uploaded>(endpoint, credential, request, deadline, &span)
+            .instrument(span.clone())
             .await;
-        self.count(endpoint, &answer, started);
+        self.count(endpoint, &answer, started, &span);
         let uploaded = answer?
             .data
             .ok_or_else(|| bad_response(endpoint, credential, "code 200 without data".into()))?
@@ -206,7 +211,7 @@ impl KieClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         let answer: Answer<wire::Link> = self
-            .send(endpoint, credential, request, deadline, deadline)
+            .send(endpoint, credential, request, deadline, deadline, 1)
             .await?;
         let link = answer
             .data
@@ -233,7 +238,7 @@ impl KieClient {
         let endpoint = Endpoint::Credit;
         let request = self.http.request(Method::GET, self.credit_url.clone());
         let answer: Answer<wire::Credits> = self
-            .send(endpoint, credential, request, deadline, deadline)
+            .send(endpoint, credential, request, deadline, deadline, 1)
             .await?;
         answer
             .data
@@ -243,14 +248,16 @@ impl KieClient {
             .ok_or_else(|| bad_response(endpoint, credential, "data is not a number".into()))
     }
 
-    /// Reads a task's current state.
+    /// Reads a task's current state; `attempt` counts the tries of this
+    /// read (1 for the first), for its trace span.
     pub(crate) async fn record_info(
         &self,
         credential: &Credential,
         task_id: &TaskId,
         deadline: Option<Duration>,
+        attempt: u32,
     ) -> Result<pb::Task, UpstreamError> {
-        let record = self.record(credential, task_id, deadline).await?;
+        let record = self.record(credential, task_id, deadline, attempt).await?;
         Ok(record.into_task(task_id.as_str()))
     }
 
@@ -261,6 +268,7 @@ impl KieClient {
         credential: &Credential,
         task_id: &TaskId,
         deadline: Option<Duration>,
+        attempt: u32,
     ) -> Result<Record, UpstreamError> {
         let endpoint = Endpoint::RecordInfo;
         let mut url = self.record_url.clone();
@@ -268,7 +276,7 @@ impl KieClient {
             .append_pair("taskId", task_id.as_str());
         let request = self.http.request(Method::GET, url);
         let answer: Answer<Record> = match self
-            .send(endpoint, credential, request, deadline, deadline)
+            .send(endpoint, credential, request, deadline, deadline, attempt)
             .await
         {
             // kie.ai answers an unknown task with 422 "recordInfo is null"
@@ -288,7 +296,8 @@ impl KieClient {
     }
 
     /// One call: admitted by the gate within `admit_by`, then answered
-    /// within `deadline` (both capped by the upstream timeout).
+    /// within `deadline` (both capped by the upstream timeout); `attempt`
+    /// is for its trace span.
     async fn send<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
@@ -296,32 +305,52 @@ impl KieClient {
         request: reqwest::RequestBuilder,
         admit_by: Option<Duration>,
         deadline: Option<Duration>,
+        attempt: u32,
     ) -> Result<Answer<T>, UpstreamError> {
+        let span = otel::upstream_span(endpoint.as_str(), attempt);
         let started = Instant::now();
-        let _permit = self
+        let admitted = self
             .gate
             .admit(endpoint, admit_by)
-            .await
-            .map_err(|shed| UpstreamError {
-                endpoint,
-                key_source: credential.source,
-                retry_after: Some(shed.retry_after),
-                kind: UpstreamErrorKind::Shed {
-                    reason: shed.reason,
-                },
-            })?;
+            .instrument(span.clone())
+            .await;
+        otel::gate_waited(&span, started.elapsed());
+        let _permit = match admitted {
+            Ok(permit) => permit,
+            Err(shed) => {
+                otel::upstream_answered(&span, "shed", false);
+                return Err(UpstreamError {
+                    endpoint,
+                    key_source: credential.source,
+                    retry_after: Some(shed.retry_after),
+                    kind: UpstreamErrorKind::Shed {
+                        reason: shed.reason,
+                    },
+                });
+            }
+        };
         // Time spent waiting at the gate comes out of the caller's deadline.
         let deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
-        let answer = self.exchange(endpoint, credential, request, deadline).await;
-        self.count(endpoint, &answer, started);
+        let answer = self
+            .exchange(endpoint, credential, request, deadline, &span)
+            .instrument(span.clone())
+            .await;
+        self.count(endpoint, &answer, started, &span);
         answer
     }
 
-    fn count<T>(&self, endpoint: Endpoint, answer: &Result<T, UpstreamError>, started: Instant) {
+    fn count<T>(
+        &self,
+        endpoint: Endpoint,
+        answer: &Result<T, UpstreamError>,
+        started: Instant,
+        span: &tracing::Span,
+    ) {
         let code = match answer {
             Ok(_) => Cow::Borrowed("200"),
             Err(e) => Cow::Owned(e.code_label()),
         };
+        otel::upstream_answered(span, &code, answer.is_ok());
         self.metrics
             .upstream_call(endpoint.as_str(), code, started.elapsed());
     }
@@ -332,7 +361,12 @@ impl KieClient {
         credential: &Credential,
         request: reqwest::RequestBuilder,
         deadline: Option<Duration>,
+        span: &tracing::Span,
     ) -> Result<Answer<T>, UpstreamError> {
+        let mut request = request;
+        for (name, value) in otel::trace_headers(span) {
+            request = request.header(name, value);
+        }
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         let fail = |kind| UpstreamError {
             endpoint,
@@ -347,6 +381,7 @@ impl KieClient {
             .await
             .map_err(|e| fail(transport_failure(&e)))?;
         let status = response.status();
+        otel::upstream_status(span, status.as_u16());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)

@@ -114,6 +114,9 @@ pub struct RecordedRequest {
     /// The whole-simulator fault applied to it, if any (`drop`, `html502`, `error500`).
     pub fault: Option<String>,
     pub received_ms: u64,
+    /// The W3C `traceparent` header, as sent (a traced gateway sends it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One callback POST tried.

@@ -138,6 +138,11 @@ async fn handle(
         bearer: api::bearer(&parts.headers).is_some(),
         fault: fault.map(|f| f.as_str().to_owned()),
         received_ms: tasks::now_ms(),
+        traceparent: parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     let endpoint = endpoint(host, &path);
     let body = match (host, fault) {

@@ -33,6 +33,8 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+#[cfg(feature = "sandbox")]
+mod tracing;
 mod transport;
 mod uploads;
 mod validation;

@@ -236,7 +236,7 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
-fn strict_json(line: &str) -> Result<Value, String> {
+pub(crate) fn strict_json(line: &str) -> Result<Value, String> {
     serde_json::from_str::<UniqueKeys>(line)
         .map(|UniqueKeys(value)| value)
         .map_err(|e| format!("{e}: {line}"))
