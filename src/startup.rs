@@ -77,7 +77,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
         // Read now: a bad certificate or key stops the start.
-        let grpc_tls = settings.grpc_tls.as_ref().map(ServerTls::load).transpose()?;
+        let grpc_tls = settings
+            .grpc_tls
+            .as_ref()
+            .map(ServerTls::load)
+            .transpose()?;
         let http_listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
@@ -275,8 +279,7 @@ impl Application {
             }),
             Some(tls) => {
                 tls.spawn_reload(self.shutdown.clone());
-                let incoming =
-                    crate::tls::incoming(self.grpc_listener, tls, self.shutdown.clone());
+                let incoming = crate::tls::incoming(self.grpc_listener, tls, self.shutdown.clone());
                 tokio::spawn(async move {
                     Ok(router
                         .serve_with_incoming_shutdown(incoming, stopping)

@@ -237,7 +237,13 @@ fn log_loaded(settings: &TlsSettings, leaf: &CertificateDer<'_>, message: &str) 
     let cert_file = settings.cert_file.display().to_string();
     let client_certificates = settings.client_ca_file.is_some();
     if expired {
-        tracing::warn!(cert_file, serial, not_after, client_certificates, "{message}: the certificate is outside its validity period");
+        tracing::warn!(
+            cert_file,
+            serial,
+            not_after,
+            client_certificates,
+            "{message}: the certificate is outside its validity period"
+        );
     } else {
         tracing::info!(
             cert_file,
@@ -378,8 +384,7 @@ async fn accept_loop(
         let accepted = accepted.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %remote, error = %e, "TLS handshake failed");

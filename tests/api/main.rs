@@ -27,6 +27,7 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+mod tls;
 mod transport;
 mod uploads;
 mod validation;
