@@ -81,10 +81,9 @@ impl ConnectArgs {
 
     /// TLS for an https:// address: the system's roots, `--ca-file` and,
     /// for mutual TLS, `--cert-file` and `--key-file`.
-    fn tls(&self) -> Result<ClientTlsConfig, Failure> {
+    fn tls(&self) -> Result<ClientTlsConfig, String> {
         let read = |path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Failure::Connect(format!("cannot read {}: {e}", path.display())))
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
         let mut tls = ClientTlsConfig::new().with_native_roots();
         if let Some(ca) = &self.ca_file {
@@ -361,7 +360,7 @@ async fn connect(args: &ConnectArgs) -> Result<VideoGenerationClient<Channel>, F
         .connect_timeout(CONNECT_TIMEOUT);
     if endpoint.uri().scheme_str() == Some("https") {
         endpoint = endpoint
-            .tls_config(args.tls()?)
+            .tls_config(args.tls().map_err(Failure::Connect)?)
             .map_err(|e| Failure::Connect(format!("TLS for {addr}: {e}")))?;
     }
     let channel = endpoint
