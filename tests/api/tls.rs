@@ -522,17 +522,24 @@ async fn half_a_tls_configuration_or_a_mismatched_pair_stops_the_start_with_one_
     let key = dir.write("key.pem", &server.key);
     let other_key = dir.write("other.key", &other.key);
     let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    let run = |env: Vec<(&str, String)>| {
-        let mut command = std::process::Command::new(BIN);
-        command
+    // A gateway that starts anyway would serve forever: killed after 20 s.
+    let run = async |env: Vec<(&str, String)>| {
+        let child = tokio::process::Command::new(BIN)
             .env_clear()
             .env("KIE_API_KEY", TEST_KEY)
             .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
             .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
             .envs(env)
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        command.output().expect("run the gateway")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the gateway");
+        tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("the gateway exits at once")
+            .expect("its output")
     };
 
     for (env, wanted) in [
@@ -549,7 +556,7 @@ async fn half_a_tls_configuration_or_a_mismatched_pair_stops_the_start_with_one_
             "GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE",
         ),
     ] {
-        let output = run(env);
+        let output = run(env).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -559,7 +566,8 @@ async fn half_a_tls_configuration_or_a_mismatched_pair_stops_the_start_with_one_
     let output = run(vec![
         ("GATEWAY_TLS_CERT_FILE", path(&cert)),
         ("GATEWAY_TLS_KEY_FILE", path(&other_key)),
-    ]);
+    ])
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("do not make a pair"), "{stderr}");
