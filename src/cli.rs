@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Args, ValueEnum};
 use futures_util::{Stream, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
@@ -54,6 +54,20 @@ pub(crate) struct ConnectArgs {
     // the usage line of a missing-argument error, as if it were required.
     #[arg(long, value_name = "URL")]
     addr: Option<String>,
+
+    /// PEM CA bundle that signs the gateway's certificate, for an
+    /// https:// address (trusted beside the system's roots).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for a gateway that asks for one (mutual
+    /// TLS); with --key-file.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
@@ -63,6 +77,22 @@ impl ConnectArgs {
             .clone()
             .or_else(|| std::env::var(ADDR_VAR).ok().filter(|a| !a.is_empty()))
             .unwrap_or_else(|| DEFAULT_ADDR.to_owned())
+    }
+
+    /// TLS for an https:// address: the system's roots, `--ca-file` and,
+    /// for mutual TLS, `--cert-file` and `--key-file`.
+    fn tls(&self) -> Result<ClientTlsConfig, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
     }
 }
 
@@ -241,7 +271,7 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
             .into_fields(),
         None => Default::default(),
     };
-    let mut client = connect(&args.connect.addr()).await?;
+    let mut client = connect(&args.connect).await?;
     let request = CreateTaskRequest {
         prompt: args.prompt,
         prompt_optimizer: args.prompt_optimizer,
@@ -294,7 +324,7 @@ async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
 }
 
 async fn run_get(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr()).await?;
+    let mut client = connect(&args.connect).await?;
     let task = client
         .get_task(unary(GetTaskRequest {
             task_id: args.task_id,
@@ -308,7 +338,7 @@ async fn run_get(args: TaskArgs) -> Result<(), Failure> {
 }
 
 async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr()).await?;
+    let mut client = connect(&args.connect).await?;
     let stream = client
         .watch_task(WatchTaskRequest {
             task_id: args.task_id,
@@ -323,10 +353,16 @@ async fn run_watch(args: TaskArgs) -> Result<(), Failure> {
     .await
 }
 
-async fn connect(addr: &str) -> Result<VideoGenerationClient<Channel>, Failure> {
-    let endpoint = Endpoint::from_shared(addr.to_string())
+async fn connect(args: &ConnectArgs) -> Result<VideoGenerationClient<Channel>, Failure> {
+    let addr = &args.addr();
+    let mut endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| Failure::Connect(format!("bad --addr {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT);
+    if endpoint.uri().scheme_str() == Some("https") {
+        endpoint = endpoint
+            .tls_config(args.tls().map_err(Failure::Connect)?)
+            .map_err(|e| Failure::Connect(format!("TLS for {addr}: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
@@ -553,7 +589,7 @@ pub async fn download(args: DownloadArgs) -> ExitCode {
 /// Asks for fresh links (a task's recorded URLs expire after about 24 h),
 /// then saves each video and prints where.
 async fn run_download(args: DownloadArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.connect.addr()).await?;
+    let mut client = connect(&args.connect).await?;
     let links = client
         .get_download_links(unary(GetDownloadLinksRequest {
             task_id: args.task_id.clone(),

@@ -67,6 +67,11 @@ pub mod defaults {
     // Credits (issue 13).
     pub const CREDITS_REFRESH: Duration = Duration::from_secs(300);
     pub const CREDITS_WARN_BELOW: f64 = 100.0;
+
+    // TLS on the gRPC listener (issue 17).
+    /// How often the certificate, key and client CA files are read again:
+    /// cert-manager renews well before expiry, so seconds are plenty.
+    pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 /// A secret: a kie.ai API key, or the key kie.ai signs its callbacks with.
@@ -376,6 +381,26 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX, value_parser = redis_prefix)]
     pub redis_prefix: String,
 
+    // === TLS on the gRPC listener ===
+    /// PEM certificate chain of the gRPC listener (leaf first); with
+    /// --tls-key-file it turns TLS on. Re-read when it changes.
+    #[arg(long, env = "GATEWAY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GATEWAY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM bundle of the CA(s) whose client certificates are accepted:
+    /// turns client-certificate verification (mutual TLS) on, and a call
+    /// without a valid certificate fails its handshake.
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a change.
+    #[arg(long, env = "GATEWAY_TLS_RELOAD_INTERVAL", default_value_t = human(defaults::TLS_RELOAD_INTERVAL))]
+    pub tls_reload_interval: humantime::Duration,
+
     // === Image uploads ===
     /// Base URL of kie.ai's file upload API (another host than its API).
     #[arg(long, env = "KIE_UPLOAD_BASE_URL", default_value = defaults::KIE_UPLOAD_BASE_URL)]
@@ -578,6 +603,29 @@ pub struct RedisTlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
+/// TLS on the gRPC listener: PEM files, read at start (a bad one stops the
+/// start) and again whenever they change (a bad change keeps the last good
+/// ones).
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Set: every caller must present a certificate signed by one of these.
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Duration,
+}
+
+impl TlsSettings {
+    pub fn new(cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        Self {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file: None,
+            reload_interval: defaults::TLS_RELOAD_INTERVAL,
+        }
+    }
+}
+
 /// Image uploads to kie.ai's file storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadSettings {
@@ -624,6 +672,9 @@ pub struct Settings {
     /// Set: callers need a token from this file (see `callers/`).
     pub callers_file: Option<PathBuf>,
     pub grpc_addr: SocketAddr,
+    /// Set: the gRPC listener speaks TLS only. The HTTP listener never does
+    /// (kie.ai's callbacks; TLS ends at the ingress in front of it).
+    pub grpc_tls: Option<TlsSettings>,
     pub http_addr: SocketAddr,
     /// Metrics and a liveness probe, apart from the callback listener.
     pub admin_addr: SocketAddr,
@@ -656,6 +707,7 @@ impl Settings {
             callbacks: CallbackSettings::default(),
             callers_file: None,
             grpc_addr: loopback,
+            grpc_tls: None,
             http_addr: loopback,
             admin_addr: loopback,
             watch: WatchSettings::default(),
@@ -710,6 +762,7 @@ impl ServeArgs {
             ("GATEWAY_CALLBACK_SAFETY_POLL", self.callback_safety_poll),
             ("GATEWAY_WATCH_HEARTBEAT", self.watch_heartbeat),
             ("GATEWAY_WATCH_MAX_DURATION", self.watch_max_duration),
+            ("GATEWAY_TLS_RELOAD_INTERVAL", self.tls_reload_interval),
         ];
         let zero: Vec<&str> = intervals
             .iter()
@@ -728,7 +781,37 @@ impl ServeArgs {
                 self.watch_heartbeat, self.watch_max_duration
             )));
         }
-        Ok(())
+        self.check_tls()
+    }
+
+    /// Half a TLS configuration is refused rather than served in plaintext.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => Err(ConfigError(
+                "GATEWAY_TLS_CERT_FILE is set without GATEWAY_TLS_KEY_FILE: set both (or --tls-cert-file and --tls-key-file) to turn TLS on, or neither".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError(
+                "GATEWAY_TLS_KEY_FILE is set without GATEWAY_TLS_CERT_FILE: set both (or --tls-cert-file and --tls-key-file) to turn TLS on, or neither".into(),
+            )),
+            (None, None) if self.tls_client_ca_file.is_some() => Err(ConfigError(
+                "GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE: client certificates are only asked for over TLS".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// TLS on the gRPC listener, when both files are named (`check` refuses
+    /// one without the other).
+    fn grpc_tls(&self) -> Option<TlsSettings> {
+        let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return None;
+        };
+        Some(TlsSettings {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: self.tls_client_ca_file.clone(),
+            reload_interval: self.tls_reload_interval.into(),
+        })
     }
 
     /// Settings with the flags applied, pointing at `base_url` with `api_key`.
@@ -768,6 +851,7 @@ impl ServeArgs {
             },
             callers_file: self.callers_file.clone(),
             grpc_addr: self.grpc_addr,
+            grpc_tls: self.grpc_tls(),
             http_addr: self.http_addr,
             admin_addr: self.admin_addr,
             watch: WatchSettings {

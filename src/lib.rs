@@ -29,6 +29,7 @@ pub mod simulator;
 pub mod startup;
 pub mod task;
 pub mod telemetry;
+pub mod tls;
 pub mod uploads;
 
 /// The generated `hailuo.v1` messages, client and server.

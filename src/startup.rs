@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::video_generation_server::VideoGenerationServer;
 use crate::redis_client::Redis;
+use crate::tls::ServerTls;
 use crate::uploads::Uploader;
 
 /// Streams one HTTP/2 connection may carry at once; high enough for a
@@ -54,6 +55,8 @@ const HAND_BACK_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct Application {
     grpc_listener: TcpListener,
+    /// Set: the gRPC listener speaks TLS only.
+    grpc_tls: Option<Arc<ServerTls>>,
     http_listener: TcpListener,
     /// Metrics, apart from the (public) callback listener.
     admin_listener: TcpListener,
@@ -80,6 +83,12 @@ impl Application {
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
+        // Read now: a bad certificate or key stops the start.
+        let grpc_tls = settings
+            .grpc_tls
+            .as_ref()
+            .map(ServerTls::load)
+            .transpose()?;
         let http_listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
@@ -101,9 +110,11 @@ impl Application {
         if let Some(callers) = &callers {
             callers.spawn_reload(shutdown.clone());
         }
-        // COORDINATOR: `mtls` is whether client certificates are verified
-        // (GATEWAY_TLS_CLIENT_CA_FILE set); mTLS alone also identifies callers.
-        let mtls = false;
+        // Verified client certificates also authenticate callers.
+        let mtls = settings
+            .grpc_tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
         warn_if_open(&grpc_listener, callers.is_some() || mtls);
         let metrics = Arc::new(Metrics::new());
         let kie = KieClient::new(&settings.upstream, metrics.clone())?;
@@ -206,6 +217,7 @@ impl Application {
         };
         Ok(Self {
             grpc_listener,
+            grpc_tls,
             http_listener,
             admin_listener,
             service,
@@ -268,6 +280,7 @@ impl Application {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
         let admin_addr = self.admin_addr();
+        let grpc_tls = self.grpc_tls.is_some();
         let (health, health_service) = HealthSwitch::serving(self.shutdown.clone()).await;
 
         let reflection = || {
@@ -279,7 +292,7 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let grpc = Server::builder()
+        let router = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -303,14 +316,29 @@ impl Application {
                     .accept_compressed(CompressionEncoding::Zstd)
                     .send_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Zstd),
-            )
-            .serve_with_incoming_shutdown(
+            );
+        let stopping = self.shutdown.clone().cancelled_owned();
+        // Health and reflection are on the same listener, TLS or not.
+        let grpc: ServerTask = match self.grpc_tls.clone() {
+            None => tokio::spawn(async move {
                 // tonic ignores the builder's `tcp_nodelay` for a listener
                 // of our own: without it, a stream's next message waited
                 // for the client's delayed ACK (~40 ms) behind the last one.
-                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
-                self.shutdown.clone().cancelled_owned(),
-            );
+                let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+                Ok(router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await?)
+            }),
+            Some(tls) => {
+                tls.spawn_reload(self.shutdown.clone());
+                let incoming = crate::tls::incoming(self.grpc_listener, tls, self.shutdown.clone());
+                tokio::spawn(async move {
+                    Ok(router
+                        .serve_with_incoming_shutdown(incoming, stopping)
+                        .await?)
+                })
+            }
+        };
         // Small answers must not wait for a delayed ACK (Nagle).
         let http_listener = wrap(self.http_listener).tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -327,11 +355,11 @@ impl Application {
         .with_graceful_shutdown(self.shutdown.clone().cancelled_owned());
 
         let servers = Servers {
-            grpc: Some(tokio::spawn(async move { Ok(grpc.await?) })),
+            grpc: Some(grpc),
             http: Some(tokio::spawn(async move { Ok(http.await?) })),
             admin: Some(tokio::spawn(async move { Ok(admin.await?) })),
         };
-        tracing::info!(%grpc_addr, %http_addr, %admin_addr, "gateway ready");
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, grpc_tls, "gateway ready");
         let not_serving = health.not_serving();
         let stopped = supervise(servers, stop, not_serving, &self.shutdown, self.drain).await;
         // The pollers stopped with the servers. Without the hand-back, the

@@ -45,11 +45,10 @@ impl CallerSlot {
     }
 }
 
-/// The identity a verified client certificate gives the call.
-/// COORDINATOR: wire `crate::tls::peer_identity(extensions)` here once the
-/// TLS room exists; it is the one place a certificate identity enters.
-fn cert_identity(_extensions: &http::Extensions) -> Option<&str> {
-    None
+/// The one place a certificate identity enters: the verified client
+/// certificate's SPIFFE URI or DNS name (mTLS only).
+fn cert_identity(extensions: &http::Extensions) -> Option<&str> {
+    crate::tls::peer_identity(extensions)
 }
 
 #[derive(Clone)]
@@ -88,13 +87,9 @@ impl CallerAuthLayer {
 }
 
 /// The peer's address, as tonic's listener records it.
-/// COORDINATOR: behind the TLS acceptor the info is
-/// `TlsConnectInfo<TcpConnectInfo>`; read it here too.
+/// The peer's address over plaintext or TLS.
 fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
-    extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
-        .map(|addr| addr.ip())
+    crate::tls::peer_addr(extensions).map(|addr| addr.ip())
 }
 
 impl<S> tower::Layer<S> for CallerAuthLayer {

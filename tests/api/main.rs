@@ -33,6 +33,7 @@ mod shutdown;
 mod simulator_e2e;
 mod status_mapping;
 mod supervision;
+mod tls;
 #[cfg(feature = "sandbox")]
 mod tracing;
 mod transport;

@@ -113,7 +113,7 @@ SANDBOX_KEY = "sandbox-key"
 class Gateway:
     """`hailuo-gateway --sandbox` on loopback, its log in target/clients."""
 
-    def __init__(self, log_name="gateway.log", env=None):
+    def __init__(self, log_name="gateway.log", env=None, extra_args=()):
         self.log_path = OUT / log_name
         self.log_path.write_text("")
         # Append mode: the gateway's stdout (its banner) and this process
@@ -121,7 +121,7 @@ class Gateway:
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [str(GATEWAY), "--sandbox", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-             "--admin-addr", "127.0.0.1:0"],
+             "--admin-addr", "127.0.0.1:0", *[str(a) for a in extra_args]],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -716,6 +716,95 @@ def job_cli_image_download(addr):
     return r
 
 
+# === TLS: a second sandbox gateway with client certificates required ===
+
+
+def make_pki(directory):
+    """A CA, the gateway's certificate (localhost, 127.0.0.1) and a client's
+    (a SPIFFE URI SAN), made with the openssl CLI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    openssl = ["openssl"]
+
+    def ok(cmd):
+        result = run([*openssl, *cmd])
+        if result.code != 0:
+            raise RuntimeError(f"openssl {cmd[0]}: {result}")
+
+    ca_key, ca = directory / "ca.key", directory / "ca.pem"
+    ok(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=hailuo-gateway clients test CA", "-keyout", ca_key, "-out", ca,
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+
+    def leaf(name, san, usage):
+        key, csr, cert, ext = (directory / f"{name}.{x}" for x in ("key", "csr", "pem", "ext"))
+        ext.write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n")
+        ok(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", key, "-out", csr])
+        ok(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+            "-extfile", ext, "-out", cert])
+        return cert, key
+
+    server = leaf("gateway", "DNS:localhost,IP:127.0.0.1", "serverAuth")
+    client = leaf("client", "URI:spiffe://clients.test/ns/ci/sa/run-py,DNS:run-py.clients.test", "clientAuth")
+    return ca, server, client
+
+
+PYTHON_TLS = """
+import sys, grpc
+from grpc_status import rpc_status
+from hailuo.v1 import video_generation_pb2 as pb
+from hailuo.v1 import video_generation_pb2_grpc as pb_grpc
+addr, ca, cert, key = sys.argv[1:5]
+read = lambda p: open(p, "rb").read()
+creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+with grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+    stub = pb_grpc.VideoGenerationStub(channel)
+    try:
+        stub.GetTask(pb.GetTaskRequest(task_id="no-such-task"), timeout=10)
+        print("answered OK")
+    except grpc.RpcError as e:
+        # A status with google.rpc details can only come from the gateway.
+        status = rpc_status.from_call(e)
+        print(f"answered {e.code().name} details={status is not None}")
+"""
+
+
+def job_tls(_addr):
+    """grpcurl (-cacert, -cert/-key) and Python grpcio (ssl_channel_credentials)
+    against a gateway with TLS and client certificates on."""
+    r = []
+    if run(["openssl", "version"]).code != 0:
+        check(r, "tls: openssl is installed (it makes the certificates)", False, "openssl not found")
+        return r
+    ca, (cert, key), (client_cert, client_key) = make_pki(OUT / "tls")
+    gateway = Gateway("gateway-tls.log", ["--tls-cert-file", cert, "--tls-key-file", key,
+                                          "--tls-client-ca-file", ca])
+    try:
+        addr = gateway.addr.replace("127.0.0.1", "localhost")
+        grpcurl = [VENV_BIN / "grpcurl", "-connect-timeout", "5", "-max-time", "30", "-cacert", ca]
+        mtls = [*grpcurl, "-cert", client_cert, "-key", client_key]
+        listed = run([*mtls, addr, "list"])
+        check(r, "tls: grpcurl -cacert -cert -key lists the service through reflection over mutual TLS",
+              listed.code == 0 and "hailuo.v1.VideoGeneration" in listed.out.split(), listed)
+        health = run([*mtls, addr, "grpc.health.v1.Health/Check"])
+        check(r, "tls: grpcurl health Check over mutual TLS is SERVING",
+              health.code == 0 and '"SERVING"' in health.out, health)
+        no_cert = run([*grpcurl, addr, "list"])
+        check(r, "tls: grpcurl without a client certificate is refused",
+              no_cert.code != 0 and "hailuo.v1.VideoGeneration" not in no_cert.out, no_cert)
+        plaintext = run([VENV_BIN / "grpcurl", "-plaintext", "-connect-timeout", "5", "-max-time", "30",
+                         addr, "list"])
+        check(r, "tls: grpcurl -plaintext gets nothing from the TLS listener",
+              plaintext.code != 0 and "hailuo.v1.VideoGeneration" not in plaintext.out, plaintext)
+        python = run([VENV_BIN / "python", "-c", PYTHON_TLS, gateway.addr, ca, client_cert, client_key],
+                     env={"PYTHONPATH": str(OUT / "python")})
+        check(r, "tls: Python grpcio with ssl_channel_credentials gets the gateway's own answer (NOT_FOUND with details)",
+              python.code == 0 and "answered NOT_FOUND details=True" in python.out, python)
+    finally:
+        gateway.stop()
+    return r
+
+
 JOBS = [
     job_grpcurl,
     job_grpcurl_generate,
@@ -733,6 +822,7 @@ JOBS = [
     job_buf_lint,
     job_grpcurl_upload,
     job_cli_image_download,
+    job_tls,
 ]
 
 
