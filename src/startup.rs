@@ -24,7 +24,9 @@ use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
-use crate::grpc::{Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationService};
+use crate::grpc::{
+    Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationRoutes, VideoGenerationService,
+};
 use crate::health::HealthSwitch;
 use crate::http::CallbackState;
 use crate::hub::TaskHub;
@@ -32,7 +34,6 @@ use crate::hub::fleet_tasks::FleetTasks;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
-use crate::pb::video_generation_server::VideoGenerationServer;
 use crate::redis_client::Redis;
 use crate::uploads::Uploader;
 
@@ -245,7 +246,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                VideoGenerationServer::new(self.service)
+                VideoGenerationRoutes::new(self.service)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     // Requests in either; answers compressed only when the
                     // caller's grpc-accept-encoding asks for it.

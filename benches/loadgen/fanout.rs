@@ -151,10 +151,16 @@ pub async fn fanout(
                     let task_id =
                         create_via_gateway(&gateway, &format!("{PROMPT} [sim:manual]")).await?;
                     let ids = [task_id.clone()];
-                    deliver(&gateway_clients, &ids, plan.fanout, &gateway.proc, || async {
-                        direct.complete(&task_id).await?;
-                        Ok(Vec::new())
-                    })
+                    deliver(
+                        &gateway_clients,
+                        &ids,
+                        plan.fanout,
+                        &gateway.proc,
+                        || async {
+                            direct.complete(&task_id).await?;
+                            Ok(Vec::new())
+                        },
+                    )
                     .await?
                 }
                 FanoutPath::Bare => {
@@ -219,7 +225,12 @@ fn push_delivery(figures: &mut Figures, prefix: &str, delivery: &Delivery) {
 /// one second; each watcher is timed from its own task's change. A gateway
 /// of its own, whose read budget (1,000/s) lets the tasks' first reads in
 /// without queueing: what is measured is the delivery, not the budget.
-async fn spread(plan: &Plan, figures: &mut Figures, sim: &Simulator, logs: &Path) -> anyhow::Result<()> {
+async fn spread(
+    plan: &Plan,
+    figures: &mut Figures,
+    sim: &Simulator,
+    logs: &Path,
+) -> anyhow::Result<()> {
     let direct = Direct::new(sim)?;
     let gateway = start_gateway_with(
         sim,

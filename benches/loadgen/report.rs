@@ -517,9 +517,17 @@ pub fn report(plan: &Plan, f: &Figures, started_load: f64, took: Duration) -> St
         ("watchers that got SUCCEEDED", "fanout/spread/delivered", 0),
         ("p50 ms", "fanout/spread/p50", 1),
         ("p99 ms", "fanout/spread/p99", 1),
-        ("last watcher ms (after its task's change)", "fanout/spread/max", 1),
+        (
+            "last watcher ms (after its task's change)",
+            "fanout/spread/max",
+            1,
+        ),
         ("gateway CPU, ms", "fanout/spread/cpu_ms", 1),
-        ("gateway CPU per delivered message µs", "fanout/spread/cpu_us", 2),
+        (
+            "gateway CPU per delivered message µs",
+            "fanout/spread/cpu_us",
+            2,
+        ),
     ] {
         let _ = writeln!(md, "| {label} | {} |", f.show(key, digits));
     }

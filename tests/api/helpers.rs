@@ -86,6 +86,11 @@ impl Caller {
         Ok(watching.into_inner())
     }
 
+    /// The gateway's gRPC listener, as an `http://` URL.
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
+    }
+
     /// `path` on the gateway's HTTP listener.
     pub fn http_url(&self, path: &str) -> String {
         format!("{}{path}", self.http_url)
