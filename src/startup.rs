@@ -24,9 +24,8 @@ use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
-use crate::grpc::{
-    Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationRoutes, VideoGenerationService,
-};
+use crate::grpc::watch_route::VideoGenerationRoutes;
+use crate::grpc::{Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationService};
 use crate::health::HealthSwitch;
 use crate::http::CallbackState;
 use crate::hub::TaskHub;

@@ -5,7 +5,7 @@ mod generate;
 mod image_stream;
 mod message_size;
 mod task_stream;
-mod watch_route;
+pub(crate) mod watch_route;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +40,6 @@ pub(crate) use message_size::MAX_MESSAGE_SIZE;
 use message_size::too_large;
 pub use task_stream::WatchStream;
 use task_stream::{FirstSeen, FrameStream};
-pub(crate) use watch_route::VideoGenerationRoutes;
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
