@@ -27,6 +27,7 @@ use crate::fleet::attempts::FleetAttempts;
 use crate::fleet::idempotency::RedisIdempotencyStore;
 use crate::fleet::limits::FleetLimits;
 use crate::fleet::membership::Membership;
+use crate::grpc::watch_route::VideoGenerationRoutes;
 use crate::grpc::{Credentials, MAX_MESSAGE_SIZE, RefusalLogLayer, VideoGenerationService};
 use crate::health::HealthSwitch;
 use crate::http::CallbackState;
@@ -35,7 +36,6 @@ use crate::hub::fleet_tasks::FleetTasks;
 use crate::kie::{Credential, KeySource, KieClient};
 use crate::metrics::Metrics;
 use crate::pb;
-use crate::pb::video_generation_server::VideoGenerationServer;
 use crate::redis_client::Redis;
 use crate::tls::ServerTls;
 use crate::uploads::Uploader;
@@ -302,13 +302,13 @@ impl Application {
             .layer(RefusalLogLayer::new(self.metrics.clone()))
             .layer(CallerAuthLayer::new(
                 self.callers,
-                <VideoGenerationServer<VideoGenerationService> as tonic::server::NamedService>::NAME,
+                <VideoGenerationRoutes as tonic::server::NamedService>::NAME,
             ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                VideoGenerationServer::new(self.service)
+                VideoGenerationRoutes::new(self.service)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     // Requests in either; answers compressed only when the
                     // caller's grpc-accept-encoding asks for it.

@@ -19,7 +19,8 @@
 //!
 //! One file per part: the [`plan`] of a run; the child [`processes`] and the
 //! [`clients`] that talk to them; the seven scenarios ([`unary`] overhead
-//! against the bare [`forwarder`], watch [`capacity`], [`fanout`], upstream
+//! against the bare [`forwarder`], watch [`capacity`], [`fanout`] against
+//! the bare [`broadcast`], upstream
 //! [`economy`], the [`fleet`]'s cost on a CreateTask, watching across
 //! replicas, [`fleet_watch`], and image [`uploads`]) filling
 //! [`figures`]; the [`report`] written from them and the
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::broadcast::run_bare_broadcast;
 use crate::capacity::capacity;
 use crate::economy::economy;
 use crate::fanout::fanout;
@@ -43,6 +45,7 @@ use crate::smoke::smoke_checks;
 use crate::unary::unary;
 use crate::uploads::uploads;
 
+mod broadcast;
 mod capacity;
 mod clients;
 mod economy;
@@ -140,7 +143,7 @@ fn main() -> ExitCode {
     // Optional scenario names after the mode run only those (for work on
     // one of them); BENCHMARKS.md is written only by a whole run.
     let only: Vec<String> = words.collect();
-    if mode.as_deref() != Some("forwarder")
+    if !matches!(mode.as_deref(), Some("forwarder" | "broadcast"))
         && let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str()))
     {
         eprintln!("loadgen: unknown scenario `{unknown}`; choose from {SCENARIOS:?}");
@@ -159,6 +162,22 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(run_bare_forwarder(upstream, port)));
         if let Err(e) = result {
             eprintln!("loadgen forwarder: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    if mode.as_deref() == Some("broadcast") {
+        let Some(port) = only.first() else {
+            eprintln!("loadgen broadcast: PORT");
+            return ExitCode::from(2);
+        };
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run_bare_broadcast(port)));
+        if let Err(e) = result {
+            eprintln!("loadgen broadcast: {e:#}");
             return ExitCode::FAILURE;
         }
         return ExitCode::SUCCESS;

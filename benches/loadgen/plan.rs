@@ -24,6 +24,8 @@ pub struct Plan {
     pub hold: Duration,
     pub fanout: usize,
     pub fanout_connections: usize,
+    /// Tasks the spread fan-out's `fanout` watchers are spread over.
+    pub spread_tasks: usize,
     pub economy_watchers: Vec<usize>,
     /// Watchers of one task in the fleet's reads figure, in all (spread
     /// over three replicas, or on one gateway).
@@ -62,6 +64,7 @@ impl Plan {
             hold: Duration::from_secs(5),
             fanout: 10_000,
             fanout_connections: 10,
+            spread_tasks: 1_000,
             economy_watchers: vec![1, 10_000],
             fleet_watchers: 3_000,
             fleet_callback_tasks: 100,
@@ -86,6 +89,7 @@ impl Plan {
             hold: Duration::from_millis(500),
             fanout: 200,
             fanout_connections: 2,
+            spread_tasks: 20,
             economy_watchers: vec![1, 50],
             fleet_watchers: 30,
             fleet_callback_tasks: 10,

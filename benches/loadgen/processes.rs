@@ -73,6 +73,25 @@ impl Proc {
         cpu_of(&self.pid.to_string())
     }
 
+    /// CPU time to the nanosecond: the sum of the live threads' run time
+    /// (`/proc/<pid>/task/*/schedstat`). For short phases, where the 10 ms
+    /// tick of `cpu` is too coarse; a thread that exited in between is
+    /// missed (tokio's workers do not).
+    pub fn cpu_precise(&self) -> anyhow::Result<Duration> {
+        let mut ns = 0u64;
+        for thread in std::fs::read_dir(format!("/proc/{}/task", self.pid))? {
+            let Ok(stat) = std::fs::read_to_string(thread?.path().join("schedstat")) else {
+                continue;
+            };
+            ns += stat
+                .split_whitespace()
+                .next()
+                .context("empty schedstat")?
+                .parse::<u64>()?;
+        }
+        Ok(Duration::from_nanos(ns))
+    }
+
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         self.status_kib("VmRSS:")
     }

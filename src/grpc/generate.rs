@@ -77,10 +77,10 @@ impl VideoGenerationService {
             heartbeat: false,
         };
         let rest = stream::once(watched).flatten().map(move |item| {
-            item.map(|m| GenerateVideoResponse {
+            item.map(|frame| GenerateVideoResponse {
                 task_id: task_id.clone(),
-                task: m.task,
-                heartbeat: m.heartbeat,
+                task: Some(frame.task().clone()),
+                heartbeat: frame.heartbeat(),
             })
         });
         let stream: GenerateStream =

@@ -5,6 +5,7 @@ mod generate;
 mod image_stream;
 mod message_size;
 mod task_stream;
+pub(crate) mod watch_route;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,8 +43,8 @@ use crate::uploads::Uploader;
 pub use generate::GenerateStream;
 pub(crate) use message_size::MAX_MESSAGE_SIZE;
 use message_size::too_large;
-use task_stream::FirstSeen;
 pub use task_stream::WatchStream;
+use task_stream::{FirstSeen, FrameStream};
 
 /// Which kie.ai key a call uses.
 #[derive(Clone, Debug)]
@@ -182,29 +183,14 @@ impl VideoGeneration for VideoGenerationService {
 
     type WatchTaskStream = WatchStream;
 
+    /// Reached only without `VideoGenerationRoutes`, which serves WatchTask
+    /// with the shared encoding (the same bytes).
     async fn watch_task(
         &self,
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let mut call = Call::start("WatchTask", &request, &self.metrics);
-        let (metadata, _, message) = request.into_parts();
-        let raw_id = message.task_id;
-        call.task_id = loggable_id(&raw_id);
-        let subscribed = async {
-            let task_id = TaskId::parse(raw_id)?;
-            let credential = self.credentials.for_call(&metadata, &call.caller)?;
-            let rx = self.hub.subscribe(credential, task_id);
-            task_stream::first_observation(rx, &self.shutdown).await
-        }
-        .instrument(call.span.clone())
-        .await;
-        let first_seen = match subscribed {
-            Ok(first_seen) => first_seen,
-            Err(e) => return Err(call.fail(&e)),
-        };
-        let request_id = call.request_id.clone();
-        let stream = self.watch_streamer().stream(call, first_seen, None);
-        Ok(respond(&request_id, stream))
+        let response = self.watch(request).await?;
+        Ok(response.map(task_stream::messages))
     }
 
     type GenerateVideoStream = GenerateStream;
@@ -368,6 +354,32 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
 }
 
 impl VideoGenerationService {
+    /// WatchTask, its messages still unencoded.
+    async fn watch(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let mut call = Call::start("WatchTask", &request, &self.metrics);
+        let (metadata, _, message) = request.into_parts();
+        let raw_id = message.task_id;
+        call.task_id = loggable_id(&raw_id);
+        let subscribed = async {
+            let task_id = TaskId::parse(raw_id)?;
+            let credential = self.credentials.for_call(&metadata, &call.caller)?;
+            let rx = self.hub.subscribe(credential, task_id);
+            task_stream::first_observation(rx, &self.shutdown).await
+        }
+        .instrument(call.span.clone())
+        .await;
+        let first_seen = match subscribed {
+            Ok(first_seen) => first_seen,
+            Err(e) => return Err(call.fail(&e)),
+        };
+        let request_id = call.request_id.clone();
+        let stream = self.watch_streamer().stream(call, first_seen, None);
+        Ok(respond(&request_id, stream))
+    }
+
     fn watch_streamer(&self) -> WatchStreamer {
         WatchStreamer {
             metrics: self.metrics.clone(),
@@ -395,7 +407,7 @@ impl WatchStreamer {
         mut call: Call,
         first_seen: FirstSeen,
         no_repeat: Option<String>,
-    ) -> WatchStream {
+    ) -> FrameStream {
         let metrics = self.metrics;
         metrics.active_watchers.inc();
         let heartbeats = metrics.heartbeats.clone();

@@ -5,20 +5,63 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
+use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::error::GatewayError;
-use crate::hub::Observation;
+use crate::hub::{Observation, Snapshot};
 use crate::pb::{self, WatchTaskResponse};
 use crate::task::is_terminal;
 
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send + 'static>>;
+
+/// A watch's messages before they are encoded (see `Frame`).
+pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+/// One message of a watch: the task's current state, as a change or as a
+/// heartbeat. A change's encoding is made once and shared by every watcher
+/// of the task (`encode`); a heartbeat, per stream on its own timer, is
+/// encoded by its stream.
+pub(crate) struct Frame {
+    snapshot: Snapshot,
+    heartbeat: bool,
+}
+
+impl Frame {
+    pub(crate) fn task(&self) -> &pb::Task {
+        &self.snapshot.task
+    }
+
+    pub(crate) fn heartbeat(&self) -> bool {
+        self.heartbeat
+    }
+
+    /// The `WatchTaskResponse` as prost encodes it, byte for byte.
+    pub(crate) fn encode(&self) -> Bytes {
+        if self.heartbeat {
+            return message(self.task(), true).encode_to_vec().into();
+        }
+        self.snapshot
+            .encoded(|task| message(task, false).encode_to_vec().into())
+    }
+
+    fn into_message(self) -> WatchTaskResponse {
+        message(self.task(), self.heartbeat)
+    }
+}
+
+/// The frames as prost messages, for a server without the shared encoding
+/// (the generated `VideoGenerationServer` alone).
+pub(crate) fn messages(frames: FrameStream) -> WatchStream {
+    Box::pin(frames.map(|frame| frame.map(Frame::into_message)))
+}
 
 /// How a stream ended, for its log line and metrics.
 #[derive(Debug)]
@@ -78,20 +121,24 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn next(&mut self) -> Option<Result<WatchTaskResponse, Status>> {
+    async fn next(&mut self) -> Option<Result<Frame, Status>> {
         self.on_end.as_ref()?;
         loop {
             let current = self.rx.borrow_and_update().clone();
             match current {
                 Observation::Pending => {}
                 Observation::Failed(e) => return self.fail(&e),
-                Observation::Task(task) if Some(task.state) != self.last_state => {
-                    self.last_state = Some(task.state);
-                    let message = message(&task, false);
-                    if is_terminal(task.state()) {
-                        return self.finish(message);
+                Observation::Task(snapshot) if Some(snapshot.task.state) != self.last_state => {
+                    self.last_state = Some(snapshot.task.state);
+                    let terminal = is_terminal(snapshot.task.state());
+                    let frame = Frame {
+                        snapshot,
+                        heartbeat: false,
+                    };
+                    if terminal {
+                        return self.finish(frame);
                     }
-                    return Some(Ok(message));
+                    return Some(Ok(frame));
                 }
                 Observation::Task(_) => {}
             }
@@ -110,9 +157,12 @@ impl Watcher {
                     }
                 }
                 () = tokio::time::sleep(self.heartbeat) => {
-                    if let Observation::Task(task) = &*self.rx.borrow() {
+                    if let Observation::Task(snapshot) = &*self.rx.borrow() {
                         self.heartbeats.inc();
-                        return Some(Ok(message(task, true)));
+                        return Some(Ok(Frame {
+                            snapshot: snapshot.clone(),
+                            heartbeat: true,
+                        }));
                     }
                 }
             }
@@ -120,12 +170,15 @@ impl Watcher {
     }
 
     /// The poller is gone: send its last value if unseen, else end.
-    fn drain_final(&mut self) -> Option<Result<WatchTaskResponse, Status>> {
+    fn drain_final(&mut self) -> Option<Result<Frame, Status>> {
         let last = self.rx.borrow().clone();
         match last {
-            Observation::Task(task) if Some(task.state) != self.last_state => {
-                self.last_state = Some(task.state);
-                self.finish(message(&task, false))
+            Observation::Task(snapshot) if Some(snapshot.task.state) != self.last_state => {
+                self.last_state = Some(snapshot.task.state);
+                self.finish(Frame {
+                    snapshot,
+                    heartbeat: false,
+                })
             }
             Observation::Failed(e) => self.fail(&e),
             _ => self.fail(&GatewayError::ShuttingDown),
@@ -133,7 +186,7 @@ impl Watcher {
     }
 
     /// Ends the stream with its terminal message.
-    fn finish(&mut self, last: WatchTaskResponse) -> Option<Result<WatchTaskResponse, Status>> {
+    fn finish(&mut self, last: Frame) -> Option<Result<Frame, Status>> {
         if let Some(on_end) = self.on_end.take() {
             on_end(End::Finished);
         }
@@ -142,7 +195,7 @@ impl Watcher {
 
     /// Ends the stream with `error`'s status; the hook gets the error itself
     /// so that its log line can say how bad it is and why.
-    fn fail(&mut self, error: &GatewayError) -> Option<Result<WatchTaskResponse, Status>> {
+    fn fail(&mut self, error: &GatewayError) -> Option<Result<Frame, Status>> {
         let error = &for_caller(error.clone(), self.no_repeat.as_deref());
         let status = error.to_status();
         if let Some(on_end) = self.on_end.take() {
@@ -194,7 +247,7 @@ pub(crate) fn stream(
     shutdown: CancellationToken,
     on_end: OnEnd,
     no_repeat: Option<String>,
-) -> WatchStream {
+) -> FrameStream {
     let watcher = Watcher {
         rx,
         last_state: None,
@@ -209,4 +262,47 @@ pub(crate) fn stream(
         let item = w.next().await?;
         Some((item, w))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn frames(rx: &watch::Receiver<Observation>) -> FrameStream {
+        let first_seen = FirstSeen(rx.clone());
+        stream(
+            first_seen,
+            (Duration::from_secs(3600), Counter::default()),
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+            Box::new(|_| {}),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_state_change_share_one_encoding() {
+        let mut task = pb::Task {
+            task_id: "t1".into(),
+            ..pb::Task::default()
+        };
+        task.set_state(pb::TaskState::Succeeded);
+        let (_tx, rx) = watch::channel(Observation::Task(Snapshot::new(Arc::new(task.clone()))));
+        let mut a = frames(&rx);
+        let mut b = frames(&rx);
+
+        let a = a.next().await.expect("a frame").expect("ok").encode();
+        let b = b.next().await.expect("a frame").expect("ok").encode();
+
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one encoding, shared");
+        let expected = WatchTaskResponse {
+            task: Some(task),
+            heartbeat: false,
+        };
+        assert_eq!(a[..], expected.encode_to_vec()[..]);
+    }
 }

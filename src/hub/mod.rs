@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -51,10 +52,34 @@ pub(crate) enum Observation {
     /// The first read has not come back yet.
     Pending,
     /// The task as last read.
-    Task(Arc<pb::Task>),
+    Task(Snapshot),
     /// Watching ended with an error (unknown task, refused key, retry
     /// budget spent).
     Failed(GatewayError),
+}
+
+/// A task as published to its watchers, with room for its encoding: made
+/// once per state change by the first watcher that sends it, and shared by
+/// every other (a fan-out costs one encoding, not one per watcher).
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) task: Arc<pb::Task>,
+    encoded: Arc<OnceLock<Bytes>>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(task: Arc<pb::Task>) -> Self {
+        Self {
+            task,
+            encoded: Arc::default(),
+        }
+    }
+
+    /// The task's encoding for watchers: `encode`'s, run by the first
+    /// caller only.
+    pub(crate) fn encoded(&self, encode: impl FnOnce(&pb::Task) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.task)).clone()
+    }
 }
 
 /// Pollers and cached tasks are per task *and* key: with key pass-through,
@@ -177,7 +202,7 @@ impl TaskHub {
             self.inner.metrics.cache_hits.inc();
             // A closed channel holding the final value: the watcher sends it
             // and ends.
-            let (_, rx) = watch::channel(Observation::Task(task));
+            let (_, rx) = watch::channel(Observation::Task(Snapshot::new(task)));
             return rx;
         }
         let mut pollers = self.inner.pollers.lock();
@@ -349,7 +374,7 @@ impl Inner {
             .iter()
             .find(|p| p.credential == key.credential)?;
         match &*poller.channel.borrow() {
-            Observation::Task(task) => Some(task.clone()),
+            Observation::Task(snapshot) => Some(snapshot.task.clone()),
             _ => None,
         }
     }
@@ -528,10 +553,10 @@ async fn pause(
 fn publish(channel: &watch::Sender<Observation>, task: Arc<pb::Task>) {
     channel.send_if_modified(|current| {
         let changed = match current {
-            Observation::Task(old) => old.state != task.state,
+            Observation::Task(old) => old.task.state != task.state,
             _ => true,
         };
-        *current = Observation::Task(task);
+        *current = Observation::Task(Snapshot::new(task));
         changed
     });
 }

@@ -223,3 +223,98 @@ async fn two_watchers_of_one_task_share_one_poller() {
         "one poller for both"
     );
 }
+
+/// WatchTask as raw bytes: each message's encoding as the gateway sent it.
+async fn watch_raw(app: &TestApp, task_id: &str) -> Streaming<bytes::Bytes> {
+    let channel = tonic::transport::Endpoint::from_shared(app.grpc_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/hailuo.v1.VideoGeneration/WatchTask",
+    );
+    grpc.server_streaming(tonic::Request::new(watch_request(task_id)), path, RawCodec)
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// Encodes requests with prost; hands answers over undecoded.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = hailuo_gateway::pb::WatchTaskRequest;
+    type Decode = bytes::Bytes;
+    type Encoder = tonic_prost::ProstEncoder<hailuo_gateway::pb::WatchTaskRequest>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+struct RawDecoder;
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[tokio::test]
+async fn two_watchers_receive_byte_identical_encodings_of_each_state_change() {
+    use prost::Message;
+
+    let app = spawn_app().await;
+    mount_record(
+        &app,
+        Sequence::states("t1", &["generating", "generating", "generating", "success"]),
+    )
+    .await;
+
+    let (mut a, mut b) = tokio::join!(watch_raw(&app, "t1"), watch_raw(&app, "t1"));
+    let read_all = async |stream: &mut Streaming<bytes::Bytes>| {
+        let mut frames = Vec::new();
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message in time")
+            .expect("ok")
+        {
+            frames.push(frame);
+        }
+        frames
+    };
+    let frames_a = read_all(&mut a).await;
+    let frames_b = read_all(&mut b).await;
+
+    assert_eq!(frames_a.len(), 2, "GENERATING, then SUCCEEDED");
+    assert_eq!(frames_a, frames_b, "the same bytes for both watchers");
+    let decoded: Vec<WatchTaskResponse> = frames_a
+        .iter()
+        .map(|f| WatchTaskResponse::decode(f.clone()).expect("a WatchTaskResponse"))
+        .collect();
+    assert_eq!(state_of(&decoded[0].task), TaskState::Generating);
+    assert_eq!(state_of(&decoded[1].task), TaskState::Succeeded);
+    for (frame, message) in frames_a.iter().zip(&decoded) {
+        assert!(!message.heartbeat);
+        assert_eq!(
+            frame[..],
+            message.encode_to_vec()[..],
+            "prost's own encoding of the message, byte for byte"
+        );
+    }
+}
