@@ -584,7 +584,7 @@ def metrics_checks(gateway):
     except Exception as e:  # noqa: BLE001 - a parse error is a failed check
         check(r, "prometheus_client parses both expositions", False, f"{type(e).__name__}: {e}")
     moved = {
-        'hailuo_gateway_rpcs_total{method="CreateTask",code="INVALID_ARGUMENT"}': "an invalid request",
+        'hailuo_gateway_rpcs_total{method="CreateTask",caller="anonymous",code="INVALID_ARGUMENT"}': "an invalid request",
         'hailuo_gateway_upstream_rate_limited_total{endpoint="createTask"}': "kie.ai's 429 ([sim:429])",
         'hailuo_gateway_stream_duration_seconds_count{method="WatchTask"}': "watches",
         'hailuo_gateway_callbacks_total{outcome="accepted"}': "kie.ai's callbacks",
@@ -777,7 +777,7 @@ def job_tls(_addr):
         check(r, "tls: openssl is installed (it makes the certificates)", False, "openssl not found")
         return r
     ca, (cert, key), (client_cert, client_key) = make_pki(OUT / "tls")
-    gateway = Gateway("gateway-tls.log", ["--tls-cert-file", cert, "--tls-key-file", key,
+    gateway = Gateway("gateway-tls.log", extra_args=["--tls-cert-file", cert, "--tls-key-file", key,
                                           "--tls-client-ca-file", ca])
     try:
         addr = gateway.addr.replace("127.0.0.1", "localhost")
