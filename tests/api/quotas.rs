@@ -6,6 +6,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hailuo_gateway::pb::{GetQuotaRequest, GetQuotaResponse, TaskState};
+use hailuo_gateway::callers::quota::QuotaBook;
+use hailuo_gateway::redis_client::Redis;
 use hailuo_gateway::simulator::Completion;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -268,6 +270,13 @@ async fn settles_against_credits_consumed(redis: Option<&RedisServer>) {
         "the failure's credits handed back: {}",
         credits_used(&a).await
     );
+    if let Some(redis) = redis {
+        // A third replica that also saw the task end finds nothing left to
+        // settle: the binding was taken out by the first.
+        let late = QuotaBook::new(Some(Redis::new(&redis.settings()).expect("redis")));
+        late.settle(&failing, true, Some(0.0)).await;
+        assert_eq!(credits_used(&a).await, 50.0, "settled once fleet-wide");
+    }
     let end = end_watched(&sim, &everyone, &ok, Completion::success()).await;
     assert_eq!(end, TaskState::Succeeded);
     tokio::time::sleep(Duration::from_millis(300)).await;
