@@ -428,7 +428,11 @@ impl Hold {
 fn parse_bound(value: &str) -> Option<Bound> {
     let mut parts = value.splitn(3, ' ');
     let day = parts.next()?.parse().ok()?;
-    let credits = parts.next()?.parse::<f64>().ok().filter(|c| c.is_finite())?;
+    let credits = parts
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite())?;
     let caller = parts.next().filter(|c| !c.is_empty())?;
     Some(Bound {
         caller: caller.into(),

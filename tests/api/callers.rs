@@ -475,10 +475,10 @@ async fn ten_thousand_wrong_tokens_cost_nothing_and_do_not_slow_a_good_caller() 
 /// Every service reflection lists, through one reflection version's client.
 macro_rules! listed_services {
     ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
         use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::$version::ServerReflectionRequest;
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -490,11 +490,9 @@ macro_rules! listed_services {
             .into_inner();
         let answer = answers.message().await.expect("ok").expect("an answer");
         match answer.message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => list
-                .service
-                .into_iter()
-                .map(|s| s.name)
-                .collect::<Vec<_>>(),
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
             other => panic!("not a list: {other:?}"),
         }
     }};
@@ -523,7 +521,10 @@ async fn health_and_reflection_stay_open_without_a_token_when_caller_tokens_are_
         listed_services!(v1, channel.clone()),
     ] {
         for wanted in ["hailuo.v1.VideoGeneration", "grpc.health.v1.Health"] {
-            assert!(services.iter().any(|s| s == wanted), "{wanted} in {services:?}");
+            assert!(
+                services.iter().any(|s| s == wanted),
+                "{wanted} in {services:?}"
+            );
         }
     }
     // While the service itself still wants a token.

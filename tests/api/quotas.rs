@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::pb::{GetQuotaRequest, GetQuotaResponse, TaskState};
 use hailuo_gateway::callers::quota::QuotaBook;
+use hailuo_gateway::pb::{GetQuotaRequest, GetQuotaResponse, TaskState};
 use hailuo_gateway::redis_client::Redis;
 use hailuo_gateway::simulator::Completion;
 use tonic::Code;
@@ -196,7 +196,12 @@ async fn two_replicas_share_a_callers_quota_in_redis_and_refuse_when_it_is_away(
 
 /// Watches `task_id` on each gateway until it ends, after the simulator
 /// ended it with `completion`.
-async fn end_watched(sim: &Sim, on: &[&Caller], task_id: &str, completion: Completion) -> TaskState {
+async fn end_watched(
+    sim: &Sim,
+    on: &[&Caller],
+    task_id: &str,
+    completion: Completion,
+) -> TaskState {
     let mut streams = Vec::new();
     for gateway in on {
         let mut stream = gateway
@@ -254,7 +259,13 @@ async fn settles_against_credits_consumed(redis: Option<&RedisServer>) {
         .expect("created");
     assert_eq!(credits_used(&a).await, 100.0);
 
-    let end = end_watched(&sim, &everyone, &failing, Completion::fail("500", "moderation")).await;
+    let end = end_watched(
+        &sim,
+        &everyone,
+        &failing,
+        Completion::fail("500", "moderation"),
+    )
+    .await;
     assert_eq!(end, TaskState::Failed);
     // Read again once ended, from every replica: still settled once.
     for gateway in &everyone {
@@ -266,7 +277,10 @@ async fn settles_against_credits_consumed(redis: Option<&RedisServer>) {
             .expect("get");
     }
     assert!(
-        wait_for(Duration::from_secs(5), || async { credits_used(&a).await == 50.0 }).await,
+        wait_for(Duration::from_secs(5), || async {
+            credits_used(&a).await == 50.0
+        })
+        .await,
         "the failure's credits handed back: {}",
         credits_used(&a).await
     );

@@ -628,8 +628,11 @@ async fn a_client_certificate_named_by_a_callers_entry_is_that_caller_without_a_
         let _ = stopped.await;
     }));
 
-    let mut as_farm =
-        VideoGenerationClient::new(tls_channel(&addr, &ca.pem, Some(&farm)).await.expect("farm"));
+    let mut as_farm = VideoGenerationClient::new(
+        tls_channel(&addr, &ca.pem, Some(&farm))
+            .await
+            .expect("farm"),
+    );
     as_farm
         .create_task(sim_request("cat"))
         .await
@@ -647,7 +650,9 @@ async fn a_client_certificate_named_by_a_callers_entry_is_that_caller_without_a_
     assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
     assert_eq!(sim.creates(), 1);
 
-    let other_channel = tls_channel(&addr, &ca.pem, Some(&other)).await.expect("other");
+    let other_channel = tls_channel(&addr, &ca.pem, Some(&other))
+        .await
+        .expect("other");
     let refused = VideoGenerationClient::new(other_channel.clone())
         .create_task(sim_request("cow"))
         .await
