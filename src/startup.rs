@@ -185,6 +185,7 @@ impl Application {
         // Counters on a connection of their own, like the limits': a quota
         // check is on every create's path.
         let quotas = QuotaBook::new(settings.redis.as_ref().map(Redis::new).transpose()?);
+        hub.settle_quotas_with(quotas.clone());
         let creator = Arc::new(Creator {
             quotas: quotas.clone(),
             kie: kie.clone(),

@@ -1,7 +1,12 @@
 //! Per-caller quotas: creates per minute and per UTC day, credits per UTC
 //! day, in fixed windows. A create takes a `Hold` before anything goes
 //! upstream (the model's price counted against the credits); the hold is
-//! released when kie.ai certainly made no task, and kept otherwise.
+//! released when kie.ai certainly made no task, and kept otherwise. A hold
+//! whose task kie.ai made is bound to the task id (`Hold::bind`); when the
+//! hub first reads the task's end, `QuotaBook::settle` corrects the credits
+//! to kie.ai's `creditsConsumed` (0 or absent on a failure: all handed
+//! back), once: the binding is taken out as it is read (GETDEL in Redis,
+//! so exactly one replica settles).
 //!
 //! With Redis the counters are the fleet's (`<prefix>:quota:{<caller>}`,
 //! one Lua script in Redis's clock); when Redis cannot be reached a caller
@@ -83,7 +88,22 @@ pub struct QuotaBook {
     redis: Option<Redis>,
     script: Script,
     local: Mutex<HashMap<Arc<str>, Usage>>,
+    /// Without Redis: holds bound to their task, until the task ends.
+    bound: Mutex<HashMap<String, Bound>>,
 }
+
+/// A kept hold, waiting for its task's end.
+#[derive(Clone, Debug)]
+struct Bound {
+    caller: Arc<str>,
+    day: u64,
+    credits: f64,
+}
+
+/// Bindings of tasks never seen ending are dropped after this (their
+/// credits stay counted, on the caller's side of the quota).
+const BOUND_TTL_MS: u64 = 2 * DAY_MS;
+const BOUND_LOCAL_MAX: usize = 100_000;
 
 impl QuotaBook {
     pub fn new(redis: Option<Redis>) -> Arc<Self> {
@@ -91,6 +111,7 @@ impl QuotaBook {
             redis,
             script: Script::new(include_str!("lua/quota.lua")),
             local: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,6 +260,112 @@ impl QuotaBook {
         }
     }
 
+    fn bound_key(redis: &Redis, task_id: &str) -> String {
+        redis.keys().key("quota-task", task_id)
+    }
+
+    async fn bind(&self, hold: &Hold, task_id: &str) {
+        let bound = Bound {
+            caller: hold.caller.clone(),
+            day: hold.day,
+            credits: hold.credits,
+        };
+        match &self.redis {
+            Some(redis) => {
+                let value = format!("{} {} {}", bound.day, bound.credits, bound.caller);
+                let key = Self::bound_key(redis, task_id);
+                let set = redis
+                    .call(|mut c| async move {
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(BOUND_TTL_MS)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await;
+                if let Err(e) = set {
+                    // The price stays counted: the caller's side again.
+                    tracing::warn!(error = %e, caller = &*hold.caller, "a quota hold was not bound to its task");
+                }
+            }
+            None => {
+                let mut bound_map = self.bound.lock();
+                if bound_map.len() >= BOUND_LOCAL_MAX {
+                    let today = now_ms() / DAY_MS;
+                    bound_map.retain(|_, b| b.day + 1 >= today);
+                }
+                if bound_map.len() < BOUND_LOCAL_MAX {
+                    bound_map.insert(task_id.to_owned(), bound);
+                }
+            }
+        }
+    }
+
+    /// `task_id` has ended (`failed` or succeeded) and kie.ai says it
+    /// charged `consumed`: the task's hold, if one is bound to it, is
+    /// corrected to that, once. A success without the figure keeps the
+    /// price; a failure without it was not charged. The create itself stays
+    /// counted: kie.ai made the task.
+    pub async fn settle(&self, task_id: &str, failed: bool, consumed: Option<f64>) {
+        let bound = match &self.redis {
+            Some(redis) => {
+                let key = Self::bound_key(redis, task_id);
+                let taken = redis
+                    .call(|mut c| async move {
+                        redis::cmd("GETDEL")
+                            .arg(key)
+                            .query_async::<Option<String>>(&mut c)
+                            .await
+                    })
+                    .await;
+                match taken {
+                    Ok(value) => value.and_then(|v| parse_bound(&v)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %task_id, "a task's quota hold was not settled");
+                        None
+                    }
+                }
+            }
+            None => self.bound.lock().remove(task_id),
+        };
+        let Some(bound) = bound else { return };
+        let charged = match (failed, consumed) {
+            (_, Some(c)) if c >= 0.0 => c,
+            (true, _) => 0.0,
+            (false, _) => bound.credits,
+        };
+        let delta = charged - bound.credits;
+        if delta == 0.0 {
+            return;
+        }
+        match &self.redis {
+            Some(redis) => {
+                let settled = redis
+                    .run_script::<Vec<String>>(
+                        self.script
+                            .key(Self::key(redis, &bound.caller))
+                            .arg("settle")
+                            .arg(bound.day)
+                            .arg(delta),
+                    )
+                    .await;
+                if let Err(e) = settled {
+                    tracing::warn!(error = %e, caller = &*bound.caller, "a task's quota hold was not settled");
+                }
+            }
+            None => {
+                let mut book = self.local.lock();
+                if let Some(usage) = book.get_mut(&bound.caller)
+                    && usage.day == bound.day
+                {
+                    usage.credits_day = (usage.credits_day + delta).max(0.0);
+                }
+            }
+        }
+    }
+
     async fn release(&self, hold: &Hold) {
         match &self.redis {
             Some(redis) => {
@@ -289,6 +416,29 @@ impl Hold {
     pub async fn release(self) {
         self.book.release(&self).await;
     }
+
+    /// kie.ai made `task_id`: the hold is kept until the task ends, then
+    /// settled against what kie.ai charged (`QuotaBook::settle`).
+    pub async fn bind(self, task_id: &str) {
+        self.book.bind(&self, task_id).await;
+    }
+}
+
+/// `"<day> <credits> <caller>"`, as `bind` writes it.
+fn parse_bound(value: &str) -> Option<Bound> {
+    let mut parts = value.splitn(3, ' ');
+    let day = parts.next()?.parse().ok()?;
+    let credits = parts
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite())?;
+    let caller = parts.next().filter(|c| !c.is_empty())?;
+    Some(Bound {
+        caller: caller.into(),
+        day,
+        credits,
+    })
 }
 
 fn fmt_u(v: Option<u64>) -> String {

@@ -169,10 +169,13 @@ impl Creator {
             }
         };
         let result = self.attempt(attempt).await;
-        if let (Some(hold), Err(e)) = (hold, &result)
-            && !matches!(e, GatewayError::CreateOutcomeUnknown(_))
-        {
-            hold.release().await;
+        match (hold, &result) {
+            // Settled against kie.ai's charge when the hub sees it end.
+            (Some(hold), Ok(task_id)) => hold.bind(task_id).await,
+            (Some(hold), Err(e)) if !matches!(e, GatewayError::CreateOutcomeUnknown(_)) => {
+                hold.release().await;
+            }
+            _ => {}
         }
         result
     }

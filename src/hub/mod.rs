@@ -21,10 +21,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::callers::quota::QuotaBook;
 use crate::config::WatchSettings;
 use crate::error::GatewayError;
 use crate::expiring_map::{ExpiringMap, Retention};
-use crate::kie::{Credential, KieClient, UpstreamErrorKind};
+use crate::kie::{Credential, KieClient, UpstreamError, UpstreamErrorKind};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::task::{TaskId, is_terminal};
@@ -160,6 +161,8 @@ struct Inner {
     finished: Mutex<ExpiringMap<TaskKey, Arc<pb::Task>>>,
     /// Tasks kie.ai will call back about: polled only as a safety net.
     called_back: Mutex<ExpiringMap<TaskId, ()>>,
+    /// Settles callers' quota holds when a read finds a task ended.
+    quotas: OnceLock<Arc<QuotaBook>>,
     shutdown: CancellationToken,
 }
 
@@ -181,6 +184,7 @@ impl TaskHub {
                 fleet: Arc::default(),
                 finished: Mutex::new(ExpiringMap::new(settings.cache_size, settings.cache_ttl)),
                 called_back: Mutex::new(ExpiringMap::new(CALLBACK_TASKS, CALLBACK_TASKS_TTL)),
+                quotas: OnceLock::new(),
                 shutdown,
             }),
         }
@@ -312,6 +316,12 @@ impl TaskHub {
         }
     }
 
+    /// Each read of kie.ai that finds a task ended settles the quota hold
+    /// bound to it, if any (`QuotaBook::settle`, once per task).
+    pub(crate) fn settle_quotas_with(&self, quotas: Arc<QuotaBook>) {
+        let _ = self.inner.quotas.set(quotas);
+    }
+
     /// Keeps the read budget fleet-wide (Redis configured).
     pub fn join_fleet(&self, fleet: Arc<dyn SharedReadBudget>) {
         self.inner.budget.join_fleet(fleet);
@@ -324,6 +334,33 @@ impl TaskHub {
 }
 
 impl Inner {
+    /// One recordInfo read. Every read of kie.ai goes through here, so a
+    /// task's end is seen here first, with what kie.ai charged for it.
+    async fn record_info(
+        &self,
+        key: &TaskKey,
+        deadline: Option<Duration>,
+        attempt: u32,
+    ) -> Result<pb::Task, UpstreamError> {
+        let record = self
+            .kie
+            .record(&key.credential, &key.task_id, deadline, attempt)
+            .await?;
+        let consumed = record.credits_consumed;
+        let task = record.into_task(key.task_id.as_str());
+        if let Some(quotas) = self.quotas.get()
+            && is_terminal(task.state())
+        {
+            // Off the read's path: a slow Redis must not hold a watcher.
+            let (quotas, task_id) = (quotas.clone(), key.task_id.clone());
+            let failed = task.state() == pb::TaskState::Failed;
+            tokio::spawn(async move {
+                quotas.settle(task_id.as_str(), failed, consumed).await;
+            });
+        }
+        Ok(task)
+    }
+
     /// One read for a caller: transient failures are retried with back-off
     /// (honouring Retry-After) while the caller's deadline allows; timeouts
     /// are not, as a second wait would outlast the first.
@@ -336,11 +373,7 @@ impl Inner {
         let mut attempt = 0;
         loop {
             let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
-            let error = match self
-                .kie
-                .record_info(&key.credential, &key.task_id, left, attempt + 1)
-                .await
-            {
+            let error = match self.record_info(key, left, attempt + 1).await {
                 Ok(task) => return Ok(task),
                 Err(e) => e,
             };
@@ -470,10 +503,7 @@ async fn poll(
             }
             () = inner.shutdown.cancelled() => break,
         };
-        let read = inner
-            .kie
-            .record_info(&key.credential, &key.task_id, None, failures + 1)
-            .await;
+        let read = inner.record_info(&key, None, failures + 1).await;
         // The budget counts the read until its answer is in.
         drop(permit);
         let wait = match read {

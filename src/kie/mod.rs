@@ -23,7 +23,6 @@ pub use gate::{CreateSlot, SharedCreateWindow};
 use crate::config::{Secret, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::otel;
-use crate::pb;
 use crate::task::{CreateTaskInput, TaskId};
 pub use multipart::Multipart;
 use wire::{CreateTaskBody, Created, Envelope, Record, Uploaded};
@@ -248,21 +247,9 @@ impl KieClient {
             .ok_or_else(|| bad_response(endpoint, credential, "data is not a number".into()))
     }
 
-    /// Reads a task's current state; `attempt` counts the tries of this
-    /// read (1 for the first), for its trace span.
-    pub(crate) async fn record_info(
-        &self,
-        credential: &Credential,
-        task_id: &TaskId,
-        deadline: Option<Duration>,
-        attempt: u32,
-    ) -> Result<pb::Task, UpstreamError> {
-        let record = self.record(credential, task_id, deadline, attempt).await?;
-        Ok(record.into_task(task_id.as_str()))
-    }
-
     /// recordInfo's `data` as kie.ai sent it, `param` (the create request
-    /// it echoes) included.
+    /// it echoes) and `creditsConsumed` included; `attempt` counts the tries
+    /// of this read (1 for the first), for its trace span.
     pub(crate) async fn record(
         &self,
         credential: &Credential,

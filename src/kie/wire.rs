@@ -172,6 +172,10 @@ pub struct Record {
     pub(crate) update_time: Option<i64>,
     #[serde(deserialize_with = "lenient_i64")]
     pub(crate) complete_time: Option<i64>,
+    /// What kie.ai charged for the task: a float live, 0 for a failure it
+    /// did not charge; quotas settle against it.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub(crate) credits_consumed: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +242,23 @@ fn timestamp_from_ms(ms: i64) -> Option<prost_types::Timestamp> {
         seconds: ms / 1000,
         nanos: ((ms % 1000) * 1_000_000) as i32,
     })
+}
+
+/// A finite number, a numeric string, or null/absent.
+fn lenient_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        F(f64),
+        S(String),
+        Other(de::IgnoredAny),
+    }
+    Ok(match Option::<Num>::deserialize(d)? {
+        Some(Num::F(f)) => Some(f),
+        Some(Num::S(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite()))
 }
 
 /// A number, a numeric string, or null/absent.
@@ -323,6 +344,7 @@ mod tests {
         assert_eq!(env.code, Some(200));
         assert_eq!(env.reason(), "success");
         let record: Record = serde_json::from_str(env.data().expect("data").get()).expect("rec");
+        assert_eq!(record.credits_consumed, Some(20.0));
         let task = record.into_task("fallback");
         assert_eq!(task.task_id, "task_hailuo_1765185334551");
         assert_eq!(task.state, TaskState::Succeeded as i32);
@@ -342,9 +364,14 @@ mod tests {
     fn tolerates_strings_for_numbers_and_empty_optionals() {
         let data = r#"{"taskId":"t1","state":"fail","resultJson":"","failCode":500,
             "failMsg":"moderation","createTime":"1765185334551","completeTime":null}"#;
-        let task = serde_json::from_str::<Record>(data)
-            .expect("record")
-            .into_task("t1");
+        let record = serde_json::from_str::<Record>(data).expect("record");
+        assert_eq!(record.credits_consumed, None);
+        for (credits, read) in [(r#""12.5""#, Some(12.5)), ("0", Some(0.0)), ("null", None)] {
+            let with: Record =
+                serde_json::from_str(&format!(r#"{{"creditsConsumed":{credits}}}"#)).expect("rec");
+            assert_eq!(with.credits_consumed, read);
+        }
+        let task = record.into_task("t1");
         assert_eq!(task.state, TaskState::Failed as i32);
         assert_eq!(task.fail_code, "500");
         assert_eq!(task.fail_message, "moderation");

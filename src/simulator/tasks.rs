@@ -214,7 +214,8 @@ impl Task {
             "updateTime": snap.update_ms,
             // Not in kie.ai's docs but seen live: clients must tolerate extras.
             "progress": snap.progress,
-            "creditsConsumed": self.credits,
+            // kie.ai charges a task that succeeds, not one that fails.
+            "creditsConsumed": if snap.state == TaskState::Fail { 0.0 } else { self.credits },
         })
     }
 }

@@ -471,3 +471,66 @@ async fn ten_thousand_wrong_tokens_cost_nothing_and_do_not_slow_a_good_caller() 
         "the good caller is not held up by the flood: p50 {d50:?}"
     );
 }
+
+/// Every service reflection lists, through one reflection version's client.
+macro_rules! listed_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection without a token")
+            .into_inner();
+        let answer = answers.message().await.expect("ok").expect("an answer");
+        match answer.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("not a list: {other:?}"),
+        }
+    }};
+}
+
+#[tokio::test]
+async fn health_and_reflection_stay_open_without_a_token_when_caller_tokens_are_on() {
+    let sim = Sim::start().await;
+    let file = CallersFile::new(&two_callers());
+    let gateway = spawn_gateway(sim.settings(Some(file.path.clone()))).await;
+    let channel = tonic::transport::Channel::from_shared(gateway.grpc_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "hailuo.v1.VideoGeneration".into(),
+        })
+        .await
+        .expect("health without a token");
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+    for services in [
+        listed_services!(v1alpha, channel.clone()),
+        listed_services!(v1, channel.clone()),
+    ] {
+        for wanted in ["hailuo.v1.VideoGeneration", "grpc.health.v1.Health"] {
+            assert!(
+                services.iter().any(|s| s == wanted),
+                "{wanted} in {services:?}"
+            );
+        }
+    }
+    // While the service itself still wants a token.
+    let refused = gateway
+        .create(sim_request("a cat"))
+        .await
+        .expect_err("no token");
+    assert_unauthenticated(&refused);
+}

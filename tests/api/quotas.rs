@@ -1,10 +1,14 @@
 //! Per-caller quotas: refused before anything goes upstream, with a
 //! QuotaFailure and a RetryInfo; counted fleet-wide in Redis; refused
-//! (UNAVAILABLE) rather than let through when Redis is away.
+//! (UNAVAILABLE) rather than let through when Redis is away; credits
+//! settled against kie.ai's creditsConsumed when a task ends, once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hailuo_gateway::pb::{GetQuotaRequest, GetQuotaResponse};
+use hailuo_gateway::callers::quota::QuotaBook;
+use hailuo_gateway::pb::{GetQuotaRequest, GetQuotaResponse, TaskState};
+use hailuo_gateway::redis_client::Redis;
+use hailuo_gateway::simulator::Completion;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -188,4 +192,120 @@ async fn two_replicas_share_a_callers_quota_in_redis_and_refuse_when_it_is_away(
     assert_eq!(error_info(&refused).reason, "QUOTA_UNAVAILABLE");
     assert!(retry_delay(&refused).is_some());
     assert_eq!(sim.creates(), 3, "nothing reached kie.ai");
+}
+
+/// Watches `task_id` on each gateway until it ends, after the simulator
+/// ended it with `completion`.
+async fn end_watched(
+    sim: &Sim,
+    on: &[&Caller],
+    task_id: &str,
+    completion: Completion,
+) -> TaskState {
+    let mut streams = Vec::new();
+    for gateway in on {
+        let mut stream = gateway
+            .try_watch(with_token(watch_request(task_id), RENDER_TOKEN))
+            .await
+            .expect("watch");
+        next_message(&mut stream).await;
+        streams.push(stream);
+    }
+    sim.state().complete(task_id, completion).expect("complete");
+    let mut end = TaskState::Unspecified;
+    for mut stream in streams {
+        let (messages, ended) = drain(&mut stream).await;
+        ended.expect("ends cleanly");
+        end = state_of(&last_task(&messages).into());
+    }
+    end
+}
+
+async fn credits_used(gateway: &Caller) -> f64 {
+    used(&standing(gateway, RENDER_TOKEN).await, "credits_per_day").1
+}
+
+/// Two creates hold 100 credits; the one that fails (kie.ai's
+/// creditsConsumed 0) hands its 50 back, once however many replicas and
+/// watchers see it end; the one that succeeds keeps its price.
+async fn settles_against_credits_consumed(redis: Option<&RedisServer>) {
+    let sim = Sim::start().await;
+    let file = CallersFile::new(&caller_entry(
+        "render-farm",
+        RENDER_TOKEN,
+        "credits_per_day = 1000.0",
+    ));
+    let replica = || {
+        let mut settings = sim.settings(Some(file.path.clone()));
+        settings.redis = redis.map(RedisServer::settings);
+        spawn_gateway(settings)
+    };
+    let a = replica().await;
+    let b = match redis {
+        Some(_) => Some(replica().await),
+        None => None,
+    };
+    let everyone: Vec<&Caller> = std::iter::once(&a.caller)
+        .chain(b.as_ref().map(|b| &b.caller))
+        .collect();
+
+    let ok = a
+        .create(with_token(sim_request("cat"), RENDER_TOKEN))
+        .await
+        .expect("created");
+    let failing = a
+        .create(with_token(sim_request("dog"), RENDER_TOKEN))
+        .await
+        .expect("created");
+    assert_eq!(credits_used(&a).await, 100.0);
+
+    let end = end_watched(
+        &sim,
+        &everyone,
+        &failing,
+        Completion::fail("500", "moderation"),
+    )
+    .await;
+    assert_eq!(end, TaskState::Failed);
+    // Read again once ended, from every replica: still settled once.
+    for gateway in &everyone {
+        gateway
+            .client
+            .clone()
+            .get_task(with_token(get_request(&failing), RENDER_TOKEN))
+            .await
+            .expect("get");
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            credits_used(&a).await == 50.0
+        })
+        .await,
+        "the failure's credits handed back: {}",
+        credits_used(&a).await
+    );
+    if let Some(redis) = redis {
+        // A third replica that also saw the task end finds nothing left to
+        // settle: the binding was taken out by the first.
+        let late = QuotaBook::new(Some(Redis::new(&redis.settings()).expect("redis")));
+        late.settle(&failing, true, Some(0.0)).await;
+        assert_eq!(credits_used(&a).await, 50.0, "settled once fleet-wide");
+    }
+    let end = end_watched(&sim, &everyone, &ok, Completion::success()).await;
+    assert_eq!(end, TaskState::Succeeded);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for gateway in &everyone {
+        assert_eq!(credits_used(gateway).await, 50.0, "settled exactly once");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_kie_ai_did_not_charge_hands_its_credits_back_when_it_ends() {
+    settles_against_credits_consumed(None).await;
+}
+
+#[tokio::test]
+async fn two_replicas_settle_a_tasks_credits_once_through_redis() {
+    let redis = RedisServer::start().await;
+    settles_against_credits_consumed(Some(&redis)).await;
 }

@@ -576,3 +576,111 @@ async fn half_a_tls_configuration_or_a_mismatched_pair_stops_the_start_with_one_
         "no key material in the message: {stderr}"
     );
 }
+
+/// mTLS with a callers file: a certificate whose identity a caller entry
+/// names is that caller with no token (its name in the metrics, its quota
+/// counted); any other valid certificate still needs a token.
+#[tokio::test]
+async fn a_client_certificate_named_by_a_callers_entry_is_that_caller_without_a_token() {
+    use hailuo_gateway::pb::GetQuotaRequest;
+    use tonic::Code;
+
+    use crate::callers::*;
+
+    let sim = Sim::start().await;
+    let dir = TempDir::new();
+    let ca = Ca::new("gateway CA");
+    let server = ca.server("gen-1.gateway.test");
+    let clients = Ca::new("clients CA");
+    let spiffe = "spiffe://example.org/ns/render/sa/farm";
+    let farm = clients.leaf(
+        &["farm.internal"],
+        &[spiffe],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        false,
+    );
+    let other = clients.leaf(
+        &["other.internal"],
+        &["spiffe://example.org/ns/other/sa/app"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        false,
+    );
+    let file = CallersFile::new(&format!(
+        "{}{}",
+        caller_entry(
+            "render-farm",
+            RENDER_TOKEN,
+            &format!("cert_identity = {spiffe:?}\ncreates_per_day = 1")
+        ),
+        caller_entry("editorial", EDIT_TOKEN, "")
+    ));
+    let mut settings = sim.settings(Some(file.path.clone()));
+    let mut tls = TlsSettings::new(
+        dir.write("cert.pem", &server.cert),
+        dir.write("key.pem", &server.key),
+    );
+    tls.client_ca_file = Some(dir.write("clients.pem", &clients.pem));
+    settings.grpc_tls = Some(tls);
+    let app = Application::build(settings).await.expect("build app");
+    let (addr, admin) = (app.grpc_addr().to_string(), app.admin_addr());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let mut as_farm = VideoGenerationClient::new(
+        tls_channel(&addr, &ca.pem, Some(&farm))
+            .await
+            .expect("farm"),
+    );
+    as_farm
+        .create_task(sim_request("cat"))
+        .await
+        .expect("the certificate is render-farm");
+    let quota = as_farm
+        .get_quota(GetQuotaRequest {})
+        .await
+        .expect("quota")
+        .into_inner();
+    assert_eq!(quota.caller, "render-farm");
+    let over = as_farm
+        .create_task(sim_request("dog"))
+        .await
+        .expect_err("render-farm's quota applies");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert_eq!(sim.creates(), 1);
+
+    let other_channel = tls_channel(&addr, &ca.pem, Some(&other))
+        .await
+        .expect("other");
+    let refused = VideoGenerationClient::new(other_channel.clone())
+        .create_task(sim_request("cow"))
+        .await
+        .expect_err("a certificate no caller names is no caller");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(error_info(&refused).reason, "CALLER_UNAUTHENTICATED");
+    assert_eq!(sim.creates(), 1);
+    // With a token, the same connection is the token's caller.
+    VideoGenerationClient::new(other_channel)
+        .create_task(with_token(sim_request("cow"), EDIT_TOKEN))
+        .await
+        .expect("editorial by token");
+
+    let metrics = http_client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="render-farm",code="OK"} 1"#,
+        r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="render-farm",code="RESOURCE_EXHAUSTED"} 1"#,
+        r#"hailuo_gateway_rpcs_total{method="GetQuota",caller="render-farm",code="OK"} 1"#,
+        r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="anonymous",code="UNAUTHENTICATED"} 1"#,
+        r#"hailuo_gateway_rpcs_total{method="CreateTask",caller="editorial",code="OK"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in:\n{metrics}");
+    }
+}
