@@ -4,7 +4,6 @@
 //! replica has a public callback URL, so the lease holder's polls alone move
 //! a task on: what is measured is the takeover, not a callback's wake-up.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,12 +13,11 @@ use hailuo_gateway::pb::video_generation_client::VideoGenerationClient;
 use hailuo_gateway::pb::{CreateTaskRequest, TaskState};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::Code;
 use tonic::transport::Endpoint;
 
-use crate::binary::{BIN, RunningGateway, exit_within, sigterm, start_gateway_at};
+use crate::binary::{RunningGateway, exit_within, sigterm, start_gateway_at};
 use crate::helpers::*;
 use crate::redis_server::RedisServer;
 
@@ -42,29 +40,9 @@ struct Simulator {
 impl Simulator {
     /// Starts it with these state timings (`--waiting 1s ...`).
     async fn start(timings: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("simulate")
-            .args(["--listen", "127.0.0.1:0", "--api-key", SIM_KEY])
-            .args(timings)
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn simulate");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.expect("read") {
-                if let Some(url) = line.strip_prefix("kie.ai simulator listening on ") {
-                    return url.trim().to_string();
-                }
-            }
-            panic!("simulate exited before listening");
-        })
-        .await
-        .expect("simulator up in time");
-        // Keep its stdout open and drained.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut args = vec!["--listen", "127.0.0.1:0", "--api-key", SIM_KEY];
+        args.extend_from_slice(timings);
+        let (child, url) = crate::helpers::spawn_simulate(&args).await;
         Self {
             _child: child,
             url,

@@ -551,3 +551,33 @@ pub fn now_secs() -> u64 {
         .expect("clock")
         .as_secs()
 }
+
+/// `hailuo-gateway simulate` started as a process of its own (kie.ai for a
+/// real gateway binary): the child, killed on drop, and the URL it printed
+/// once listening. Its stdout stays open and drained.
+pub async fn spawn_simulate(args: &[&str]) -> (tokio::process::Child, String) {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(crate::binary::BIN)
+        .arg("simulate")
+        .args(args)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn simulate");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(url) = line.strip_prefix("kie.ai simulator listening on ") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("simulate exited before listening");
+    })
+    .await
+    .expect("simulator up in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}

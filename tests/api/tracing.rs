@@ -3,7 +3,6 @@
 //! `simulate` process that records the `traceparent` it receives.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +16,11 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::binary::{BIN, exit_within, sigterm, start_gateway_at};
+use crate::binary::{exit_within, sigterm, start_gateway_at};
 use crate::helpers::*;
 use crate::rpc_logs::strict_json;
 
@@ -111,27 +109,8 @@ struct Sim {
 }
 
 async fn start_simulator() -> Sim {
-    let mut child = Command::new(BIN)
-        .arg("simulate")
-        .args(["--listen", "127.0.0.1:0", "--api-key", SIM_KEY])
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn simulate");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if let Some(url) = line.strip_prefix("kie.ai simulator listening on ") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("simulate exited before listening");
-    })
-    .await
-    .expect("simulator up in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, url) =
+        crate::helpers::spawn_simulate(&["--listen", "127.0.0.1:0", "--api-key", SIM_KEY]).await;
     Sim { _child: child, url }
 }
 
