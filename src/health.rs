@@ -5,6 +5,8 @@
 //! server.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,11 @@ const SERVICES: [&str; 2] = ["", crate::pb::video_generation_server::SERVICE_NAM
 /// Writes the statuses the service reads.
 pub struct HealthSwitch {
     reporter: HealthReporter,
+    /// Set before the reporter's statuses change, so that a Check answers
+    /// NOT_SERVING for "" and the service together: the reporter updates
+    /// them one after the other, and a probe reading between would see the
+    /// two disagree.
+    draining: Arc<AtomicBool>,
 }
 
 impl HealthSwitch {
@@ -30,16 +37,21 @@ impl HealthSwitch {
     /// its Watch streams end when `stopped` is cancelled.
     pub async fn serving(stopped: CancellationToken) -> (Self, HealthServer<DrainingHealth>) {
         let reporter = HealthReporter::new();
-        let switch = Self { reporter };
+        let switch = Self {
+            reporter,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
         switch.set(ServingStatus::Serving).await;
         let service = DrainingHealth {
             inner: HealthService::from_health_reporter(switch.reporter.clone()),
+            draining: switch.draining.clone(),
             stopped,
         };
         (switch, HealthServer::new(service))
     }
 
     pub async fn not_serving(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         self.set(ServingStatus::NotServing).await;
     }
 
@@ -53,6 +65,7 @@ impl HealthSwitch {
 /// tonic-health's service, with Watch streams that end on shutdown.
 pub struct DrainingHealth {
     inner: HealthService,
+    draining: Arc<AtomicBool>,
     stopped: CancellationToken,
 }
 
@@ -64,6 +77,13 @@ impl Health for DrainingHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        if self.draining.load(Ordering::SeqCst)
+            && SERVICES.contains(&request.get_ref().service.as_str())
+        {
+            return Ok(Response::new(HealthCheckResponse {
+                status: tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+            }));
+        }
         self.inner.check(request).await
     }
 
