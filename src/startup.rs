@@ -154,7 +154,7 @@ impl Application {
                     settings.watch.cache_ttl,
                     metrics.clone(),
                 ));
-                RedisIdempotencyStore::new(redis.clone(), settings.idempotency.ttl)
+                RedisIdempotencyStore::new(redis.clone(), settings.idempotency)
             }
             _ => InMemoryStore::new(settings.idempotency),
         };

@@ -1,16 +1,18 @@
 //! Scenario 2, watch capacity: idle WatchTask streams, a burst on one
 //! connection and then the rest, and what they cost the gateway in RSS.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hailuo_gateway::pb::WatchTaskRequest;
+use hailuo_gateway::pb::{WatchTaskRequest, WatchTaskResponse};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 
-use crate::clients::{connect, create_via_gateway, gauge, http_client, wait_for};
+use crate::clients::{connect_streams, create_via_gateway, gauge, http_client, wait_for};
 use crate::figures::Figures;
 use crate::plan::Plan;
 use crate::processes::{GatewayOptions, Simulator, load_average, start_gateway};
@@ -23,12 +25,41 @@ pub struct StreamCounters {
     /// Streams that ended or broke after their first message.
     pub ended: AtomicUsize,
     pub first_error: Mutex<Option<String>>,
+    /// Streams lost, by connection, phase and status (code and message):
+    /// a whole connection lost at once reads differently from a gateway
+    /// ending streams one by one.
+    pub losses: Mutex<BTreeMap<String, usize>>,
 }
 
 impl StreamCounters {
     fn error(&self, e: String) {
         let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         first.get_or_insert(e);
+    }
+
+    fn lost(&self, connection: usize, phase: &str, why: String) {
+        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        *losses
+            .entry(format!("connection {connection}, {phase}: {why}"))
+            .or_default() += 1;
+    }
+
+    /// The losses tallied, one line each (`count × reason`).
+    pub fn loss_lines(&self) -> Vec<String> {
+        let losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        losses
+            .iter()
+            .map(|(why, n)| format!("{n} × {why}"))
+            .collect()
+    }
+}
+
+/// Why a stream ended: its status's code and message, or a clean end.
+fn why(result: &Result<Option<WatchTaskResponse>, Status>) -> String {
+    match result {
+        Ok(Some(_)) => "a message".to_owned(),
+        Ok(None) => "ended with OK".to_owned(),
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
     }
 }
 
@@ -39,6 +70,8 @@ pub struct IdleStreams {
     pub counters: Arc<StreamCounters>,
     stop: CancellationToken,
     streams: JoinSet<()>,
+    /// Connections opened so far, to name each in `losses`.
+    connections: usize,
 }
 
 impl IdleStreams {
@@ -49,12 +82,15 @@ impl IdleStreams {
             counters: Arc::new(StreamCounters::default()),
             stop: CancellationToken::new(),
             streams: JoinSet::new(),
+            connections: 0,
         }
     }
 
     /// Opens `count` more streams at once on a new connection.
     pub async fn open(&mut self, count: usize) -> anyhow::Result<()> {
-        let client = connect(&self.grpc_url).await?;
+        let client = connect_streams(&self.grpc_url).await?;
+        self.connections += 1;
+        let connection = self.connections;
         for _ in 0..count {
             let mut client = client.clone();
             let counters = self.counters.clone();
@@ -65,6 +101,7 @@ impl IdleStreams {
                     Ok(response) => response.into_inner(),
                     Err(status) => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);
+                        counters.lost(connection, "open", why(&Err(status.clone())));
                         counters.error(format!("open: {status}"));
                         return;
                     }
@@ -73,6 +110,7 @@ impl IdleStreams {
                     Ok(Some(_)) => counters.opened.fetch_add(1, Ordering::Relaxed),
                     other => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);
+                        counters.lost(connection, "first message", why(&other));
                         counters.error(format!("first message: {other:?}"));
                         return;
                     }
@@ -84,6 +122,7 @@ impl IdleStreams {
                             Ok(Some(_)) => {}
                             other => {
                                 counters.ended.fetch_add(1, Ordering::Relaxed);
+                                counters.lost(connection, "held", why(&other));
                                 counters.error(format!("held stream ended: {other:?}"));
                                 return;
                             }

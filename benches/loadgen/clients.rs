@@ -26,6 +26,35 @@ pub async fn connect(url: &str) -> anyhow::Result<VideoGenerationClient<Channel>
     Ok(VideoGenerationClient::new(channel))
 }
 
+/// The connection window of [`connect_streams`], as the gateway's own.
+const STREAMS_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// A connection for thousands of streams at once. h2 holds the small DATA
+/// frames that their tasks have not read yet against a budget of half the
+/// connection window and, past it, answers GOAWAY ENHANCE_YOUR_CALM
+/// "too_many_data_frames", which ends every stream of the connection: with
+/// the default 64 KiB window, about 300 messages waiting to be read (10,000
+/// streams' first message, or a state change reaching them all at once, on
+/// a busy machine) are enough. `LOADGEN_STREAM_WINDOW_KIB=0` keeps h2's
+/// default window (to see it happen).
+pub async fn connect_streams(url: &str) -> anyhow::Result<VideoGenerationClient<Channel>> {
+    let window = match std::env::var("LOADGEN_STREAM_WINDOW_KIB") {
+        Ok(kib) => kib.parse::<u32>().context("LOADGEN_STREAM_WINDOW_KIB")? * 1024,
+        Err(_) => STREAMS_WINDOW,
+    };
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
+    let endpoint = if window > 0 {
+        endpoint.initial_connection_window_size(window)
+    } else {
+        endpoint
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    Ok(VideoGenerationClient::new(channel))
+}
+
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(hailuo_gateway::http_client::builder()?
         // Like kie.ai's CDN, the simulator refuses requests without one.

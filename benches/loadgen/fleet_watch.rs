@@ -76,9 +76,20 @@ pub async fn fleet_watch(plan: &Plan, figures: &mut Figures, logs: &Path) -> any
     // webhook key is set; the gateways check them.
     let sim = start_simulator_with(plan, &[("SIM_HMAC_KEY", WEBHOOK_KEY)]).await?;
     let direct = Direct::new(&sim)?;
-    reads(plan, figures, &sim, &direct, &redis, logs).await?;
-    callbacks(plan, figures, &sim, &direct, &redis, logs).await?;
-    idle_streams(plan, figures, &sim, &redis, logs).await?;
+    // `LOADGEN_FLEET_WATCH_PARTS=idle` (a comma list of reads, callbacks,
+    // idle) runs only those parts: to repeat one figure, e.g. in a loop
+    // hunting a rare loss. All of them by default.
+    let parts = std::env::var("LOADGEN_FLEET_WATCH_PARTS").unwrap_or_default();
+    let wanted = |part: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == part);
+    if wanted("reads") {
+        reads(plan, figures, &sim, &direct, &redis, logs).await?;
+    }
+    if wanted("callbacks") {
+        callbacks(plan, figures, &sim, &direct, &redis, logs).await?;
+    }
+    if wanted("idle") {
+        idle_streams(plan, figures, &sim, &redis, logs).await?;
+    }
     sim.proc.stop().await;
     redis.proc.stop().await;
     Ok(())
@@ -347,6 +358,11 @@ async fn idle_streams(
             one.lost,
             three.lost,
         );
+        for (setup, held) in [("one process", &one), ("three replicas", &three)] {
+            for line in &held.losses {
+                eprintln!("    lost on {setup}: {line}");
+            }
+        }
     }
     Ok(())
 }
@@ -364,6 +380,8 @@ struct Held {
     kib_per_stream: f64,
     /// The same for the process that grew most.
     worst_kib_per_stream: f64,
+    /// Why streams were lost: `gRPC URL (count × connection, phase: status)`.
+    losses: Vec<String>,
 }
 
 /// Opens `fleet_idle_streams` idle streams of one `[sim:never]` task on
@@ -412,6 +430,19 @@ async fn hold_idle_streams(plan: &Plan, gateways: Vec<Gateway>) -> anyhow::Resul
         gauge: gauges,
         kib_per_stream: grown.iter().sum::<f64>() / (per_process * gateways.len()) as f64,
         worst_kib_per_stream: grown.iter().copied().fold(0.0, f64::max) / per_process as f64,
+        losses: held
+            .iter()
+            .zip(&gateways)
+            .flat_map(|(streams, gateway)| {
+                // The log is `gateway-<port>.log`.
+                let process = gateway.grpc_url.clone();
+                streams
+                    .counters
+                    .loss_lines()
+                    .into_iter()
+                    .map(move |line| format!("{process} ({line})"))
+            })
+            .collect(),
     };
     // The gateways go first, so that closing the streams costs the run
     // nothing (as in the capacity scenario).

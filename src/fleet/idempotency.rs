@@ -20,6 +20,13 @@
 //!
 //! One task renews the leases of all of this replica's attempts in flight,
 //! in one pipeline, rather than a task and a timer per attempt.
+//!
+//! Redis may lose its data (restarted empty). A renewal or a settle that
+//! finds its key gone writes it again, so an attempt out at kie.ai then is
+//! still recorded; and the created outcomes this replica saw are kept in
+//! its memory too, so a retry that reaches it is answered whatever Redis
+//! forgot. A retry that reaches a replica with no memory of the key cannot
+//! be helped: that is the limit the README states.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -33,10 +40,12 @@ use sha2::{Digest, Sha256};
 
 use super::outbox::{LINGER, Outbox, Write};
 use super::{evalsha, run_scripts, script};
+use crate::config::IdempotencySettings;
 use crate::create::idempotency::{
     Fingerprint, IdempotencyKey, IdempotencyStore, Lease, Reservation, Reserve, Settlement,
 };
 use crate::error::{GatewayError, OutcomeUnknown, Prospect, RelayedError};
+use crate::expiring_map::{ExpiringMap, Retention};
 use crate::redis_client::{FleetError, Redis, millis};
 
 /// How long an attempt's replica may go silent before its attempt counts
@@ -62,7 +71,16 @@ struct StoredUnknown {
 struct Local {
     redis_key: String,
     attempt: String,
+    fingerprint: String,
 }
+
+/// A created outcome this replica recorded or read.
+struct Remembered {
+    fingerprint: String,
+    task_id: String,
+}
+
+impl Retention for Remembered {}
 
 pub struct RedisIdempotencyStore {
     redis: Redis,
@@ -72,16 +90,22 @@ pub struct RedisIdempotencyStore {
     lease: Duration,
     outbox: Arc<Outbox>,
     local: Mutex<HashMap<IdempotencyKey, Local>>,
+    /// Created outcomes seen here, for the TTL: answered without Redis, so
+    /// a retry that reaches this replica is still answered after Redis lost
+    /// its data (restarted empty). A created outcome never changes, so this
+    /// is never stale.
+    remembered: Mutex<ExpiringMap<IdempotencyKey, Remembered>>,
     /// The unknown outcome the reserve script records when a lease lapses:
     /// the same for every key, so encoded once.
     lapse: String,
 }
 
 impl RedisIdempotencyStore {
-    /// Keys are remembered for `ttl`; starts the outcome writer and the
-    /// lease renewal (so needs a Tokio runtime).
-    pub fn new(redis: Redis, ttl: Duration) -> Arc<Self> {
-        Self::with_timings(redis, ttl, LEASE, LINGER)
+    /// Keys are remembered for `settings.ttl` (and up to `max_keys` of
+    /// them in this process too); starts the outcome writer and the lease
+    /// renewal (so needs a Tokio runtime).
+    pub fn new(redis: Redis, settings: IdempotencySettings) -> Arc<Self> {
+        Self::build(redis, settings, LEASE, LINGER)
     }
 
     /// With a lease of its own, and how long an outcome waits for a
@@ -92,6 +116,20 @@ impl RedisIdempotencyStore {
         lease: Duration,
         linger: Duration,
     ) -> Arc<Self> {
+        let settings = IdempotencySettings {
+            ttl,
+            ..IdempotencySettings::default()
+        };
+        Self::build(redis, settings, lease, linger)
+    }
+
+    fn build(
+        redis: Redis,
+        settings: IdempotencySettings,
+        lease: Duration,
+        linger: Duration,
+    ) -> Arc<Self> {
+        let ttl = settings.ttl;
         let store = Arc::new(Self {
             outbox: Outbox::start(redis.clone(), ttl, linger),
             redis,
@@ -100,6 +138,7 @@ impl RedisIdempotencyStore {
             ttl,
             lease,
             local: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(ExpiringMap::new(settings.max_keys, ttl)),
             lapse: serde_json::to_string(&StoredUnknown {
                 cause: "the replica making the create attempt stopped before it recorded kie.ai's \
                     answer"
@@ -115,6 +154,17 @@ impl RedisIdempotencyStore {
 
     fn local(&self) -> MutexGuard<'_, HashMap<IdempotencyKey, Local>> {
         self.local.lock()
+    }
+
+    fn remember(&self, key: IdempotencyKey, fingerprint: String, task_id: &str) {
+        let task_id = task_id.to_owned();
+        self.remembered.lock().insert(
+            key,
+            Remembered {
+                fingerprint,
+                task_id,
+            },
+        );
     }
 
     /// `<prefix>:idem:{<scope>.<digest>}`: the request_id is the caller's
@@ -189,7 +239,11 @@ async fn renew_leases(store: Weak<RedisIdempotencyStore>, every: Duration) {
         let mut pipe = redis::pipe();
         for held in store.local().values() {
             let mut renew = evalsha(&store.renew, &held.redis_key);
-            renew.arg(&held.attempt).arg(expiry_ms);
+            renew
+                .arg(&held.attempt)
+                .arg(expiry_ms)
+                .arg(&held.fingerprint)
+                .arg(millis(store.ttl));
             pipe.add_command(renew);
         }
         if pipe.is_empty() {
@@ -214,8 +268,15 @@ fn hex(bytes: &[u8]) -> String {
 impl IdempotencyStore for RedisIdempotencyStore {
     fn reserve(self: Arc<Self>, key: IdempotencyKey, fingerprint: Fingerprint) -> Reserve<'static> {
         Box::pin(async move {
-            let redis_key = self.redis_key(&key);
             let fingerprint = hex(&fingerprint);
+            if let Some(seen) = self.remembered.lock().live(&key) {
+                return if seen.fingerprint == fingerprint {
+                    Reservation::Known(seen.task_id.clone())
+                } else {
+                    Reservation::Mismatch
+                };
+            }
+            let redis_key = self.redis_key(&key);
             let attempt = format!("{:032x}", rand::random::<u128>());
             let mut waited = String::new();
             let mut pause = POLL_FIRST;
@@ -250,6 +311,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                                 kind: "failed",
                                 payload: serde_json::to_string(&released).unwrap_or_default(),
                                 learnable: false,
+                                fingerprint,
                             },
                             self.lease * 2,
                         );
@@ -259,11 +321,20 @@ impl IdempotencyStore for RedisIdempotencyStore {
                 let answer: Vec<&str> = answer.iter().map(String::as_str).collect();
                 match answer.as_slice() {
                     ["reserved"] => {
-                        self.local()
-                            .insert(key.clone(), Local { redis_key, attempt });
+                        self.local().insert(
+                            key.clone(),
+                            Local {
+                                redis_key,
+                                attempt,
+                                fingerprint,
+                            },
+                        );
                         return Reservation::Reserved(Lease::new(self.clone(), key));
                     }
-                    ["done", task_id] => return Reservation::Known((*task_id).to_owned()),
+                    ["done", task_id] => {
+                        self.remember(key, fingerprint, task_id);
+                        return Reservation::Known((*task_id).to_owned());
+                    }
                     ["mismatch"] => return Reservation::Mismatch,
                     ["failed", error] => {
                         return Reservation::Failed(match serde_json::from_str(error) {
@@ -318,7 +389,10 @@ impl IdempotencyStore for RedisIdempotencyStore {
             return;
         };
         let (kind, payload, learnable) = match settlement {
-            Settlement::Created(task_id) => ("created", task_id.to_owned(), false),
+            Settlement::Created(task_id) => {
+                self.remember(key.clone(), local.fingerprint.clone(), task_id);
+                ("created", task_id.to_owned(), false)
+            }
             Settlement::NotCreated(error) => (
                 "failed",
                 serde_json::to_string(&RelayedError::of(error)).unwrap_or_default(),
@@ -341,6 +415,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                 kind,
                 payload,
                 learnable,
+                fingerprint: local.fingerprint,
             },
             WRITE_GIVE_UP,
         );

@@ -48,6 +48,9 @@ pub(super) enum Write {
         kind: &'static str,
         payload: String,
         learnable: bool,
+        /// The request's, to record the outcome again should Redis have
+        /// lost the key meanwhile.
+        fingerprint: String,
     },
     Resolve {
         key: String,
@@ -172,6 +175,7 @@ impl Outbox {
                 kind,
                 payload,
                 learnable,
+                fingerprint,
             } => {
                 let learn_ms = if *learnable { millis(CALLBACK_WAIT) } else { 0 };
                 let mut cmd = evalsha(&self.settle, key);
@@ -180,7 +184,8 @@ impl Outbox {
                     .arg(payload)
                     .arg(ttl_ms)
                     .arg(learn_ms)
-                    .arg(millis(FAILED_KEPT));
+                    .arg(millis(FAILED_KEPT))
+                    .arg(fingerprint);
                 cmd
             }
             Write::Resolve { key, task_id } => {

@@ -304,9 +304,11 @@ async fn an_attempt_whose_replica_died_reads_as_unknown_once_its_lease_lapses_ne
 async fn waiters_on_another_replica_share_a_certain_failure_and_the_key_is_free_again() {
     let redis = RedisServer::start().await;
     let store = |redis: &RedisServer| {
-        RedisIdempotencyStore::new(
+        RedisIdempotencyStore::with_timings(
             Redis::new(&redis.settings()).expect("redis"),
             Duration::from_secs(60),
+            LEASE,
+            LINGER,
         )
     };
     let (a, b) = (store(&redis), store(&redis));

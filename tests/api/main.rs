@@ -12,9 +12,13 @@ mod create_task;
 mod credits;
 mod download_links;
 #[cfg(feature = "sandbox")]
+mod fleet_crash;
+#[cfg(feature = "sandbox")]
 mod fleet_failover;
 mod fleet_idempotency;
 mod fleet_limits;
+#[cfg(feature = "sandbox")]
+mod fleet_redis_empty;
 mod fleet_secrets;
 mod fleet_tls;
 mod fleet_watch;
