@@ -10,8 +10,8 @@ use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::watch;
-use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use crate::error::GatewayError;
@@ -111,9 +111,15 @@ struct Watcher {
     heartbeat: Duration,
     /// Counts each heartbeat sent.
     heartbeats: Counter,
-    /// Ends the call after the configured maximum watch duration.
-    expires: Pin<Box<Sleep>>,
-    shutdown: CancellationToken,
+    /// When the configured maximum watch duration ends the call.
+    expires_at: Instant,
+    /// The stream's one timer, for the next heartbeat or the expiry,
+    /// whichever comes first: re-armed with `reset` (a later deadline is
+    /// one atomic swap), never re-created, so a stream keeps one entry in
+    /// the timer wheel and a fan-out removes one per stream, not two.
+    timer: Pin<Box<Sleep>>,
+    /// Registered once with the token, not at every wait.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Taken when the stream ends; dropped unsent means the caller left.
     on_end: Option<OnEnd>,
     /// See `stream`.
@@ -142,27 +148,39 @@ impl Watcher {
                 }
                 Observation::Task(_) => {}
             }
+            // A quiet period starts with each wait, as it did when the
+            // heartbeat was a new `sleep` per wait.
+            let beat = Instant::now()
+                .checked_add(self.heartbeat)
+                .unwrap_or(self.expires_at);
+            self.timer.as_mut().reset(beat.min(self.expires_at));
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => {
+                () = self.shutdown.as_mut() => {
                     return self.fail(&GatewayError::ShuttingDown);
                 }
-                () = &mut self.expires => {
-                    return self.fail(&GatewayError::WatchExpired);
-                }
-                changed = self.rx.changed() => {
-                    if changed.is_err() {
-                        // The poller ended; whatever it left is final.
-                        return self.drain_final();
+                () = self.timer.as_mut() => {
+                    if self.timer.deadline() >= self.expires_at {
+                        return self.fail(&GatewayError::WatchExpired);
                     }
-                }
-                () = tokio::time::sleep(self.heartbeat) => {
+                    // A change that came with the beat goes first.
+                    match self.rx.has_changed() {
+                        Ok(true) => continue,
+                        Err(_) => return self.drain_final(),
+                        Ok(false) => {}
+                    }
                     if let Observation::Task(snapshot) = &*self.rx.borrow() {
                         self.heartbeats.inc();
                         return Some(Ok(Frame {
                             snapshot: snapshot.clone(),
                             heartbeat: true,
                         }));
+                    }
+                }
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        // The poller ended; whatever it left is final.
+                        return self.drain_final();
                     }
                 }
             }
@@ -237,6 +255,12 @@ pub(crate) fn for_caller(error: GatewayError, no_repeat: Option<&str>) -> Gatewa
     }
 }
 
+/// A deadline for a maximum duration too long to add to now (tokio's own
+/// far future: 30 years).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
 /// The stream a WatchTask call returns, from a subscription whose first
 /// read is in: a heartbeat after each quiet period, counted. `no_repeat`:
 /// see `for_caller`.
@@ -248,13 +272,17 @@ pub(crate) fn stream(
     on_end: OnEnd,
     no_repeat: Option<String>,
 ) -> FrameStream {
+    let expires_at = Instant::now()
+        .checked_add(max_duration)
+        .unwrap_or_else(far_future);
     let watcher = Watcher {
         rx,
         last_state: None,
         heartbeat,
         heartbeats,
-        expires: Box::pin(tokio::time::sleep(max_duration)),
-        shutdown,
+        expires_at,
+        timer: Box::pin(tokio::time::sleep_until(expires_at)),
+        shutdown: Box::pin(shutdown.cancelled_owned()),
         on_end: Some(on_end),
         no_repeat,
     };
@@ -304,5 +332,63 @@ mod tests {
             heartbeat: false,
         };
         assert_eq!(a[..], expected.encode_to_vec()[..]);
+    }
+
+    fn task_in(state: pb::TaskState) -> Observation {
+        let mut task = pb::Task {
+            task_id: "t1".into(),
+            ..pb::Task::default()
+        };
+        task.set_state(state);
+        Observation::Task(Snapshot::new(Arc::new(task)))
+    }
+
+    /// One timer serves both deadlines: a quiet period restarts with each
+    /// message, and the maximum duration wins a tie with a heartbeat.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_follow_each_quiet_period_until_the_maximum_duration_ends_the_watch() {
+        let (tx, rx) = watch::channel(task_in(pb::TaskState::Queuing));
+        let beats = Counter::default();
+        let mut frames = stream(
+            FirstSeen(rx),
+            (Duration::from_secs(10), beats.clone()),
+            Duration::from_secs(35),
+            CancellationToken::new(),
+            Box::new(|_| {}),
+            None,
+        );
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.send_replace(task_in(pb::TaskState::Generating));
+            std::future::pending::<()>().await;
+        });
+
+        let mut seen = Vec::new();
+        // Bounded: a stream that never expires fails here, not by hanging.
+        let mut frames = frames.by_ref().take(6);
+        while let Some(item) = frames.next().await {
+            let at = start.elapsed().as_secs();
+            seen.push(match item {
+                Ok(frame) => (at, frame.task().state(), frame.heartbeat()),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+                    (at, pb::TaskState::Unspecified, false)
+                }
+            });
+        }
+
+        use pb::TaskState::{Generating, Queuing, Unspecified};
+        assert_eq!(
+            seen,
+            [
+                (0, Queuing, false),
+                (5, Generating, false),
+                (15, Generating, true),
+                (25, Generating, true),
+                (35, Unspecified, false),
+            ]
+        );
+        assert_eq!(beats.get(), 2);
     }
 }
